@@ -1,0 +1,1 @@
+"""HTTP front ends: decode to a protocol-neutral request, submit, encode the answer."""

@@ -1,0 +1,1 @@
+"""TorchServe handler contract: archives, context, handler loading, built-in handlers."""

@@ -1,0 +1,1 @@
+"""Optimisation pipeline applied to a handler's model before the worker reports ready."""

@@ -1,0 +1,1 @@
+"""Model registry, admission, dynamic batching and placement of workers."""

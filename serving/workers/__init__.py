@@ -1,0 +1,1 @@
+"""Worker processes: supervisor, IPC codec and the worker main loop."""
