@@ -113,7 +113,7 @@ class ArchiveError(BadRequest):
 
 
 class ConfigError(ValueError):
-    """A malformed or unknown setting at start-up (not a client error: the server will not start)."""
+    """A malformed or unknown setting at start-up: the server does not start."""
 
 
 def http_status(code: int) -> int:
@@ -136,7 +136,7 @@ _GRPC_BY_HTTP = {
 
 
 def grpc_status_name(code: int) -> str:
-    """The gRPC status code name for an error code (other 4xx: INVALID_ARGUMENT, 5xx: INTERNAL)."""
+    """The gRPC status name for an error code (other 4xx INVALID_ARGUMENT, 5xx INTERNAL)."""
     if code in _GRPC_BY_HTTP:
         return _GRPC_BY_HTTP[code]
     if 400 <= code < 500:

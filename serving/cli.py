@@ -1,0 +1,91 @@
+"""Command line: `serving start` runs the server in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from serving.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serving", description="A PyTorch model server for TorchServe model archives.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="run the server in the foreground")
+    start.add_argument("--model-store", type=Path, help="folder holding model archives")
+    start.add_argument("--models", nargs="+", metavar="MODELS",
+                       help="models to load at start: `all`, or `name=file.mar` / `file.mar` "
+                            "entries, separated by commas or spaces")
+    start.add_argument("--ts-config", type=Path, help="a TorchServe config.properties")
+    start.add_argument("--inference-address", help="e.g. http://127.0.0.1:8080")
+    start.add_argument("--management-address", help="e.g. http://127.0.0.1:8081")
+    start.add_argument("--enable-model-api", action="store_true", default=None,
+                       help="allow registering and unregistering models over the API")
+    start.add_argument("--workers", type=int, dest="default_workers_per_model",
+                       help="default workers per model")
+    start.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    # TorchServe's launcher flags, accepted so existing scripts keep working.
+    start.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)
+    start.add_argument("--ncs", "--no-config-snapshots", action="store_true",
+                       help=argparse.SUPPRESS)
+    start.add_argument("--disable-token-auth", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    models = None
+    if args.models:
+        models = [m.strip() for chunk in args.models for m in chunk.split(",") if m.strip()]
+    return {
+        "model_store": args.model_store, "load_models": models,
+        "inference_address": args.inference_address,
+        "management_address": args.management_address,
+        "enable_model_api": args.enable_model_api,
+        "default_workers_per_model": args.default_workers_per_model,
+        "log_level": args.log_level,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "start":
+        return _start(args)
+    return 2
+
+
+def _start(args: argparse.Namespace) -> int:
+    from serving.settings import build_settings
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = build_settings(args.ts_config, _overrides(args))
+    except ConfigError as e:
+        print(f"serving: configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(settings.log_level)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # uvloop is optional; the asyncio loop works, a little slower
+        runner = asyncio.run
+    try:
+        runner(_serve(settings))
+    except ConfigError as e:
+        print(f"serving: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve(settings: Any) -> None:
+    from serving.gateway.server import Server, install_signal_handlers
+
+    server = Server(settings)
+    install_signal_handlers(server)
+    await server.run()

@@ -1,0 +1,64 @@
+"""Error handling for the FastAPI apps: every error is TorchServe's JSON with `x-request-id`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from serving.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, http_status
+from serving.gateway.responses import error_body, error_headers
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: ServingError, request_id: str) -> Response:
+    headers = {k.decode(): v.decode() for k, v in error_headers(error, request_id)}
+    return Response(error_body(error), status_code=http_status(error.code), headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or str(uuid.uuid4())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception to one error body, and stamp `x-request-id` on every response."""
+
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, exc: ServingError) -> Response:
+        return error_response(exc, _request_id(request))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        error: ServingError
+        if exc.status_code == 404:
+            error = NotFound(f"Requested resource is not found: {request.url.path}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        else:
+            error = ServingError(str(exc.detail), exc.status_code)
+        return error_response(error, _request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        return error_response(BadRequest(problems), _request_id(request))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ServingError(f"Internal error: {type(exc).__name__}"),
+                              _request_id(request))
+
+    @app.middleware("http")
+    async def stamp_request_id(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if "x-request-id" not in response.headers:
+            response.headers["x-request-id"] = _request_id(request)
+        return response

@@ -1,0 +1,125 @@
+"""The inference API (default 127.0.0.1:8080): ping, predictions, explanations, KServe v1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from serving.errors import BadRequest, MethodNotAllowed, ServingError
+from serving.gateway.bodies import read_body
+from serving.gateway.errors import install_error_handlers
+from serving.gateway.predictions import (
+    PredictionEndpoint,
+    Receive,
+    Scope,
+    Send,
+    handler_headers,
+    infer,
+    request_id_of,
+)
+from serving.gateway.responses import send_error
+from serving.routing.manager import ModelManager
+from serving.types import InferenceRequest, InferenceResponse, Input
+
+HOT_PREFIXES = ("/predictions/", "/explanations/")
+
+
+class InferenceApp:
+    """Routes `/predictions` and `/explanations` straight to their endpoint; everything
+    else goes to the FastAPI app."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        limit = manager.settings.max_request_size
+        self.predictions = PredictionEndpoint(manager, limit, explain=False)
+        self.explanations = PredictionEndpoint(manager, limit, explain=True)
+        self.api = create_inference_api(manager)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(HOT_PREFIXES):
+            family, _, rest = path[1:].partition("/")
+            parts = rest.split("/", 2)
+            if scope["method"] != "POST" or not parts[0]:
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                await send_error(send, MethodNotAllowed(
+                    f"{scope['method']} is not allowed on {path}; use POST "
+                    f"/{family}/{{model_name}}[/{{version}}]"), headers.get("x-request-id", ""))
+                return
+            scope["path_params"] = {
+                "model_name": parts[0],
+                "model_version": parts[1] if len(parts) > 1 and parts[1] else None,
+                "url_path": parts[2] if len(parts) > 2 else None,
+            }
+            endpoint = self.predictions if family == "predictions" else self.explanations
+            await endpoint(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+
+def create_inference_api(manager: ModelManager) -> FastAPI:
+    app = FastAPI(title="Inference API", version="0.12", openapi_url="/api-description",
+                  docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    limit = manager.settings.max_request_size
+
+    @app.get("/ping")
+    async def ping() -> JSONResponse:
+        if not manager.accepting:
+            return JSONResponse({"status": "Draining"}, status_code=503)
+        if manager.healthy():
+            return JSONResponse({"status": "Healthy"})
+        return JSONResponse({"status": "Unhealthy"}, status_code=500)
+
+    @app.post("/v1/models/{model_name}:predict")
+    async def kserve_v1_predict(model_name: str, request: Request) -> Response:
+        """KServe v1: each instance is its own request to the handler, so they batch."""
+        body = await read_body(request.receive, request.headers, limit)
+        instances = _instances(body)
+        request_id = request_id_of(request.headers)
+        visible = handler_headers(request.scope)
+        answers = await asyncio.gather(*(
+            infer(manager, model_name, None,
+                  InferenceRequest(f"{request_id}:{i}",
+                                   [Input("data", "application/json",
+                                          json.dumps(inst).encode())], visible),
+                  None)
+            for i, inst in enumerate(instances)), return_exceptions=True)
+        predictions = []
+        for answer in answers:
+            if isinstance(answer, ServingError):
+                raise answer
+            if isinstance(answer, BaseException):
+                raise answer
+            predictions.append(_prediction(answer))
+        return JSONResponse({"predictions": predictions}, headers={"x-request-id": request_id})
+
+    return app
+
+
+def _instances(body: bytes) -> list[Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise BadRequest("KServe v1 request body must be JSON: {\"instances\": [...]}") from None
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("KServe v1 request needs a non-empty \"instances\" list")
+    return instances
+
+
+def _prediction(answer: InferenceResponse) -> Any:
+    if answer.status >= 400:
+        raise ServingError(answer.body.decode("utf-8", "replace"), answer.status)
+    try:
+        return json.loads(answer.body)
+    except ValueError:
+        try:
+            return answer.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(answer.body).decode()}
+

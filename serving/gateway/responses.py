@@ -1,0 +1,49 @@
+"""Sending answers and errors over raw ASGI: the one place errors become HTTP responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from serving.errors import ServingError, http_status
+from serving.types import InferenceResponse
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+
+
+def error_body(error: ServingError) -> bytes:
+    return json.dumps(error.to_dict(), indent=2).encode() + b"\n"
+
+
+def error_headers(error: ServingError, request_id: str) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", JSON), (b"x-request-id", request_id.encode("latin-1"))]
+    retry_after = error.extra.get("retry_after")
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return headers
+
+
+async def send_error(send: Send, error: ServingError, request_id: str) -> None:
+    body = error_body(error)
+    await send({"type": "http.response.start", "status": http_status(error.code),
+                "headers": [*error_headers(error, request_id),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_answer(send: Send, answer: InferenceResponse, request_id: str) -> None:
+    headers = [(b"x-request-id", request_id.encode("latin-1")),
+               (b"content-length", str(len(answer.body)).encode())]
+    if answer.content_type:
+        headers.append((b"content-type", answer.content_type.encode("latin-1")))
+    for key, value in answer.headers.items():
+        lowered = key.lower()
+        if lowered in ("content-length", "transfer-encoding", "x-request-id"):
+            continue  # framing is ours to decide
+        headers.append((lowered.encode("latin-1"), str(value).encode("latin-1")))
+    await send({"type": "http.response.start", "status": http_status(answer.status),
+                "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})

@@ -1,0 +1,158 @@
+"""The server process: one event loop running every HTTP front end, the workers' socket, and
+the start-up and shutdown sequences."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from serving.errors import ConfigError, ServingError
+from serving.gateway.inference import InferenceApp
+from serving.gateway.management import create_management_app
+from serving.routing.manager import ModelManager, Registration
+from serving.settings import Address, Settings
+
+log = logging.getLogger("serving")
+
+ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the server process owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind(address: Address, what: str) -> socket.socket:
+    """Bind a listening socket ourselves so a busy port is a clear start-up error."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address.host, address.port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"{what}: cannot listen on {address}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+class Server:
+    """Everything one `serving start` runs, until `stop()`."""
+
+    def __init__(self, settings: Settings, work_dir: Path | None = None) -> None:
+        self.settings = settings
+        self._own_work_dir = work_dir is None
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="serving-"))
+        self._stop = asyncio.Event()
+        self.draining = False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        from serving.workers.listener import WorkerListener
+
+        s = self.settings
+        sockets = [(bind(s.inference_address, "inference_address"), "Inference API"),
+                   (bind(s.management_address, "management_address"), "Management API")]
+        listener = WorkerListener(self.work_dir / "workers.sock")
+        await listener.start()
+        manager = ModelManager(s, self.work_dir, listener)
+        apps: list[Any] = [InferenceApp(manager), create_management_app(manager)]
+        servers = [_Uvicorn(uvicorn.Config(app, http="httptools", lifespan="off",
+                                           access_log=False, log_config=None,
+                                           timeout_graceful_shutdown=5))
+                   for app in apps]
+        tasks = [asyncio.create_task(srv.serve(sockets=[sock]))
+                 for srv, (sock, _) in zip(servers, sockets, strict=True)]
+        for (sock, what) in sockets:
+            host, port = sock.getsockname()[:2]
+            log.info("%s listening on http://%s:%s", what, host, port)
+        try:
+            await self._load_startup_models(manager)
+            log.info("Server ready")
+            stop_task = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+        finally:
+            log.info("Shutting down: finishing in-flight requests")
+            manager.accepting = False
+            await manager.close(drain_timeout=float(s.default_response_timeout))
+            for srv in servers:
+                srv.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await listener.close()
+            if self._own_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+            log.info("Stopped")
+
+    async def _load_startup_models(self, manager: ModelManager) -> None:
+        registrations = startup_registrations(self.settings)
+        if not registrations:
+            return
+        results = await asyncio.gather(
+            *(manager.register(reg, loaded_at_startup=True) for reg in registrations),
+            return_exceptions=True)
+        for reg, result in zip(registrations, results, strict=True):
+            if isinstance(result, ServingError):
+                log.error("could not load %s: %s", reg.url, result.message)
+            elif isinstance(result, BaseException):
+                log.error("could not load %s: %r", reg.url, result)
+            else:
+                log.info("%s", result[1])
+
+
+def startup_registrations(settings: Settings) -> list[Registration]:
+    """What `load_models` (and `models=` JSON entries with a marName) ask to load."""
+    store = settings.model_store
+    entries = list(settings.load_models)
+    regs: list[Registration] = []
+    if any(e.lower() == "all" for e in entries):
+        if store is None:
+            raise ConfigError("load_models=all needs a model_store")
+        entries = [p.name for p in sorted(store.iterdir()) if _is_archive(p)]
+    for entry in entries:
+        name, sep, url = entry.partition("=")
+        regs.append(Registration(url=url, model_name=name) if sep else Registration(url=entry))
+    listed = {r.model_name or _stem(r.url) for r in regs}
+    for name, versions in settings.models.items():
+        for cfg in versions.values():
+            mar = cfg.get("marName")
+            if mar and name not in listed:
+                regs.append(Registration(url=str(mar), model_name=name))
+    if regs and store is None:
+        raise ConfigError("models to load were given but no model_store")
+    return regs
+
+
+def _is_archive(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "MAR-INF" / "MANIFEST.json").is_file()
+    return path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def _stem(url: str) -> str:
+    for suffix in ARCHIVE_SUFFIXES:
+        if url.endswith(suffix):
+            return url[: -len(suffix)]
+    return url
+
+
+def install_signal_handlers(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.stop)

@@ -1,0 +1,81 @@
+"""An archive's `model-config.yaml`: the frontend keys the server reads, validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serving.errors import ArchiveError
+
+# TorchServe's frontend keys; every other top-level key belongs to the handler
+# (`context.model_yaml_config`) and is passed through untouched.
+FRONTEND_KEYS = frozenset({
+    "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",
+    "startupTimeout", "deviceType", "deviceIds", "jobQueueSize", "clientTimeoutInMills",
+    "parallelType", "parallelLevel", "useJobTicket", "continuousBatching",
+    "sequenceMaxIdleMSec", "maxSequenceJobQueueSize", "maxNumSequence", "sequenceBatching",
+    "asyncCommunication", "maxRetryTimeoutInSec", "runtimeType",
+})
+
+
+class FrontendConfig(BaseModel):
+    """The frontend keys of model-config.yaml (or of config.properties' `models=` JSON)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    min_workers: int | None = Field(None, alias="minWorkers", ge=0)
+    max_workers: int | None = Field(None, alias="maxWorkers", ge=0)
+    batch_size: int | None = Field(None, alias="batchSize", ge=1)
+    max_batch_delay: int | None = Field(None, alias="maxBatchDelay", ge=0)
+    response_timeout: int | None = Field(None, alias="responseTimeout", ge=1)
+    startup_timeout: int | None = Field(None, alias="startupTimeout", ge=1)
+    device_type: Literal["cpu", "gpu", "cuda", "xpu"] | None = Field(None, alias="deviceType")
+    device_ids: list[int] | None = Field(None, alias="deviceIds")
+    job_queue_size: int | None = Field(None, alias="jobQueueSize", ge=1)
+    client_timeout_ms: int | None = Field(None, alias="clientTimeoutInMills", ge=0)
+    default_version: bool | None = Field(None, alias="defaultVersion")
+    mar_name: str | None = Field(None, alias="marName")
+
+    def merged_over(self, lower: FrontendConfig) -> FrontendConfig:
+        """These values where set, `lower`'s elsewhere."""
+        mine = self.model_dump(exclude_none=True)
+        return lower.model_copy(update=mine)
+
+
+def read_model_yaml(model_dir: Path, config_file: str | None) -> dict[str, Any]:
+    """The parsed `model-config.yaml` named by the manifest, `{}` when there is none."""
+    if not config_file:
+        return {}
+    path = model_dir / config_file
+    if not path.is_file():
+        raise ArchiveError(f"the manifest names config file {config_file!r}, which is "
+                           "not in the archive")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ArchiveError(f"{config_file}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ArchiveError(f"{config_file}: the top level must be a mapping")
+    return data
+
+
+def frontend_config(data: dict[str, Any], source: str) -> FrontendConfig:
+    """Validate the frontend keys of a model config; a wrong type is a clear error."""
+    try:
+        return FrontendConfig.model_validate({k: v for k, v in data.items()
+                                              if k in FrontendConfig.model_fields
+                                              or _is_alias(k)})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in e.errors())
+        raise ArchiveError(f"{source}: {problems}") from None
+
+
+def _is_alias(key: str) -> bool:
+    return any(f.alias == key for f in FrontendConfig.model_fields.values())

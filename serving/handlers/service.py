@@ -1,0 +1,153 @@
+"""Running batches through a TorchServe handler: context, input decoding, output encoding."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import ts
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.utils.util import PredictionException
+
+from serving.errors import InsufficientStorage, ServingError
+from serving.handlers.loader import Handler, load_handler
+
+log = logging.getLogger(__name__)
+
+METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """One request of a batch as the worker received it."""
+
+    request_id: str
+    headers: dict[str, str]
+    inputs: list[tuple[str, str, Any]]  # (name, content type, raw bytes-like value)
+
+
+@dataclass(slots=True)
+class ItemResult:
+    body: bytes
+    status: int = 200
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class PredictionFailed(ServingError):
+    code = 503
+    type_name = "InternalServerException"
+
+
+class HandlerService:
+    """A handler loaded per TorchServe's contract, and its `ts.context.Context`."""
+
+    def __init__(self, handler: Handler, context: Context, decode_input: bool = True) -> None:
+        self.handler = handler
+        self.context = context
+        self.decode_input = decode_input
+
+    @classmethod
+    def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
+             handler_spec: str, batch_size: int, gpu_id: int | None,
+             model_yaml_config: dict[str, Any], decode_input: bool = True) -> HandlerService:
+        metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))
+        metrics.initialize_cache()
+        metrics.model_name = model_name
+        context = Context(model_name, str(model_dir), manifest, batch_size, gpu_id,
+                          ts.__version__, True, metrics, model_yaml_config)
+        handler = load_handler(handler_spec)
+        service = cls(handler, context, decode_input)
+        handler.initialize(context)
+        return service
+
+    def predict(self, items: list[WorkItem]) -> list[ItemResult] | ServingError:
+        """Run one batch; a failure of the batch as a whole is returned, not raised."""
+        ctx = self.context
+        batch = [self._inputs(item) for item in items]
+        ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
+        ctx.request_processor = [_processor(item) for item in items]
+        ctx.metrics.request_ids = ctx.request_ids
+        start = time.perf_counter()
+        try:
+            outputs = self.handler.entry_point(batch, ctx)
+        except PredictionException as e:
+            return PredictionFailed(str(e.message), int(e.error_code))
+        except (MemoryError, torch.OutOfMemoryError):
+            log.exception("out of memory in the handler")
+            return InsufficientStorage("Out of resources")
+        except Exception:
+            log.exception("the handler raised")
+            return PredictionFailed("Prediction failed")
+        if not isinstance(outputs, list):
+            log.warning("handler returned %s, not a list", type(outputs).__name__)
+            return PredictionFailed("Invalid model predict output")
+        if len(outputs) != len(items):
+            log.warning("handler returned %d answers for a batch of %d", len(outputs), len(items))
+            return PredictionFailed(f"number of batch response mismatched: expected "
+                                    f"{len(items)}, got {len(outputs)}")
+        ctx.metrics.add_time("PredictionTime", round((time.perf_counter() - start) * 1000, 2))
+        try:
+            return [self._result(i, out) for i, out in enumerate(outputs)]
+        except TypeError:
+            log.warning("handler output cannot be serialised", exc_info=True)
+            return PredictionFailed("Unsupported model output data type.")
+
+    def _inputs(self, item: WorkItem) -> dict[str, Any]:
+        return {name: decode_value(ctype, value, self.decode_input)
+                for name, ctype, value in item.inputs}
+
+    def _result(self, idx: int, value: Any) -> ItemResult:
+        ctx = self.context
+        status, _ = ctx.get_response_status(idx)
+        headers = dict(ctx.get_response_headers(idx))
+        body, inferred = encode_value(value)
+        content_type = headers.pop("content-type", None) or inferred
+        return ItemResult(body, int(status or 200), content_type, headers)
+
+
+def _processor(item: WorkItem) -> RequestProcessor:
+    # TorchServe's backend exposes each input's content type under the input's name, then
+    # the request headers, in one mapping per request.
+    headers: dict[str, Any] = {name: {"content-type": ctype} for name, ctype, _ in item.inputs}
+    headers.update(item.headers)
+    return RequestProcessor(headers)
+
+
+def decode_value(content_type: str, value: Any, decode: bool = True) -> Any:
+    """JSON parsed, `text/*` as str, anything else as bytearray (TorchServe's rules)."""
+    raw = bytearray(value)
+    if not decode:
+        return raw
+    if content_type == "application/json":
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    if content_type.startswith("text"):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+    return raw
+
+
+def encode_value(value: Any) -> tuple[bytes, str]:
+    """Bytes as is, str as UTF-8, tensors by torch.save, anything else as JSON."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value), "application/octet-stream"
+    if isinstance(value, str):
+        return value.encode("utf-8"), "text/plain; charset=utf-8"
+    if isinstance(value, torch.Tensor):
+        buf = io.BytesIO()
+        torch.save(value, buf)
+        return buf.getvalue(), "application/octet-stream"
+    # TorchServe's backend pretty-prints with indent=2; clients may compare bodies byte-wise.
+    return json.dumps(value, indent=2).encode("utf-8"), "application/json"

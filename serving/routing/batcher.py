@@ -1,0 +1,125 @@
+"""The bounded queue of one model version and its rule for closing a batch.
+
+A batch may close when it is full, or once `max_delay` has passed since the first request
+still waiting arrived. (TorchServe starts the delay when a worker polls the queue, which adds
+up to `maxBatchDelay` of latency to a request that arrives at an idle server; counting from the
+arrival does not.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from serving.errors import ServiceUnavailable
+from serving.types import InferenceRequest, InferenceResponse
+
+
+class JobState(enum.Enum):
+    QUEUED = 1
+    RUNNING = 2
+    DONE = 3
+
+
+class QueueFull(ServiceUnavailable):
+    """The model's job queue is at `job_queue_size`: answered at once, never waited on."""
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One request on its way through routing; its future is resolved exactly once."""
+
+    request: InferenceRequest
+    future: asyncio.Future[InferenceResponse]
+    arrival: float
+    state: JobState = JobState.QUEUED
+    started: float = 0.0  # when it was handed to a worker (loop time)
+    withdraw: Callable[[Job], None] | None = None  # set by the scheduler that queued it
+
+    def cancel(self) -> None:
+        """The client went away: never run it if still queued; drop its answer otherwise."""
+        if self.withdraw is not None:
+            self.withdraw(self)
+
+    def resolve(self, result: InferenceResponse | BaseException) -> None:
+        """Set the answer unless one was given already (a timeout, a cancellation)."""
+        self.state = JobState.DONE
+        if self.future.done():
+            return
+        if isinstance(result, BaseException):
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
+
+
+class Batcher:
+    """Futures in, batches out: a FIFO with a size bound and the batch-closing rule."""
+
+    def __init__(self, batch_size: int, max_delay: float, capacity: int) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.batch_size = batch_size
+        self.max_delay = max_delay
+        self.capacity = capacity
+        self._queue: deque[Job] = deque()
+        self._pending = 0
+
+    def __len__(self) -> int:
+        return self._pending
+
+    @property
+    def remaining_capacity(self) -> int:
+        return max(0, self.capacity - self._pending)
+
+    def put(self, job: Job) -> None:
+        if self._pending >= self.capacity:
+            raise QueueFull(f"Model queue is full ({self.capacity} requests waiting); "
+                            "retry later", retry_after=1)
+        self._queue.append(job)
+        self._pending += 1
+
+    def discard(self, job: Job) -> bool:
+        """Withdraw a queued job (its client went away); it will never reach a worker."""
+        if job.state is not JobState.QUEUED:
+            return False
+        job.state = JobState.DONE
+        self._pending -= 1
+        return True
+
+    def deadline(self) -> float | None:
+        """When the oldest waiting request's batch must close, if any is waiting."""
+        head = self._head()
+        return None if head is None else head.arrival + self.max_delay
+
+    def take(self, now: float) -> list[Job] | None:
+        """The batch that may be sent now, or None if it should wait for more requests."""
+        head = self._head()
+        if head is None:
+            return None
+        if self._pending < self.batch_size and now < head.arrival + self.max_delay:
+            return None
+        batch: list[Job] = []
+        queue = self._queue
+        while queue and len(batch) < self.batch_size:
+            job = queue.popleft()
+            if job.state is JobState.QUEUED:
+                job.state = JobState.RUNNING
+                batch.append(job)
+        self._pending -= len(batch)
+        return batch
+
+    def drain(self) -> list[Job]:
+        """Remove and return every waiting job (shutdown, unregister)."""
+        jobs = [j for j in self._queue if j.state is JobState.QUEUED]
+        self._queue.clear()
+        self._pending = 0
+        return jobs
+
+    def _head(self) -> Job | None:
+        queue = self._queue
+        while queue and queue[0].state is not JobState.QUEUED:
+            queue.popleft()
+        return queue[0] if queue else None

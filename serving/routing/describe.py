@@ -1,0 +1,80 @@
+"""TorchServe's model description JSON (camelCase), shared by the REST and gRPC management APIs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psutil
+
+from serving.routing.registry import ModelVersion, Registry
+from serving.workers.process import Worker, WorkerState
+
+
+def describe_version(mv: ModelVersion) -> dict[str, Any]:
+    s = mv.settings
+    pending, remaining = mv.scheduler.queued_jobs_state()
+    healthy = mv.pool.ready_count >= mv.pool.target
+    out: dict[str, Any] = {
+        "modelName": mv.name,
+        "modelVersion": mv.version,
+        "modelUrl": mv.url,
+        "runtime": mv.runtime,
+        "handler": mv.handler,
+        "minWorkers": s.min_workers,
+        "maxWorkers": s.max_workers,
+        "batchSize": s.batch_size,
+        "maxBatchDelay": s.max_batch_delay,
+        "responseTimeout": s.response_timeout,
+        "startupTimeout": s.startup_timeout,
+        "deviceType": s.device_type or "cpu",
+        "status": "Healthy" if healthy else "Unhealthy",
+        "loadedAtStartup": mv.loaded_at_startup,
+        "workers": [_worker(w) for w in sorted(mv.pool.workers.values(), key=lambda w: w.id)],
+        "restarts": mv.pool.restarts,
+        "jobQueueStatus": {"remainingCapacity": remaining, "pendingRequests": pending},
+    }
+    if mv.pool.last_error:
+        out["lastError"] = mv.pool.last_error
+    return out
+
+
+def _worker(w: Worker) -> dict[str, Any]:
+    status = {WorkerState.BUSY: "READY"}.get(w.state, w.state.value)
+    return {
+        "id": w.id,
+        "startTime": dt.datetime.fromtimestamp(w.start_time, dt.UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z"),
+        "status": status,
+        "busy": w.busy,
+        "memoryUsage": _rss(w.pid),
+        "pid": w.pid if w.pid is not None else -1,
+        "gpu": False,
+        "gpuUsage": "N/A",
+    }
+
+
+def _rss(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def describe(registry: Registry, name: str, version: str | None) -> list[dict[str, Any]]:
+    """`GET /models/{name}[/{version}|/all]`: always an array, as in TorchServe."""
+    if version == "all":
+        return [describe_version(mv) for mv in registry.versions(name)]
+    return [describe_version(registry.get(name, version))]
+
+
+def list_models(registry: Registry, limit: int, token: int) -> dict[str, Any]:
+    names = registry.names()
+    page = names[token:token + limit]
+    out: dict[str, Any] = {"models": [
+        {"modelName": n, "modelUrl": registry.get(n).url} for n in page]}
+    if token + limit < len(names):
+        out["nextPageToken"] = str(token + limit)
+    return out

@@ -1,0 +1,247 @@
+"""The one object both front ends call: register, scale, unregister, describe, submit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from serving.errors import (
+    BadRequest,
+    Conflict,
+    ServiceUnavailable,
+    ServingError,
+)
+from serving.handlers.archive import UnpackedArchive, unpack
+from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
+from serving.routing.batcher import Batcher, Job
+from serving.routing.registry import ModelSettings, ModelVersion, Registry
+from serving.routing.scheduler import Scheduler
+from serving.settings import Settings
+from serving.types import InferenceRequest
+from serving.workers.listener import WorkerListener
+from serving.workers.process import Worker, WorkerSpec
+from serving.workers.supervisor import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Registration:
+    """The parameters of a register call (management API, gRPC, or start-up loading)."""
+
+    url: str
+    model_name: str | None = None
+    handler: str | None = None
+    runtime: str | None = None
+    batch_size: int | None = None
+    max_batch_delay: int | None = None
+    initial_workers: int | None = None
+    synchronous: bool = True
+    response_timeout: int | None = None
+    startup_timeout: int | None = None
+
+
+class ModelManager:
+    """Owns the registry, the archives on disk and every model version's workers."""
+
+    def __init__(self, settings: Settings, work_dir: Path, listener: WorkerListener) -> None:
+        self.settings = settings
+        self.registry = Registry()
+        self._work_dir = work_dir
+        self._listener = listener
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.accepting = True  # false once shutdown starts: new requests get 503
+
+    # -- data plane -------------------------------------------------------------------
+    def submit(self, name: str, version: str | None, request: InferenceRequest) -> Job:
+        """Queue a request for a model version; raises ServingError instead of waiting."""
+        if not self.accepting:
+            raise ServiceUnavailable("Server is shutting down")
+        mv = self.registry.get(name, version)
+        if not mv.pool.workers:
+            raise ServiceUnavailable(f"No worker is available to serve model: {name}")
+        return mv.scheduler.submit(request)
+
+    # -- control plane ----------------------------------------------------------------
+    async def register(self, reg: Registration, loaded_at_startup: bool = False
+                       ) -> tuple[ModelVersion, str, int]:
+        """Register an archive from the model store; returns (version, message, status)."""
+        source = self._resolve_url(reg.url)
+        loop = asyncio.get_running_loop()
+        archive = await loop.run_in_executor(None, unpack, source, self._work_dir / "models",
+                                             self.settings.default_service_handler)
+        try:
+            mv = self._prepare(reg, archive, loaded_at_startup)
+        except BaseException:
+            remove_extracted(archive)
+            raise
+        workers = mv.settings.min_workers
+        if reg.synchronous:
+            await self._start_workers(mv, workers)
+            msg = (f'Model "{mv.name}" Version: {mv.version} registered with {workers} '
+                   "initial workers")
+            return mv, msg, 200
+        self._background(self._start_workers(mv, workers, raise_errors=False))
+        msg = (f'Model "{mv.name}" Version: {mv.version} registered with {workers} initial '
+               "workers. Use the describe model API to check their status.")
+        return mv, msg, 202
+
+    def _resolve_url(self, url: str) -> Path:
+        store = self.settings.model_store
+        if "://" in url:
+            raise BadRequest(f"url: remote model URLs are not supported yet; put the archive "
+                             f"in the model store and register it by file name (got {url!r})")
+        if not url or "/" in url or "\\" in url or url in (".", ".."):
+            raise BadRequest(f"url: must be the name of an archive in the model store, without "
+                             f"a path (got {url!r})")
+        if store is None:
+            raise BadRequest("url: the server was started without a model store")
+        path = store / url
+        if not path.exists():
+            raise BadRequest(f"url: no archive named {url!r} in the model store")
+        return path
+
+    def _prepare(self, reg: Registration, archive: UnpackedArchive,
+                 loaded_at_startup: bool) -> ModelVersion:
+        manifest = archive.manifest
+        name = reg.model_name or manifest.model_name
+        version = manifest.model_version
+        if not name or "/" in name:
+            raise BadRequest(f"model_name: invalid model name {name!r}")
+        if self.registry.exists(name, version):
+            raise Conflict(f"Model version {version} for model {name} is already registered")
+        model_yaml = read_model_yaml(archive.model_dir, manifest.config_file)
+        settings = self._model_settings(reg, name, version, model_yaml)
+        scheduler = Scheduler(Batcher(settings.batch_size, settings.max_batch_delay / 1000,
+                                      settings.job_queue_size),
+                              float(settings.response_timeout))
+        handler = reg.handler or manifest.handler
+        mv_holder: list[ModelVersion] = []
+        pool = WorkerPool(f"{name}/{version}", lambda slot: self._worker_spec(mv_holder[0], slot),
+                          self._listener, on_ready=scheduler.add_worker,
+                          on_gone=scheduler.remove_worker,
+                          startup_timeout=float(settings.startup_timeout))
+        mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
+                          handler=handler, runtime=reg.runtime or manifest.runtime,
+                          settings=settings, model_yaml=model_yaml, scheduler=scheduler,
+                          pool=pool, loaded_at_startup=loaded_at_startup)
+        mv_holder.append(mv)
+        self.registry.add(mv)
+        return mv
+
+    def _model_settings(self, reg: Registration, name: str, version: str,
+                        model_yaml: dict[str, Any]) -> ModelSettings:
+        s = self.settings
+        from_yaml = frontend_config(model_yaml, "model-config.yaml")
+        props = s.models.get(name, {}).get(version)
+        if props is not None:
+            from_yaml = frontend_config(props, f"config.properties models[{name}][{version}]"
+                                        ).merged_over(from_yaml)
+        explicit = FrontendConfig.model_validate({
+            "batch_size": reg.batch_size, "max_batch_delay": reg.max_batch_delay,
+            "min_workers": reg.initial_workers, "response_timeout": reg.response_timeout,
+            "startup_timeout": reg.startup_timeout})
+        cfg = explicit.merged_over(from_yaml)
+        min_workers = (cfg.min_workers if cfg.min_workers is not None
+                       else s.default_workers_per_model)
+        max_workers = max(cfg.max_workers if cfg.max_workers is not None else min_workers,
+                          min_workers)
+        return ModelSettings(
+            batch_size=cfg.batch_size or 1,
+            max_batch_delay=cfg.max_batch_delay if cfg.max_batch_delay is not None else 100,
+            min_workers=min_workers, max_workers=max_workers,
+            response_timeout=cfg.response_timeout or s.default_response_timeout,
+            startup_timeout=cfg.startup_timeout or s.default_startup_timeout,
+            job_queue_size=cfg.job_queue_size or s.job_queue_size,
+            client_timeout_ms=cfg.client_timeout_ms, device_type=cfg.device_type,
+            device_ids=tuple(cfg.device_ids) if cfg.device_ids else None)
+
+    def _worker_spec(self, mv: ModelVersion, slot: int) -> WorkerSpec:
+        load = {
+            "model_name": mv.name, "model_version": mv.version,
+            "model_dir": str(mv.archive.model_dir), "handler": mv.handler,
+            "batch_size": mv.settings.batch_size, "gpu_id": None,
+            "manifest": mv.archive.manifest.raw, "model_yaml_config": mv.model_yaml,
+            "decode_input": self.settings.decode_input_request,
+        }
+        return WorkerSpec(load=load, log_level=self.settings.log_level)
+
+    async def _start_workers(self, mv: ModelVersion, n: int, raise_errors: bool = True) -> None:
+        try:
+            await mv.pool.scale(n)
+        except ServingError as e:
+            log.error("model %s version %s failed to load: %s", mv.name, mv.version, e.message)
+            await self._drop(mv)
+            if raise_errors:
+                raise ServingError(f'Failed to load model "{mv.name}" version {mv.version}: '
+                                   f"{e.message}", e.code) from None
+
+    async def scale(self, name: str, version: str | None, min_workers: int,
+                    max_workers: int | None, synchronous: bool) -> tuple[str, int]:
+        mv = self.registry.get(name, version)
+        max_w = (max_workers if max_workers is not None
+                 else max(min_workers, mv.settings.max_workers))
+        if max_w < min_workers:
+            raise BadRequest(f"max_worker ({max_w}) cannot be less than min_worker ({min_workers})")
+        mv.settings = replace(mv.settings, min_workers=min_workers, max_workers=max_w)
+        if synchronous:
+            await mv.pool.scale(min_workers)
+            return f"Workers scaled to {min_workers} for model: {name}", 200
+        self._background(self._scale_quietly(mv, min_workers))
+        return "Processing worker updates...", 202
+
+    async def _scale_quietly(self, mv: ModelVersion, n: int) -> None:
+        try:
+            await mv.pool.scale(n)
+        except ServingError as e:
+            log.error("scaling %s/%s to %d failed: %s", mv.name, mv.version, n, e.message)
+
+    async def unregister(self, name: str, version: str | None) -> str:
+        mv = self.registry.get(name, version)
+        others = [v for v in self.registry.versions(name) if v is not mv]
+        if others and self.registry.default_version(name) == mv.version:
+            raise BadRequest(f"Cannot unregister the default version {mv.version} of model "
+                             f"{name} while other versions exist; set another default first")
+        await self._drop(mv)
+        return f'Model "{name}" unregistered'
+
+    async def _drop(self, mv: ModelVersion) -> None:
+        """Unregister: no new requests, queued ones finish, then the workers stop."""
+        self.registry.remove(mv)
+        await mv.scheduler.drain(timeout=float(mv.settings.response_timeout))
+        await mv.pool.close()
+        remove_extracted(mv.archive)
+
+    def healthy(self) -> bool:
+        """TorchServe's /ping rule: every model has at least its minimum of workers."""
+        return all(mv.pool.ready_count >= mv.pool.target for mv in self.registry.all_versions())
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, drain_timeout: float) -> None:
+        """Shut down every model: let in-flight work finish, then stop the workers."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(self._drop_for_shutdown(mv, drain_timeout)
+                               for mv in self.registry.all_versions()))
+
+    async def _drop_for_shutdown(self, mv: ModelVersion, timeout: float) -> None:
+        await mv.scheduler.drain(timeout)
+        await mv.pool.close()
+        self.registry.remove(mv)
+        remove_extracted(mv.archive)
+
+
+def remove_extracted(archive: UnpackedArchive) -> None:
+    if archive.extracted_to is not None:
+        shutil.rmtree(archive.extracted_to, ignore_errors=True)
+
+
+__all__ = ["ModelManager", "Registration", "Worker"]

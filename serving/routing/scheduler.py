@@ -1,0 +1,145 @@
+"""Dispatching one model version's batches to its idle workers, event-driven.
+
+No task polls the queue: a dispatch is attempted when a request arrives, when a worker
+becomes idle, and when the oldest waiting request's batch delay runs out (one timer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from functools import partial
+from typing import Protocol
+
+from serving.errors import ServiceUnavailable, ServingError
+from serving.routing.batcher import Batcher, Job, JobState
+from serving.types import InferenceRequest, InferenceResponse
+
+BatchResult = list[InferenceResponse] | ServingError
+
+
+class BatchRunner(Protocol):
+    """What the scheduler needs of a worker."""
+
+    def run(self, requests: Sequence[InferenceRequest], done: _Done,
+            timeout: float | None) -> None: ...
+
+
+class _Done(Protocol):
+    def __call__(self, result: BatchResult, /) -> None: ...
+
+
+class Scheduler:
+    """Queue, batch and hand out work for one model version; every job answered once."""
+
+    def __init__(self, batcher: Batcher, response_timeout: float | None) -> None:
+        self.batcher = batcher
+        self.response_timeout = response_timeout
+        self.accepting = True
+        self.inflight = 0
+        self._idle: list[BatchRunner] = []
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    def submit(self, request: InferenceRequest) -> Job:
+        """Queue a request; raises QueueFull or ServiceUnavailable instead of waiting."""
+        if not self.accepting:
+            raise ServiceUnavailable("Model is being unloaded; no new requests are accepted")
+        job = Job(request, self._loop.create_future(), self._loop.time(), withdraw=self.cancel)
+        self.batcher.put(job)
+        self._settled.clear()
+        self._dispatch()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: drop the job if queued; if running, its answer is dropped."""
+        if self.batcher.discard(job):
+            job.future.cancel()
+            self._check_settled()
+        elif not job.future.done():
+            job.future.cancel()
+
+    def add_worker(self, worker: BatchRunner) -> None:
+        """A worker is ready for a batch."""
+        if worker not in self._idle:
+            self._idle.append(worker)
+        self._dispatch()
+
+    def remove_worker(self, worker: BatchRunner) -> None:
+        if worker in self._idle:
+            self._idle.remove(worker)
+
+    @property
+    def idle_workers(self) -> int:
+        return len(self._idle)
+
+    def _dispatch(self) -> None:
+        now = self._loop.time()
+        while self._idle:
+            batch = self.batcher.take(now)
+            if batch is None:
+                break
+            worker = self._idle.pop()
+            for job in batch:
+                job.started = now
+            self.inflight += len(batch)
+            worker.run([job.request for job in batch], partial(self._done, batch),
+                       self.response_timeout)
+        if self._idle and len(self.batcher):
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.batcher.deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _done(self, batch: list[Job], result: BatchResult) -> None:
+        self.inflight -= len(batch)
+        if isinstance(result, ServingError):
+            for job in batch:
+                job.resolve(result)
+        else:
+            for job, answer in zip(batch, result, strict=True):
+                job.resolve(answer)
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        if not self.inflight and not len(self.batcher):
+            self._settled.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let queued and running requests finish (up to `timeout`), then
+        answer whatever is left with 503."""
+        self.accepting = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._settled.wait()
+        except TimeoutError:
+            pass
+        self.fail_queued(ServiceUnavailable("Model was unloaded before this request ran"))
+
+    def fail_queued(self, error: ServingError) -> None:
+        for job in self.batcher.drain():
+            job.resolve(error)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._check_settled()
+
+    def queued_jobs_state(self) -> tuple[int, int]:
+        """(pending requests, remaining queue capacity) for describe."""
+        return len(self.batcher), self.batcher.remaining_capacity
+
+
+__all__ = ["BatchResult", "JobState", "Scheduler"]

@@ -1,0 +1,188 @@
+"""The one typed settings object, built once at start-up from the CLI and `config.properties`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serving.errors import ConfigError
+from serving.properties import read_properties
+
+log = logging.getLogger(__name__)
+
+# TorchServe keys that configure its Java frontend or features this server does differently.
+# A TorchServe user's config.properties keeps working: these are accepted with one log line.
+IGNORED_TORCHSERVE_KEYS = frozenset({
+    "number_of_netty_threads", "netty_client_threads", "async_logging", "vmargs",
+    "install_py_dep_per_model", "workflow_store", "enable_envvars_config", "use_native_io",
+    "io_ratio", "metrics_config", "metrics_format", "enable_metrics_api", "initial_worker_port",
+    "initial_distribution_port", "plugins_path", "snapshot_store", "model_snapshot",
+    "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers", "blacklist_env_vars",
+    "disable_system_metrics", "system_metrics_cmd", "model_server_home", "preload_model",
+    "metrics_mode", "ipex_enable", "ipex_gpu_enable", "max_response_size_in_mb",
+    "enable_grpc_ssl", "maxRetryTimeoutInSec", "token_expiration_min",
+})
+# TorchServe keys whose meaning this server cannot honour yet: silently ignoring them would
+# leave a user believing they are protected, so they stop the start-up instead.
+UNSUPPORTED_TORCHSERVE_KEYS = {
+    "keystore": "TLS is not served directly; terminate TLS at a proxy",
+    "keystore_pass": "TLS is not served directly; terminate TLS at a proxy",
+    "keystore_type": "TLS is not served directly; terminate TLS at a proxy",
+    "certificate_file": "TLS is not served directly; terminate TLS at a proxy",
+    "private_key_file": "TLS is not served directly; terminate TLS at a proxy",
+}
+
+DEFAULT_ALLOWED_URLS = ("file://.*",)
+
+
+class Address(BaseModel):
+    """A listening address parsed from TorchServe's `http://host:port` form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    @classmethod
+    def parse(cls, value: str) -> Address:
+        parts = urlsplit(value if "://" in value else f"http://{value}")
+        if parts.scheme != "http":
+            raise ValueError(f"{value!r}: only http:// addresses are served (TLS belongs "
+                             "to a proxy in front of the server)")
+        if parts.hostname is None or parts.port is None:
+            raise ValueError(f"{value!r} is not of the form http://host:port")
+        return cls(host=parts.hostname, port=parts.port)
+
+    def __str__(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class Settings(BaseModel):
+    """Server-wide settings. Field names are TorchServe's config.properties keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inference_address: Address = Address(host="127.0.0.1", port=8080)
+    management_address: Address = Address(host="127.0.0.1", port=8081)
+    metrics_address: Address = Address(host="127.0.0.1", port=8082)
+    grpc_inference_port: int = Field(7070, ge=0, le=65535)
+    grpc_management_port: int = Field(7071, ge=0, le=65535)
+    model_store: Path | None = None
+    load_models: list[str] = Field(default_factory=list)
+    models: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    default_workers_per_model: int = Field(1, ge=0)
+    job_queue_size: int = Field(100, ge=1)
+    default_response_timeout: int = Field(120, ge=1)
+    default_startup_timeout: int = Field(120, ge=1)
+    max_request_size: int = Field(6553500, ge=1)
+    max_response_size: int = Field(6553500, ge=1)
+    allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
+    enable_model_api: bool = False
+    disable_token_authorization: bool = True
+    decode_input_request: bool = True
+    default_service_handler: str | None = None  # for archives without a manifest
+    cpu_launcher_enable: bool = False
+    cpu_launcher_args: str = ""
+    number_of_gpu: int | None = Field(None, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("inference_address", "management_address", "metrics_address",
+                     mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        return Address.parse(value) if isinstance(value, str) else value
+
+    @field_validator("load_models", mode="before")
+    @classmethod
+    def _load_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_urls", mode="before")
+    @classmethod
+    def _allowed_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not valid JSON ({e.msg} at character {e.pos})") from e
+        return value
+
+    @field_validator("disable_token_authorization")
+    @classmethod
+    def _tokens(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("token authorization is not supported yet; set "
+                             "disable_token_authorization=true and protect the APIs "
+                             "with an authenticating proxy")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return value.upper()
+
+
+def build_settings(properties_file: Path | None, overrides: dict[str, Any]) -> Settings:
+    """Settings from a TorchServe `config.properties` (optional) with CLI overrides on top."""
+    values: dict[str, Any] = {}
+    source = "command line"
+    if properties_file is not None:
+        source = str(properties_file)
+        values.update(_from_properties(properties_file))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+
+
+def _from_properties(path: Path) -> dict[str, Any]:
+    try:
+        raw = read_properties(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in UNSUPPORTED_TORCHSERVE_KEYS:
+            raise ConfigError(f"{path}: {key}: {UNSUPPORTED_TORCHSERVE_KEYS[key]}")
+        if key in IGNORED_TORCHSERVE_KEYS:
+            log.info("%s: %s is a TorchServe frontend setting with no effect here", path, key)
+            continue
+        if key not in Settings.model_fields:
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        values[key] = value
+    if "model_store" in values:
+        # TorchServe resolves a relative model_store against the working directory.
+        values["model_store"] = Path(values["model_store"]).expanduser()
+    return values
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: `key: message (got value)`."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        got = item.get("input")
+        suffix = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        lines.append(f"{where}: {message}{suffix}")
+    return "; ".join(lines)

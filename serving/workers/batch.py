@@ -1,0 +1,60 @@
+"""The batch messages: how a batch is laid out on the wire, on both sides of the socket.
+
+PREDICT meta: `{"batch": n, "items": [{"id", "h": {headers}, "in": [[name, content type]]}]}`
+with one blob per input, in order. RESULT meta: `{"batch": n, "items": [{"id", "s": status,
+"ct": content type, "h": {headers}}]}` with one blob per item, or `{"batch": n, "error": {...}}`
+when the whole batch failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from serving.errors import ServingError
+from serving.types import InferenceRequest, InferenceResponse
+from serving.workers.ipc import Blob, Message
+
+if TYPE_CHECKING:
+    from serving.handlers.service import HandlerService
+
+
+def encode_batch(batch_id: int, requests: Sequence[InferenceRequest]
+                 ) -> tuple[dict[str, Any], list[Blob]]:
+    """Gateway side: the PREDICT message for a batch."""
+    items = []
+    blobs: list[Blob] = []
+    for req in requests:
+        items.append({"id": req.request_id, "h": req.headers,
+                      "in": [[i.name, i.content_type] for i in req.inputs]})
+        blobs.extend(i.value for i in req.inputs)
+    return {"batch": batch_id, "items": items}, blobs
+
+
+def decode_result(msg: Message, count: int) -> list[InferenceResponse] | ServingError:
+    """Gateway side: the answers of a RESULT message, or the error for the whole batch."""
+    meta = msg.meta
+    if "error" in meta:
+        return ServingError.from_dict(meta["error"])
+    items = meta["items"]
+    if len(items) != count or len(msg.blobs) != count:
+        return ServingError(f"worker answered {len(items)} items for a batch of {count}")
+    return [InferenceResponse(bytes(blob), item["s"], item["ct"], item["h"])
+            for item, blob in zip(items, msg.blobs, strict=True)]
+
+
+def run_batch(service: HandlerService, msg: Message) -> tuple[dict[str, Any], list[Blob]]:
+    """Worker side: run a PREDICT message through the handler, build the RESULT message."""
+    from serving.handlers.service import WorkItem
+
+    blobs = iter(msg.blobs)
+    work = [WorkItem(item["id"], item["h"],
+                     [(name, ctype, next(blobs)) for name, ctype in item["in"]])
+            for item in msg.meta["items"]]
+    results = service.predict(work)
+    batch_id = msg.meta["batch"]
+    if isinstance(results, ServingError):
+        return {"batch": batch_id, "error": results.to_dict()}, []
+    items = [{"id": w.request_id, "s": r.status, "ct": r.content_type, "h": r.headers}
+             for w, r in zip(work, results, strict=True)]
+    return {"batch": batch_id, "items": items}, [r.body for r in results]

@@ -1,0 +1,82 @@
+"""Both ends of a worker's Unix socket: a blocking one for the worker, asyncio for the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from serving.workers.ipc import Blob, FrameBuffer, Kind, Message, decode_body, encode
+
+
+class BlockingChannel:
+    """The worker's end: one thread reads a frame, runs it, writes the answer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._rfile = sock.makefile("rb", buffering=1 << 16)
+
+    def send(self, kind: Kind, meta: dict[str, Any], blobs: Sequence[Blob] = ()) -> None:
+        buffers = encode(kind, meta, blobs)
+        total = sum(len(b) for b in buffers)
+        sent = self._sock.sendmsg(buffers)
+        if sent < total:
+            # A short write only happens for large frames: send the rest the plain way.
+            rest = b"".join(bytes(b) for b in buffers)[sent:]
+            self._sock.sendall(rest)
+
+    def recv(self) -> Message | None:
+        """The next message, or None when the gateway closed the connection."""
+        head = self._rfile.read(4)
+        if len(head) < 4:
+            return None
+        size = int.from_bytes(head, "little")
+        body = self._rfile.read(size)
+        if len(body) < size:
+            return None
+        return decode_body(memoryview(body))
+
+    def close(self) -> None:
+        self._rfile.close()
+        self._sock.close()
+
+
+class WorkerConnection(asyncio.Protocol):
+    """The gateway's end of one worker's socket; hands each message to `on_message`."""
+
+    def __init__(self, on_hello: Callable[[WorkerConnection, Message], None]) -> None:
+        self._frames = FrameBuffer()
+        self._on_hello: Callable[[WorkerConnection, Message], None] | None = on_hello
+        self.on_message: Callable[[Message], None] = lambda msg: None
+        self.on_lost: Callable[[Exception | None], None] = lambda exc: None
+        # uvloop's transports are not asyncio.Transport instances, so only the methods count.
+        self.transport: Any = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for msg in self._frames.feed(data):
+            if self._on_hello is not None:
+                if msg.kind != Kind.HELLO:
+                    self.close()
+                    return
+                hello, self._on_hello = self._on_hello, None
+                hello(self, msg)
+            else:
+                self.on_message(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.on_lost(exc)
+
+    def send(self, kind: Kind, meta: dict[str, Any], blobs: Sequence[Blob] = ()) -> None:
+        if self.transport is None or self.closed:
+            raise ConnectionError("worker connection is closed")
+        self.transport.writelines(encode(kind, meta, blobs))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

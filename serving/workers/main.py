@@ -1,0 +1,123 @@
+"""The worker process: connect, load one model version, then answer batches until told to stop.
+
+Started by the supervisor as a fresh interpreter (`python -m serving.workers.main`), never
+forked, so that placement (affinity, memory node, thread counts, allocator preload) is in
+force before torch creates its thread pools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from serving.errors import InsufficientStorage, ServingError
+from serving.workers.channel import BlockingChannel
+from serving.workers.ipc import Kind, Message
+
+if TYPE_CHECKING:
+    from serving.handlers.service import HandlerService
+
+log = logging.getLogger("serving.worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serving-worker")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    notes = _apply_placement()
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(args.socket)
+    channel = BlockingChannel(sock)
+    channel.send(Kind.HELLO, {"worker_id": args.worker_id, "pid": os.getpid()})
+    load = channel.recv()
+    if load is None or load.kind != Kind.LOAD:
+        return 1
+    _setup_logging(args.log_level, f"{load.meta['model_name']}/{args.worker_id}")
+    for note in notes:
+        log.info("%s", note)
+    try:
+        service = _load(load)
+    except BaseException as e:  # report every failure to load, then exit
+        error = _load_error(e)
+        log.error("loading failed: %s\n%s", error.message, traceback.format_exc())
+        channel.send(Kind.LOADED, {"ok": False, "error": error.to_dict()})
+        return 1
+    channel.send(Kind.LOADED, {"ok": True, "handler": service.handler.describe})
+    return _serve(channel, service)
+
+
+def _apply_placement() -> list[str]:
+    spec = os.environ.get("SERVING_PLACEMENT")
+    if not spec:
+        return []
+    from serving.workers import pinning
+
+    return pinning.apply_from_env(spec)
+
+
+def _setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+    # TorchServe's metric lines are parsed by its frontend; here they would only be noise.
+    logging.getLogger("ts.metrics").setLevel(logging.WARNING)
+
+
+def _load(msg: Message) -> HandlerService:
+    meta = msg.meta
+    model_dir = Path(meta["model_dir"])
+    # TorchServe's contract: the handler runs in, and imports from, the model directory.
+    os.chdir(model_dir)
+    sys.path.insert(0, str(model_dir))
+    from serving.handlers.service import HandlerService
+
+    return HandlerService.load(
+        model_name=meta["model_name"], model_dir=model_dir, manifest=meta["manifest"],
+        handler_spec=meta["handler"], batch_size=int(meta["batch_size"]),
+        gpu_id=meta.get("gpu_id"), model_yaml_config=meta.get("model_yaml_config") or {},
+        decode_input=bool(meta.get("decode_input", True)))
+
+
+def _load_error(exc: BaseException) -> ServingError:
+    if isinstance(exc, ServingError):
+        return exc
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return InsufficientStorage(f"out of memory while loading: {exc}")
+    where = "initialize" if _raised_in_handler(exc) else "loading"
+    return ServingError(f"{where} raised {type(exc).__name__}: {exc}")
+
+
+def _raised_in_handler(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(f.name == "initialize" for f in frames)
+
+
+def _serve(channel: BlockingChannel, service: HandlerService) -> int:
+    from serving.workers.batch import run_batch
+
+    while True:
+        msg = channel.recv()
+        if msg is None or msg.kind == Kind.SHUTDOWN:
+            return 0
+        if msg.kind == Kind.PREDICT:
+            meta, blobs = run_batch(service, msg)
+            channel.send(Kind.RESULT, meta, blobs)
+        elif msg.kind == Kind.PING:
+            channel.send(Kind.PONG, _pong(msg.meta))
+
+
+def _pong(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"seq": meta.get("seq"), "pid": os.getpid()}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""One worker process seen from the gateway: spawn, load, run batches, notice its death."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.errors import ResponseTimeout, ServingError, WorkerDied
+from serving.types import InferenceRequest, InferenceResponse
+from serving.workers.batch import decode_result, encode_batch
+from serving.workers.channel import WorkerConnection
+from serving.workers.ipc import Kind, Message
+from serving.workers.listener import WorkerListener
+
+log = logging.getLogger(__name__)
+
+BatchCallback = Callable[[list[InferenceResponse] | ServingError], None]
+
+
+class WorkerState(enum.Enum):
+    STARTING = "STARTING"
+    READY = "READY"
+    BUSY = "BUSY"
+    STOPPING = "STOPPING"
+    DEAD = "DEAD"
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker loads (the LOAD message) and how its process is started."""
+
+    load: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    log_level: str = "INFO"
+
+
+class Worker:
+    """A worker process holding one model version; runs one batch at a time."""
+
+    def __init__(self, worker_id: str, slot: int, spec: WorkerSpec, listener: WorkerListener,
+                 on_idle: Callable[[Worker], None], on_exit: Callable[[Worker], None]) -> None:
+        self.id = worker_id
+        self.slot = slot
+        self.spec = spec
+        self.stop_requested = False
+        self.state = WorkerState.STARTING
+        self.pid: int | None = None
+        self.start_time = time.time()
+        self.exit_code: int | None = None
+        self._listener = listener
+        self._on_idle = on_idle
+        self._on_exit = on_exit
+        self._proc: asyncio.subprocess.Process | None = None
+        self._conn: WorkerConnection | None = None
+        self._loaded: asyncio.Future[Message] | None = None
+        self._batch_id = 0
+        self._inflight: tuple[int, int, BatchCallback, asyncio.TimerHandle | None] | None = None
+        self._exited = asyncio.Event()
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight is not None
+
+    async def start(self, timeout: float) -> None:
+        """Spawn the process and wait until its handler is initialised, or raise why not."""
+        hello = self._listener.expect(self.id)
+        env = {**os.environ, **self.spec.env}
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serving.workers.main", "--socket", self._listener.path,
+            "--worker-id", self.id, "--log-level", self.spec.log_level,
+            env=env, stdin=asyncio.subprocess.DEVNULL)
+        self.pid = self._proc.pid
+        asyncio.get_running_loop().create_task(self._watch(self._proc))
+        try:
+            async with asyncio.timeout(timeout):
+                self._conn = await _first(hello, self._exited, "exited before connecting")
+                self._conn.on_message = self._on_message
+                self._conn.on_lost = self._on_lost
+                loop = asyncio.get_running_loop()
+                self._loaded = loop.create_future()
+                self._conn.send(Kind.LOAD, dict(self.spec.load))
+                loaded = await _first(self._loaded, self._exited, "exited while loading")
+        except TimeoutError:
+            self.kill()
+            raise ServingError(f"worker {self.id} did not load within {timeout:.0f} s "
+                               "(startup_timeout)") from None
+        except ServingError:
+            self.kill()
+            raise
+        finally:
+            self._listener.forget(self.id)
+        if not loaded.meta.get("ok"):
+            self.kill()
+            raise ServingError.from_dict(loaded.meta["error"])
+        self.state = WorkerState.READY
+
+    def run(self, requests: Sequence[InferenceRequest], done: BatchCallback,
+            timeout: float | None) -> None:
+        """Send one batch; `done` is called exactly once with its answers or an error."""
+        assert self._conn is not None and self._inflight is None
+        self._batch_id += 1
+        meta, blobs = encode_batch(self._batch_id, requests)
+        timer = None
+        if timeout is not None:
+            timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, timeout)
+        self._inflight = (self._batch_id, len(requests), done, timer)
+        self.state = WorkerState.BUSY
+        try:
+            self._conn.send(Kind.PREDICT, meta, blobs)
+        except ConnectionError:
+            self._fail_inflight(WorkerDied(f"worker {self.id} connection closed"))
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.kind == Kind.LOADED:
+            if self._loaded is not None and not self._loaded.done():
+                self._loaded.set_result(msg)
+            return
+        if msg.kind != Kind.RESULT or self._inflight is None:
+            return
+        batch_id, count, done, timer = self._inflight
+        if msg.meta.get("batch") != batch_id:
+            return  # an answer to a batch already failed (timed out): dropped
+        if timer is not None:
+            timer.cancel()
+        self._inflight = None
+        if self.state == WorkerState.BUSY:
+            self.state = WorkerState.READY
+        done(decode_result(msg, count))
+        if self.state == WorkerState.READY:
+            self._on_idle(self)
+
+    def _timed_out(self, timeout: float) -> None:
+        self._fail_inflight(ResponseTimeout(f"worker {self.id} did not answer within "
+                                            f"{timeout:g} s (response_timeout)"))
+        # The worker is stuck in the handler: only a restart frees it.
+        self.kill()
+
+    def _fail_inflight(self, error: ServingError) -> None:
+        if self._inflight is None:
+            return
+        _, _, done, timer = self._inflight
+        self._inflight = None
+        if timer is not None:
+            timer.cancel()
+        done(error)
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._died()
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        self.exit_code = await proc.wait()
+        self._exited.set()
+        self._died()
+
+    def _died(self) -> None:
+        if self.state == WorkerState.DEAD:
+            return
+        expected = self.stop_requested
+        was_starting = self.state == WorkerState.STARTING
+        self.state = WorkerState.DEAD
+        self._fail_inflight(WorkerDied(f"worker {self.id} (pid {self.pid}) exited while "
+                                       "running this request"))
+        if self._conn is not None:
+            self._conn.close()
+        if not expected and not was_starting:
+            log.warning("worker %s (pid %s) died", self.id, self.pid)
+        if not was_starting:
+            self._on_exit(self)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to exit; kill it if it does not within `timeout`."""
+        self.stop_requested = True
+        if self.state == WorkerState.DEAD:
+            return
+        self.state = WorkerState.STOPPING
+        if self._conn is not None and not self._conn.closed:
+            self._conn.send(Kind.SHUTDOWN, {})
+        try:
+            async with asyncio.timeout(timeout):
+                await self._exited.wait()
+        except TimeoutError:
+            self.kill()
+            await self._exited.wait()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGKILL)
+
+
+async def _first(fut: asyncio.Future[Any], exited: asyncio.Event, what: str) -> Any:
+    """Await `fut` unless the process exits first."""
+    waiter = asyncio.ensure_future(exited.wait())
+    try:
+        await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if fut.done():
+        return fut.result()
+    fut.cancel()
+    raise ServingError(f"worker process {what}; see the server log for its error")

@@ -1,0 +1,127 @@
+"""The worker processes of one model version: start, scale, replace the dead, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+
+from serving.errors import ServingError
+from serving.workers.listener import WorkerListener
+from serving.workers.process import Worker, WorkerSpec, WorkerState
+
+log = logging.getLogger(__name__)
+
+# TorchServe numbers its workers from 9000; clients and dashboards have seen these ids.
+_worker_ids = itertools.count(9000)
+
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
+
+class WorkerPool:
+    """Keeps `target` workers of one model version alive and tells the scheduler about them."""
+
+    def __init__(self, label: str, spec: Callable[[int], WorkerSpec], listener: WorkerListener,
+                 on_ready: Callable[[Worker], None], on_gone: Callable[[Worker], None],
+                 startup_timeout: float) -> None:
+        self.label = label
+        self.target = 0
+        self.workers: dict[str, Worker] = {}
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._spec = spec
+        self._listener = listener
+        self._on_ready = on_ready
+        self._on_gone = on_gone
+        self._startup_timeout = startup_timeout
+        self._failures = 0
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers.values()
+                   if w.state in (WorkerState.READY, WorkerState.BUSY))
+
+    async def scale(self, n: int) -> None:
+        """Start or stop workers until `n` run; raises the first start-up failure."""
+        self.target = n
+        live = [w for w in self.workers.values()
+                if w.state not in (WorkerState.STOPPING, WorkerState.DEAD)]
+        if len(live) < n:
+            slots = self._free_slots(n - len(live))
+            await asyncio.gather(*(self._start(slot) for slot in slots))
+        elif len(live) > n:
+            # Idle workers go first, then the newest; a busy one finishes its batch first.
+            victims = sorted(live, key=lambda w: (w.busy, -w.start_time))[: len(live) - n]
+            await asyncio.gather(*(self._stop(w) for w in victims))
+
+    def _free_slots(self, count: int) -> list[int]:
+        used = {w.slot for w in self.workers.values() if w.state != WorkerState.DEAD}
+        free = (s for s in itertools.count() if s not in used)
+        return list(itertools.islice(free, count))
+
+    async def _start(self, slot: int) -> None:
+        worker = Worker(str(next(_worker_ids)), slot, self._spec(slot), self._listener,
+                        on_idle=self._on_ready, on_exit=self._exited)
+        self.workers[worker.id] = worker
+        try:
+            await worker.start(self._startup_timeout)
+        except ServingError as e:
+            self.workers.pop(worker.id, None)
+            self.last_error = e.message
+            raise
+        self._failures = 0
+        self.last_error = None
+        log.info("%s: worker %s ready (pid %s)", self.label, worker.id, worker.pid)
+        self._on_ready(worker)
+
+    async def _stop(self, worker: Worker) -> None:
+        self._on_gone(worker)
+        await worker.stop()
+        self.workers.pop(worker.id, None)
+
+    def _exited(self, worker: Worker) -> None:
+        """A worker died; its held requests were already failed. Replace it with backoff."""
+        self._on_gone(worker)
+        self.workers.pop(worker.id, None)
+        if self._closing or worker.stop_requested:
+            return
+        live = sum(1 for w in self.workers.values() if w.state != WorkerState.STOPPING)
+        if live >= self.target:
+            return
+        delay = RESTART_BACKOFF[min(self._failures, len(RESTART_BACKOFF) - 1)]
+        self._failures += 1
+        self.restarts += 1
+        log.warning("%s: replacing worker %s (exit code %s) in %.0f s", self.label, worker.id,
+                    worker.exit_code, delay)
+        task = asyncio.get_running_loop().create_task(self._replace(worker.slot, delay))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, slot: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._closing:
+            return
+        try:
+            await self._start(slot)
+        except ServingError as e:
+            log.error("%s: replacement worker failed to start: %s", self.label, e.message)
+            self._exited_placeholder(slot)
+
+    def _exited_placeholder(self, slot: int) -> None:
+        # A failed replacement counts as another death: try again after a longer pause.
+        delay = RESTART_BACKOFF[min(self._failures, len(RESTART_BACKOFF) - 1)]
+        self._failures += 1
+        task = asyncio.get_running_loop().create_task(self._replace(slot, delay))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop every worker (after its current batch) and cancel pending restarts."""
+        self._closing = True
+        self.target = 0
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(self._stop(w) for w in list(self.workers.values())))
