@@ -1,0 +1,1 @@
+"""The default model store: TorchServe archives built from the sources beside this file."""
