@@ -1,0 +1,1 @@
+"""Helpers the tests share: a real server subprocess and real archives."""

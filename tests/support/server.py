@@ -1,0 +1,102 @@
+"""Start the real server (`python -m serving start`) on free loopback ports and stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A server subprocess; polls readiness, fails fast if it dies, kills its tree at the end."""
+
+    def __init__(self, log_path: Path, *args: str, model_store: Path | None = None,
+                 ts_config: Path | None = None, env: dict[str, str] | None = None,
+                 enable_model_api: bool = True) -> None:
+        self.inference_port = free_port()
+        self.management_port = free_port()
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "serving", "start",
+               "--inference-address", f"http://127.0.0.1:{self.inference_port}",
+               "--management-address", f"http://127.0.0.1:{self.management_port}"]
+        if model_store is not None:
+            cmd += ["--model-store", str(model_store)]
+        if ts_config is not None:
+            cmd += ["--ts-config", str(ts_config)]
+        if enable_model_api:
+            cmd.append("--enable-model-api")
+        cmd += list(args)
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.inference = httpx.Client(base_url=f"http://127.0.0.1:{self.inference_port}",
+                                      timeout=120)
+        self.management = httpx.Client(base_url=f"http://127.0.0.1:{self.management_port}",
+                                       timeout=300)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+
+    def wait_ready(self, models: tuple[str, ...] = (), timeout: float = 180) -> ServerProcess:
+        """Wait until the APIs answer and each named model has all its workers READY."""
+        deadline = time.monotonic() + timeout
+        pending = list(models)
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if self.inference.get("/ping").status_code in (200, 500):
+                    pending = [m for m in pending if not self._model_ready(m)]
+                    if not pending:
+                        return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready (waiting for {pending}):\n{self.log()[-4000:]}")
+
+    def _model_ready(self, name: str) -> bool:
+        r = self.management.get(f"/models/{name}")
+        if r.status_code != 200:
+            return False
+        workers = r.json()[0]["workers"]
+        return bool(workers) and all(w["status"] == "READY" for w in workers)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then SIGKILL of the whole process group if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.inference.close()
+        self.management.close()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

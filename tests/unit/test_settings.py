@@ -1,0 +1,71 @@
+"""Settings: config.properties parsing, validation and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.errors import ConfigError
+from serving.properties import read_properties
+from serving.settings import build_settings
+
+
+def test_properties_syntax():
+    text = ("# comment\n! also a comment\n"
+            "inference_address=http://0.0.0.0:9000\n"
+            "management_address : http://127.0.0.1:9001\n"
+            "job_queue_size 50\n"
+            "models={\\\n  \"noop\": {\"1.0\": {\"batchSize\": 4}}\\\n}\n"
+            "path=C\\:\\\\models\n")
+    props = read_properties(text)
+    assert props["inference_address"] == "http://0.0.0.0:9000"
+    assert props["management_address"] == "http://127.0.0.1:9001"
+    assert props["job_queue_size"] == "50"
+    assert props["models"] == '{"noop": {"1.0": {"batchSize": 4}}}'
+    assert props["path"] == "C:\\models"
+    with pytest.raises(ValueError, match="set twice"):
+        read_properties("a=1\na=2\n")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.properties"
+    path.write_text(text)
+    return path
+
+
+def test_torchserve_config_is_accepted(tmp_path: Path):
+    cfg = write(tmp_path, "inference_address=http://0.0.0.0:9000\n"
+                          "model_store=/models\nload_models=all\njob_queue_size=50\n"
+                          "number_of_netty_threads=4\nvmargs=-Xmx4g\n"
+                          "models={\"noop\": {\"1.0\": {\"marName\": \"noop.mar\"}}}\n"
+                          "enable_model_api=true\ndisable_token_authorization=true\n")
+    s = build_settings(cfg, {"job_queue_size": 7})
+    assert (s.inference_address.host, s.inference_address.port) == ("0.0.0.0", 9000)
+    assert s.model_store == Path("/models") and s.load_models == ["all"]
+    assert s.job_queue_size == 7  # the command line wins over the file
+    assert s.models["noop"]["1.0"]["marName"] == "noop.mar"
+    assert s.enable_model_api is True
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("no_such_key=1\n", "unknown key 'no_such_key'"),
+    ("job_queue_size=lots\n", "job_queue_size"),
+    ("job_queue_size=0\n", "job_queue_size"),
+    ("inference_address=https://127.0.0.1:8443\n", "only http://"),
+    ("inference_address=localhost\n", "http://host:port"),
+    ("models={not json\n", "models: Value error, not valid JSON"),
+    ("keystore=ks.p12\n", "TLS"),
+    ("disable_token_authorization=false\n", "token authorization is not supported"),
+    ("log_level=LOUD\n", "unknown log level"),
+])
+def test_bad_settings_are_clear_errors(tmp_path: Path, text: str, needle: str):
+    with pytest.raises(ConfigError) as info:
+        build_settings(write(tmp_path, text), {})
+    assert needle.replace("Value error, ", "") in str(info.value)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        build_settings(tmp_path / "absent.properties", {})
