@@ -147,7 +147,8 @@ def test_list_with_pagination(server: ServerProcess, store: Path):
 
 @pytest.mark.parametrize(("method", "path", "params", "needle"), [
     ("post", "/models", {}, "url: parameter is required"),
-    ("post", "/models", {"url": "fn.mar", "batch_size": "eight"}, "batch_size: expected an integer"),
+    ("post", "/models", {"url": "fn.mar", "batch_size": "eight"},
+     "batch_size: expected an integer"),
     ("post", "/models", {"url": "fn.mar", "batch_size": 0}, "batch_size: must be at least 1"),
     ("post", "/models", {"url": "fn.mar", "synchronous": "maybe"}, "synchronous: expected true"),
     ("post", "/models", {"url": "fn.mar", "bogus": 1}, "unknown parameter(s): bogus"),
