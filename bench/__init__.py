@@ -1,0 +1,1 @@
+"""Benchmark tooling: load generator, server launchers, in-process limits and reports."""

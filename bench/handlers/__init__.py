@@ -1,0 +1,1 @@
+"""TorchServe handlers of the benchmark's own test models."""

@@ -1,0 +1,125 @@
+"""TorchServe-style config.properties for a benchmark: ports, queue, per-model workers, batching."""
+
+from __future__ import annotations
+
+import json
+import socket
+import zipfile
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port a TorchServe-compatible server opens; all are set so two servers never clash."""
+
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+    # First worker port: TorchServe names its worker sockets java.io.tmpdir/.ts.sock.<port>.
+    worker: int = 9000
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Ports the kernel reports free now, all distinct (sockets held until all are picked)."""
+        with ExitStack() as stack:
+            picked = []
+            for _ in fields(cls):
+                s = stack.enter_context(socket.socket())
+                s.bind(("127.0.0.1", 0))
+                picked.append(int(s.getsockname()[1]))
+        return cls(*picked)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model's serving settings, as TorchServe's `models=` JSON spells them."""
+
+    mar: str  # archive file name inside the model store
+    workers: int = 1
+    batch_size: int = 1
+    max_batch_delay_ms: int = 100
+    response_timeout_s: int = 120
+
+
+_SPEC_KEYS = {"workers": "workers", "batch": "batch_size", "delay": "max_batch_delay_ms",
+              "timeout": "response_timeout_s"}
+
+
+def parse_model(spec: str) -> tuple[str, ModelConfig]:
+    """`name=file.mar[:workers=1][:batch=8][:delay=10][:timeout=120]` from a command line."""
+    head, *options = spec.split(":")
+    name, sep, mar = head.partition("=")
+    if not sep or not name or not mar:
+        raise ValueError(f"expected name=file.mar[:key=value...], got {spec!r}")
+    kwargs = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in _SPEC_KEYS:
+            raise ValueError(f"unknown model option {key!r} in {spec!r}; know {sorted(_SPEC_KEYS)}")
+        kwargs[_SPEC_KEYS[key]] = int(value)
+    return name, ModelConfig(mar, **kwargs)
+
+
+def torchserve_only(ports: Ports) -> dict[str, str]:
+    """Keys for TorchServe alone: its worker socket names and gRPC bind addresses."""
+    return {"initial_worker_port": str(ports.worker), "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1"}
+
+
+def mar_version(path: Path) -> str:
+    """modelVersion from an archive's manifest: TorchServe keys `models=` by it."""
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+    return str(manifest["model"].get("modelVersion", "1.0"))
+
+
+def _models_json(model_store: Path, models: Mapping[str, ModelConfig]) -> str:
+    spec = {}
+    for name, m in models.items():
+        version = mar_version(model_store / m.mar)
+        spec[name] = {version: {
+            "defaultVersion": True, "marName": m.mar,
+            "minWorkers": m.workers, "maxWorkers": m.workers,
+            "batchSize": m.batch_size, "maxBatchDelay": m.max_batch_delay_ms,
+            "responseTimeout": m.response_timeout_s,
+        }}
+    return json.dumps(spec)
+
+
+def render(model_store: Path, models: Mapping[str, ModelConfig], ports: Ports, *,
+           job_queue_size: int = 100, default_workers: int = 1,
+           extra: Mapping[str, str] | None = None) -> str:
+    """config.properties text with the keys both servers know; `extra` adds or overrides keys.
+
+    No `load_models`: the models to load go on each server's command line, so the same file
+    serves both. Keys only TorchServe knows (worker ports, gRPC bind addresses) go in `extra`:
+    the project's settings reject unknown keys.
+    """
+    props = {
+        "inference_address": ports.inference_url,
+        "management_address": ports.management_url,
+        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_port": str(ports.grpc_management),
+        "disable_token_authorization": "true",
+        "enable_model_api": "true",
+        "model_store": str(model_store),
+        "default_workers_per_model": str(default_workers),
+        "job_queue_size": str(job_queue_size),
+        "models": _models_json(model_store, models),
+    }
+    props.update(extra or {})
+    return "".join(f"{k}={v}\n" for k, v in props.items())
