@@ -22,10 +22,9 @@ def mime_type(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
-    """The whole body; 413 before reading when Content-Length says it is too big, or as soon
-    as a chunked body passes the limit."""
-    declared = headers.get("content-length")
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The whole body; 413 before reading when Content-Length (`declared`) says it is too
+    big, or as soon as a chunked body passes the limit."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds max_request_size "
                               f"({limit} bytes)")

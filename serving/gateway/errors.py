@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +11,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from serving.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, http_status
+from serving.gateway.requestids import new_request_id
 from serving.gateway.responses import error_body, error_headers
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def error_response(error: ServingError, request_id: str) -> Response:
 
 
 def _request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or str(uuid.uuid4())
+    return request.headers.get("x-request-id") or new_request_id()
 
 
 def install_error_handlers(app: FastAPI) -> None:

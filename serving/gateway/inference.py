@@ -20,8 +20,8 @@ from serving.gateway.predictions import (
     Send,
     handler_headers,
     infer,
-    request_id_of,
 )
+from serving.gateway.requestids import request_id_of
 from serving.gateway.responses import send_error
 from serving.routing.manager import ModelManager
 from serving.types import InferenceRequest, InferenceResponse, Input
@@ -78,7 +78,7 @@ def create_inference_api(manager: ModelManager) -> FastAPI:
     @app.post("/v1/models/{model_name}:predict")
     async def kserve_v1_predict(model_name: str, request: Request) -> Response:
         """KServe v1: each instance is its own request to the handler, so they batch."""
-        body = await read_body(request.receive, request.headers, limit)
+        body = await read_body(request.receive, request.headers.get("content-length"), limit)
         instances = _instances(body)
         request_id = request_id_of(request.headers)
         visible = handler_headers(request.scope)

@@ -7,14 +7,12 @@ microsecond here is paid by every inference; the routes around it are ordinary F
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.datastructures import Headers
-
 from serving.errors import ServingError
 from serving.gateway.bodies import body_inputs, read_body
+from serving.gateway.requestids import request_id_of
 from serving.gateway.responses import send_answer, send_error
 from serving.routing.manager import ModelManager
 from serving.types import InferenceRequest, InferenceResponse
@@ -22,11 +20,6 @@ from serving.types import InferenceRequest, InferenceResponse
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-def request_id_of(headers: Headers) -> str:
-    """The client's `x-request-id` if it sent one (for tracing), else a new UUID."""
-    return headers.get("x-request-id") or str(uuid.uuid4())
 
 
 def handler_headers(scope: Scope) -> dict[str, str]:
@@ -64,12 +57,11 @@ class PredictionEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
-        headers = Headers(scope=scope)
-        request_id = request_id_of(headers)
+        visible = handler_headers(scope)
+        request_id = request_id_of(visible)
         try:
-            body = await read_body(receive, headers, self._limit)
-            inputs = await body_inputs(body, headers.get("content-type"))
-            visible = handler_headers(scope)
+            body = await read_body(receive, visible.get("content-length"), self._limit)
+            inputs = await body_inputs(body, visible.get("content-type"))
             if self._explain:
                 visible["explain"] = "True"
             if params.get("url_path"):

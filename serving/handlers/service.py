@@ -13,15 +13,13 @@ from typing import Any
 import torch
 import ts
 from ts.context import Context, RequestProcessor
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.utils.util import PredictionException
 
 from serving.errors import InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
+from serving.handlers.metrics import HandlerMetrics
 
 log = logging.getLogger(__name__)
-
-METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 
 
 @dataclass(slots=True)
@@ -58,9 +56,7 @@ class HandlerService:
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
              handler_spec: str, batch_size: int, gpu_id: int | None,
              model_yaml_config: dict[str, Any], decode_input: bool = True) -> HandlerService:
-        metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))
-        metrics.initialize_cache()
-        metrics.model_name = model_name
+        metrics = HandlerMetrics(model_name)
         context = Context(model_name, str(model_dir), manifest, batch_size, gpu_id,
                           ts.__version__, True, metrics, model_yaml_config)
         handler = load_handler(handler_spec)
@@ -71,6 +67,7 @@ class HandlerService:
     def predict(self, items: list[WorkItem]) -> list[ItemResult] | ServingError:
         """Run one batch; a failure of the batch as a whole is returned, not raised."""
         ctx = self.context
+        ctx.metrics.pending.clear()  # updates are recorded per batch; see handlers/metrics.py
         batch = [self._inputs(item) for item in items]
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]

@@ -9,6 +9,8 @@ from typing import Any
 
 from serving.workers.ipc import Blob, FrameBuffer, Kind, Message, decode_body, encode
 
+SMALL_FRAME = 64 * 1024
+
 
 class BlockingChannel:
     """The worker's end: one thread reads a frame, runs it, writes the answer."""
@@ -75,7 +77,12 @@ class WorkerConnection(asyncio.Protocol):
     def send(self, kind: Kind, meta: dict[str, Any], blobs: Sequence[Blob] = ()) -> None:
         if self.transport is None or self.closed:
             raise ConnectionError("worker connection is closed")
-        self.transport.writelines(encode(kind, meta, blobs))
+        buffers = encode(kind, meta, blobs)
+        if len(buffers) == 2 or sum(len(b) for b in buffers) < SMALL_FRAME:
+            # One write of a joined small frame is cheaper than a vectored write.
+            self.transport.write(b"".join(buffers))
+        else:
+            self.transport.writelines(buffers)
 
     def close(self) -> None:
         if self.transport is not None:
