@@ -62,8 +62,9 @@ class ModelManager:
         if not self.accepting:
             raise ServiceUnavailable("Server is shutting down")
         mv = self.registry.get(name, version)
-        if not mv.pool.workers:
-            raise ServiceUnavailable(f"No worker is available to serve model: {name}")
+        if not mv.pool.accepting:
+            detail = f" ({mv.pool.last_error})" if mv.pool.last_error else ""
+            raise ServiceUnavailable(f"No worker is available to serve model: {name}{detail}")
         return mv.scheduler.submit(request)
 
     # -- control plane ----------------------------------------------------------------
@@ -124,7 +125,9 @@ class ModelManager:
         pool = WorkerPool(f"{name}/{version}", lambda slot: self._worker_spec(mv_holder[0], slot),
                           self._listener, on_ready=scheduler.add_worker,
                           on_gone=scheduler.remove_worker,
-                          startup_timeout=float(settings.startup_timeout))
+                          startup_timeout=float(settings.startup_timeout),
+                          on_unavailable=lambda reason: scheduler.fail_queued(
+                              ServiceUnavailable(f"No worker could be started: {reason}")))
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
                           handler=handler, runtime=reg.runtime or manifest.runtime,
                           settings=settings, model_yaml=model_yaml, scheduler=scheduler,

@@ -31,14 +31,22 @@ def encode_batch(batch_id: int, requests: Sequence[InferenceRequest]
     return {"batch": batch_id, "items": items}, blobs
 
 
-def decode_result(msg: Message, count: int) -> list[InferenceResponse] | ServingError:
-    """Gateway side: the answers of a RESULT message, or the error for the whole batch."""
+def decode_result(msg: Message, requests: Sequence[InferenceRequest]
+                  ) -> list[InferenceResponse] | ServingError:
+    """Gateway side: the answers of a RESULT message, or the error for the whole batch.
+
+    Each answer must carry the id of the request at its position: an answer can never
+    reach another request's client.
+    """
     meta = msg.meta
     if "error" in meta:
         return ServingError.from_dict(meta["error"])
     items = meta["items"]
-    if len(items) != count or len(msg.blobs) != count:
-        return ServingError(f"worker answered {len(items)} items for a batch of {count}")
+    if len(items) != len(requests) or len(msg.blobs) != len(requests):
+        return ServingError(f"worker answered {len(items)} items for a batch of "
+                            f"{len(requests)}")
+    if any(item["id"] != req.request_id for item, req in zip(items, requests, strict=True)):
+        return ServingError("worker answers do not match the batch's request ids")
     return [InferenceResponse(bytes(blob), item["s"], item["ct"], item["h"])
             for item, blob in zip(items, msg.blobs, strict=True)]
 

@@ -63,7 +63,8 @@ class Worker:
         self._conn: WorkerConnection | None = None
         self._loaded: asyncio.Future[Message] | None = None
         self._batch_id = 0
-        self._inflight: tuple[int, int, BatchCallback, asyncio.TimerHandle | None] | None = None
+        self._inflight: tuple[int, Sequence[InferenceRequest], BatchCallback,
+                              asyncio.TimerHandle | None] | None = None
         self._exited = asyncio.Event()
 
     @property
@@ -112,7 +113,7 @@ class Worker:
         timer = None
         if timeout is not None:
             timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, timeout)
-        self._inflight = (self._batch_id, len(requests), done, timer)
+        self._inflight = (self._batch_id, requests, done, timer)
         self.state = WorkerState.BUSY
         try:
             self._conn.send(Kind.PREDICT, meta, blobs)
@@ -126,7 +127,7 @@ class Worker:
             return
         if msg.kind != Kind.RESULT or self._inflight is None:
             return
-        batch_id, count, done, timer = self._inflight
+        batch_id, requests, done, timer = self._inflight
         if msg.meta.get("batch") != batch_id:
             return  # an answer to a batch already failed (timed out): dropped
         if timer is not None:
@@ -134,7 +135,7 @@ class Worker:
         self._inflight = None
         if self.state == WorkerState.BUSY:
             self.state = WorkerState.READY
-        done(decode_result(msg, count))
+        done(decode_result(msg, requests))
         if self.state == WorkerState.READY:
             self._on_idle(self)
 

@@ -24,7 +24,8 @@ class WorkerPool:
 
     def __init__(self, label: str, spec: Callable[[int], WorkerSpec], listener: WorkerListener,
                  on_ready: Callable[[Worker], None], on_gone: Callable[[Worker], None],
-                 startup_timeout: float) -> None:
+                 startup_timeout: float,
+                 on_unavailable: Callable[[str], None] = lambda reason: None) -> None:
         self.label = label
         self.target = 0
         self.workers: dict[str, Worker] = {}
@@ -34,10 +35,21 @@ class WorkerPool:
         self._listener = listener
         self._on_ready = on_ready
         self._on_gone = on_gone
+        self._on_unavailable = on_unavailable
         self._startup_timeout = startup_timeout
         self._failures = 0
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether requests may wait for this pool: a worker runs, starts, or is being
+        replaced after a crash (not after a failed replacement)."""
+        if self.target == 0:
+            return False
+        live = any(w.state not in (WorkerState.STOPPING, WorkerState.DEAD)
+                   for w in self.workers.values())
+        return live or (bool(self._tasks) and self.last_error is None)
 
     @property
     def ready_count(self) -> int:
@@ -108,6 +120,11 @@ class WorkerPool:
             await self._start(slot)
         except ServingError as e:
             log.error("%s: replacement worker failed to start: %s", self.label, e.message)
+            if not any(w.state not in (WorkerState.STOPPING, WorkerState.DEAD)
+                       for w in self.workers.values()):
+                # Nobody can serve what is queued: answer it now rather than let it wait
+                # through the back-off.
+                self._on_unavailable(e.message)
             self._exited_placeholder(slot)
 
     def _exited_placeholder(self, slot: int) -> None:

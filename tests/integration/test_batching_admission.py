@@ -1,0 +1,189 @@
+"""Batching, admission, deadlines, cancellation and worker death: every request is answered
+exactly once, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.archives import build_mar
+from tests.support.server import ServerProcess
+
+
+def register(server: ServerProcess, store: Path, name: str, config: str, **params: object
+             ) -> None:
+    build_mar(store, name, "slow_handler.py", config=config)
+    r = server.management.post("/models", params={"url": f"{name}.mar", **params})
+    assert r.status_code == 200, r.text
+
+
+def ledger_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def post(session: aiohttp.ClientSession, url: str, order: dict,
+               timeout: float = 60) -> tuple[int, dict, dict]:
+    async with session.post(url, json=order, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+        return r.status, dict(r.headers), await r.json(content_type=None)
+
+
+def base(server: ServerProcess) -> str:
+    return f"http://127.0.0.1:{server.inference_port}"
+
+
+def test_requests_are_batched_up_to_batch_size(server: ServerProcess, store: Path):
+    register(server, store, "batch4", "batchSize: 4\nmaxBatchDelay: 300\n")
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            four = await asyncio.gather(*(post(s, f"{base(server)}/predictions/batch4",
+                                               {"tag": i}) for i in range(4)))
+            alone = await post(s, f"{base(server)}/predictions/batch4", {"tag": "x"})
+        return four, alone
+
+    four, alone = asyncio.run(scenario())
+    assert all(status == 200 for status, _, _ in four)
+    assert {body["batch"] for _, _, body in four} == {4}
+    assert sorted(body["tag"] for _, _, body in four) == [0, 1, 2, 3]
+    # A lone request is not held forever: its batch closes after maxBatchDelay.
+    assert alone[0] == 200 and alone[2]["batch"] == 1 and alone[2]["tag"] == "x"
+
+
+def test_full_queue_answers_503_at_once(server: ServerProcess, store: Path):
+    register(server, store, "tiny-queue", "batchSize: 1\njobQueueSize: 2\n")
+    url = f"{base(server)}/predictions/tiny-queue"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            busy = asyncio.create_task(post(s, url, {"sleep": 3, "tag": "busy"}))
+            await asyncio.sleep(0.5)  # the worker has taken it; the queue is empty again
+            queued = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(2)]
+            await asyncio.sleep(0.3)
+            rejected = await post(s, url, {"tag": "over"})
+            busy_done_when_rejected = busy.done()
+            rest = await asyncio.gather(busy, *queued)
+        return rejected, busy_done_when_rejected, rest
+
+    rejected, busy_done, rest = asyncio.run(scenario())
+    status, headers, body = rejected
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert body["type"] == "ServiceUnavailableException" and "queue is full" in body["message"]
+    assert not busy_done  # the 503 came while the worker was still busy: nothing waited
+    assert [r[0] for r in rest] == [200, 200, 200]
+
+
+def test_response_timeout_is_504_and_the_worker_is_replaced(server: ServerProcess,
+                                                            store: Path):
+    register(server, store, "deadline", "batchSize: 1\n", response_timeout=1)
+    before = server.management.get("/models/deadline").json()[0]["workers"][0]["pid"]
+    r = server.inference.post("/predictions/deadline", json={"sleep": 30})
+    assert r.status_code == 504
+    assert r.json()["type"] == "RequestTimeoutException"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ok = server.inference.post("/predictions/deadline", json={"tag": "after"})
+        if ok.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert ok.status_code == 200 and ok.json()["pid"] != before
+    described = server.management.get("/models/deadline").json()[0]
+    assert described["restarts"] >= 1
+
+
+def test_disconnected_client_is_never_run(server: ServerProcess, store: Path, tmp_path: Path):
+    ledger = tmp_path / "ledger.jsonl"
+    register(server, store, "ledgered", f"batchSize: 1\nledger: {ledger}\n")
+    url = f"{base(server)}/predictions/ledgered"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            busy = asyncio.create_task(post(s, url, {"sleep": 2, "tag": "busy"}))
+            await asyncio.sleep(0.5)
+            with pytest.raises(asyncio.TimeoutError):
+                await post(s, url, {"tag": "gone"}, timeout=0.5)  # the client hangs up
+            kept = await post(s, url, {"tag": "kept"})
+            await busy
+        return kept
+
+    kept = asyncio.run(scenario())
+    assert kept[0] == 200
+    tags = [o.get("tag") for o in ledger_lines(ledger)]
+    assert tags == ["busy", "kept"]  # "gone" never reached the handler
+
+
+def test_worker_death_answers_its_requests_at_once_and_others_continue(
+        server: ServerProcess, store: Path):
+    register(server, store, "mortal", "batchSize: 1\n", initial_workers=1)
+    url = f"{base(server)}/predictions/mortal"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            dying = asyncio.create_task(post(s, url, {"exit": True}))
+            await asyncio.sleep(0.2)
+            waiting = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(3)]
+            return await dying, await asyncio.gather(*waiting)
+
+    dying, waiting = asyncio.run(scenario())
+    assert dying[0] == 502 and dying[2]["type"] == "WorkerDiedException"
+    assert [w[0] for w in waiting] == [200, 200, 200]  # served by the replacement worker
+    assert server.management.get("/models/mortal").json()[0]["restarts"] == 1
+
+
+def test_several_workers_run_batches_in_parallel(server: ServerProcess, store: Path):
+    register(server, store, "pair", "batchSize: 1\n", initial_workers=2)
+    url = f"{base(server)}/predictions/pair"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            return await asyncio.gather(*(post(s, url, {"sleep": 1, "tag": i})
+                                          for i in range(2)))
+
+    results = asyncio.run(scenario())
+    assert {r[0] for r in results} == {200}
+    assert len({r[2]["pid"] for r in results}) == 2  # one batch per worker
+
+
+def test_every_request_gets_exactly_one_answer_under_concurrency(server: ServerProcess,
+                                                                 store: Path):
+    register(server, store, "mixed", "batchSize: 4\nmaxBatchDelay: 5\njobQueueSize: 40\n",
+              initial_workers=2)
+    url = f"{base(server)}/predictions/mixed"
+    orders = []
+    for i in range(150):
+        kind = ("fail" if i % 10 == 3 else "exit" if i in (40, 110) else "ok")
+        orders.append({"tag": i, kind: True} if kind != "ok" else {"tag": i, "sleep": 0.01})
+
+    async def scenario():
+        answers: Counter[int] = Counter()
+        statuses: dict[int, int] = {}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+            async def one(order: dict) -> None:
+                status, _, body = await post(s, url, order)
+                answers[order["tag"]] += 1
+                statuses[order["tag"]] = status
+                if status == 200:  # each answer reached the client that asked for it
+                    assert body["tag"] == order["tag"]
+            await asyncio.gather(*(one(o) for o in orders))
+        return answers, statuses
+
+    answers, statuses = asyncio.run(scenario())
+    assert set(answers) == set(range(150)) and set(answers.values()) == {1}
+    assert set(statuses.values()) <= {200, 502, 503}
+    for i in range(150):
+        if i % 10 == 3:
+            assert statuses[i] in (502, 503)  # its batch failed (or its worker died)
+    assert Counter(statuses.values())[200] > 0
+    # The workers that died are replaced: the model becomes healthy again.
+    deadline = time.monotonic() + 60
+    while server.inference.get("/ping").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.inference.get("/ping").status_code == 200
+    assert len(server.management.get("/models/mixed").json()[0]["workers"]) == 2

@@ -1,0 +1,132 @@
+"""The batcher's closing rule and the scheduler's dispatch, with stand-in workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from serving.errors import ServiceUnavailable, ServingError
+from serving.routing.batcher import Batcher, Job, QueueFull
+from serving.routing.scheduler import Scheduler
+from serving.types import InferenceRequest, InferenceResponse
+
+
+def job(arrival: float, rid: str = "r") -> Job:
+    loop = asyncio.new_event_loop()
+    try:
+        return Job(InferenceRequest(rid, []), loop.create_future(), arrival)
+    finally:
+        loop.close()
+
+
+def test_batch_closes_when_full_or_after_delay_from_first_arrival():
+    b = Batcher(batch_size=3, max_delay=0.010, capacity=10)
+    b.put(job(100.000, "a"))
+    b.put(job(100.004, "b"))
+    assert b.take(now=100.009) is None          # neither full nor 10 ms after "a" arrived
+    assert b.deadline() == pytest.approx(100.010)
+    batch = b.take(now=100.010)                  # the delay counts from "a", not from a poll
+    assert [j.request.request_id for j in batch] == ["a", "b"]
+    for i in range(5):
+        b.put(job(200.0, f"x{i}"))
+    assert [j.request.request_id for j in b.take(now=200.0)] == ["x0", "x1", "x2"]
+    assert len(b) == 2
+
+
+def test_queue_bound_answers_at_once():
+    b = Batcher(batch_size=1, max_delay=0, capacity=2)
+    b.put(job(0))
+    b.put(job(0))
+    with pytest.raises(QueueFull) as info:
+        b.put(job(0))
+    assert info.value.code == 503 and info.value.extra["retry_after"] == 1
+    assert b.remaining_capacity == 0
+
+
+def test_discarded_jobs_never_leave_the_queue_and_free_their_slot():
+    b = Batcher(batch_size=2, max_delay=0, capacity=3)
+    jobs = [job(0, str(i)) for i in range(3)]
+    for j in jobs:
+        b.put(j)
+    assert b.discard(jobs[0]) and b.remaining_capacity == 1
+    assert not b.discard(jobs[0])
+    assert [j.request.request_id for j in b.take(now=0)] == ["1", "2"]
+    assert b.take(now=0) is None and len(b) == 0
+
+
+class FakeWorker:
+    """Records its batches; answers when the test says so."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.batches: list[list[str]] = []
+        self.pending = None
+
+    def run(self, requests: Sequence[InferenceRequest], done, timeout) -> None:
+        assert self.pending is None, "a worker got a second batch while it had one"
+        self.batches.append([r.request_id for r in requests])
+        self.pending = (requests, done)
+
+    def answer(self, error: ServingError | None = None) -> None:
+        requests, done = self.pending
+        self.pending = None
+        done(error or [InferenceResponse(f"{self.name}:{r.request_id}".encode())
+                       for r in requests])
+
+
+def run(coro_fn):
+    """Run an async test body on a fresh event loop (no pytest plugin needed)."""
+    def test() -> None:
+        asyncio.run(coro_fn())
+    test.__name__ = coro_fn.__name__
+    return test
+
+
+@run
+async def test_scheduler_dispatch_and_exactly_one_answer():
+    s = Scheduler(Batcher(batch_size=2, max_delay=0.05, capacity=10), response_timeout=None)
+    w1, w2 = FakeWorker("w1"), FakeWorker("w2")
+    s.add_worker(w1)
+    s.add_worker(w2)
+    jobs = [s.submit(InferenceRequest(str(i), [])) for i in range(5)]
+    # Full batches go at once, each to a different idle worker; the fifth waits.
+    assert sorted(w1.batches + w2.batches) == [["0", "1"], ["2", "3"]]
+    w2.answer()
+    s.add_worker(w2)               # the pool reports the worker idle again
+    assert len(w2.batches) == 1    # the lone request waits for its delay...
+    await asyncio.sleep(0.08)
+    assert w2.batches[-1] == ["4"]  # ...then goes alone
+    w1.answer(ServingError("boom", 503))
+    w2.answer()
+    results = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
+    assert [isinstance(r, ServingError) for r in results].count(True) == 2
+    for r in results:
+        assert isinstance(r, ServingError | InferenceResponse)
+
+
+@run
+async def test_cancelled_job_is_never_sent():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=10), response_timeout=None)
+    w = FakeWorker("w")
+    a = s.submit(InferenceRequest("a", []))
+    b = s.submit(InferenceRequest("b", []))
+    b.cancel()                    # its client went away while it was queued
+    s.add_worker(w)
+    w.answer()
+    s.add_worker(w)
+    assert w.batches == [["a"]]
+    assert (await a.future).body == b"w:a"
+    assert b.future.cancelled()
+
+
+@run
+async def test_drain_answers_what_is_left():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=10), response_timeout=None)
+    j = s.submit(InferenceRequest("a", []))
+    await s.drain(timeout=0.05)     # no worker ever came
+    with pytest.raises(ServiceUnavailable):
+        await j.future
+    with pytest.raises(ServiceUnavailable):
+        s.submit(InferenceRequest("b", []))
