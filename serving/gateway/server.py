@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -20,7 +21,10 @@ from serving.errors import ConfigError, ServingError
 from serving.gateway.inference import InferenceApp
 from serving.gateway.management import create_management_app
 from serving.routing.manager import ModelManager, Registration
+from serving.routing.registry import ModelVersion
+from serving.routing.resources import Resources
 from serving.settings import Address, Settings
+from serving.workers.pinning import format_cpulist
 
 log = logging.getLogger("serving")
 
@@ -71,7 +75,17 @@ class Server:
                    (bind(s.management_address, "management_address"), "Management API")]
         listener = WorkerListener(self.work_dir / "workers.sock")
         await listener.start()
-        manager = ModelManager(s, self.work_dir, listener)
+        loop = asyncio.get_running_loop()
+        resources = await loop.run_in_executor(None, Resources, s)
+        log.info("CPUs: %s; accelerators: %s", resources.topology.summary(),
+                 f"{resources.accelerators.count} {resources.accelerators.kind}"
+                 if resources.accelerators.kind else "none")
+        reserved = resources.allocator.reserved_cpus
+        if reserved:
+            # The event loop gets a core of its own; workers are placed on the others.
+            os.sched_setaffinity(0, set(reserved))
+            log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
+        manager = ModelManager(s, self.work_dir, listener, resources)
         apps: list[Any] = [InferenceApp(manager), create_management_app(manager)]
         servers = [_Uvicorn(uvicorn.Config(app, http="httptools", lifespan="off",
                                            access_log=False, log_config=None,
@@ -82,6 +96,8 @@ class Server:
         for (sock, what) in sockets:
             host, port = sock.getsockname()[:2]
             log.info("%s listening on http://%s:%s", what, host, port)
+        watcher = asyncio.create_task(manager.watch_workers(s.worker_ping_interval,
+                                                            s.worker_ping_timeout))
         try:
             await self._load_startup_models(manager)
             log.info("Server ready")
@@ -89,9 +105,11 @@ class Server:
             await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
         finally:
-            log.info("Shutting down: finishing in-flight requests")
+            log.info("Shutting down: finishing in-flight requests (up to %g s)",
+                     s.drain_timeout)
+            watcher.cancel()
             manager.accepting = False
-            await manager.close(drain_timeout=float(s.default_response_timeout))
+            await manager.close(drain_timeout=s.drain_timeout)
             for srv in servers:
                 srv.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -101,19 +119,35 @@ class Server:
             log.info("Stopped")
 
     async def _load_startup_models(self, manager: ModelManager) -> None:
+        """Prepare every start-up model first, so placement can size all workers together,
+        then start their workers concurrently. A model that fails is logged and skipped."""
         registrations = startup_registrations(self.settings)
         if not registrations:
             return
-        results = await asyncio.gather(
-            *(manager.register(reg, loaded_at_startup=True) for reg in registrations),
+        prepared = await asyncio.gather(
+            *(manager.prepare(reg, loaded_at_startup=True) for reg in registrations),
             return_exceptions=True)
-        for reg, result in zip(registrations, results, strict=True):
-            if isinstance(result, ServingError):
-                log.error("could not load %s: %s", reg.url, result.message)
-            elif isinstance(result, BaseException):
-                log.error("could not load %s: %r", reg.url, result)
-            else:
-                log.info("%s", result[1])
+        versions = [mv for reg, mv in zip(registrations, prepared, strict=True)
+                    if not _failed(reg, mv) and isinstance(mv, ModelVersion)]
+        manager.resources.plan_startup(sum(mv.settings.min_workers for mv in versions))
+        try:
+            started = await asyncio.gather(*(manager.start(mv, synchronous=True)
+                                              for mv in versions), return_exceptions=True)
+        finally:
+            manager.resources.startup_done()
+        for mv, result in zip(versions, started, strict=True):
+            if not _failed(Registration(url=mv.url), result) and isinstance(result, tuple):
+                log.info("%s", result[0])
+
+
+def _failed(reg: Registration, result: object) -> bool:
+    if isinstance(result, ServingError):
+        log.error("could not load %s: %s", reg.url, result.message)
+    elif isinstance(result, BaseException):
+        log.error("could not load %s: %r", reg.url, result)
+    else:
+        return False
+    return True
 
 
 def startup_registrations(settings: Settings) -> list[Registration]:

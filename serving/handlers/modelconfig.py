@@ -18,6 +18,8 @@ FRONTEND_KEYS = frozenset({
     "parallelType", "parallelLevel", "useJobTicket", "continuousBatching",
     "sequenceMaxIdleMSec", "maxSequenceJobQueueSize", "maxNumSequence", "sequenceBatching",
     "asyncCommunication", "maxRetryTimeoutInSec", "runtimeType",
+    # this server's own: which device each worker sees only its own device, and placement
+    "isolateDevice", "placement",
 })
 
 
@@ -32,8 +34,10 @@ class FrontendConfig(BaseModel):
     max_batch_delay: int | None = Field(None, alias="maxBatchDelay", ge=0)
     response_timeout: int | None = Field(None, alias="responseTimeout", ge=1)
     startup_timeout: int | None = Field(None, alias="startupTimeout", ge=1)
-    device_type: Literal["cpu", "gpu", "cuda", "xpu"] | None = Field(None, alias="deviceType")
+    device_type: Literal["auto", "cpu", "gpu", "cuda", "xpu"] | None = Field(
+        None, alias="deviceType")
     device_ids: list[int] | None = Field(None, alias="deviceIds")
+    isolate_device: bool | None = Field(None, alias="isolateDevice")
     job_queue_size: int | None = Field(None, alias="jobQueueSize", ge=1)
     client_timeout_ms: int | None = Field(None, alias="clientTimeoutInMills", ge=0)
     default_version: bool | None = Field(None, alias="defaultVersion")

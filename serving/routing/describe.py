@@ -8,6 +8,7 @@ from typing import Any
 import psutil
 
 from serving.routing.registry import ModelVersion, Registry
+from serving.workers.pinning import format_cpulist
 from serving.workers.process import Worker, WorkerState
 
 
@@ -30,7 +31,8 @@ def describe_version(mv: ModelVersion) -> dict[str, Any]:
         "deviceType": s.device_type or "cpu",
         "status": "Healthy" if healthy else "Unhealthy",
         "loadedAtStartup": mv.loaded_at_startup,
-        "workers": [_worker(w) for w in sorted(mv.pool.workers.values(), key=lambda w: w.id)],
+        "workers": [{**_worker(w), **_placement(mv, w)}
+                    for w in sorted(mv.pool.workers.values(), key=lambda w: w.id)],
         "restarts": mv.pool.restarts,
         "jobQueueStatus": {"remainingCapacity": remaining, "pendingRequests": pending},
     }
@@ -49,9 +51,19 @@ def _worker(w: Worker) -> dict[str, Any]:
         "busy": w.busy,
         "memoryUsage": _rss(w.pid),
         "pid": w.pid if w.pid is not None else -1,
-        "gpu": False,
+        "gpu": w.spec.device != "cpu",
         "gpuUsage": "N/A",
     }
+
+
+def _placement(mv: ModelVersion, w: Worker) -> dict[str, Any]:
+    placement = mv.pool.placement_of(w.slot)
+    out: dict[str, Any] = {"device": w.spec.device,
+                           "restarts": mv.pool.slot_restarts.get(w.slot, 0)}
+    if placement is not None:
+        out.update(cores=format_cpulist(placement.cpus), numaNode=placement.node,
+                   threads=placement.threads, pinned=not placement.shared)
+    return out
 
 
 def _rss(pid: int | None) -> int:

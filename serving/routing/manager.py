@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from dataclasses import dataclass, replace
@@ -19,10 +20,13 @@ from serving.handlers.archive import UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
 from serving.routing.batcher import Batcher, Job
 from serving.routing.registry import ModelSettings, ModelVersion, Registry
+from serving.routing.resources import Resources
 from serving.routing.scheduler import Scheduler
 from serving.settings import Settings
 from serving.types import InferenceRequest
+from serving.workers import pinning
 from serving.workers.listener import WorkerListener
+from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
 from serving.workers.process import Worker, WorkerSpec
 from serving.workers.supervisor import WorkerPool
 
@@ -48,8 +52,10 @@ class Registration:
 class ModelManager:
     """Owns the registry, the archives on disk and every model version's workers."""
 
-    def __init__(self, settings: Settings, work_dir: Path, listener: WorkerListener) -> None:
+    def __init__(self, settings: Settings, work_dir: Path, listener: WorkerListener,
+                 resources: Resources) -> None:
         self.settings = settings
+        self.resources = resources
         self.registry = Registry()
         self._work_dir = work_dir
         self._listener = listener
@@ -71,25 +77,35 @@ class ModelManager:
     async def register(self, reg: Registration, loaded_at_startup: bool = False
                        ) -> tuple[ModelVersion, str, int]:
         """Register an archive from the model store; returns (version, message, status)."""
+        mv = await self.prepare(reg, loaded_at_startup)
+        message, code = await self.start(mv, reg.synchronous)
+        return mv, message, code
+
+    async def prepare(self, reg: Registration, loaded_at_startup: bool = False
+                      ) -> ModelVersion:
+        """Unpack and validate an archive and add it to the registry, with no worker yet."""
         source = self._resolve_url(reg.url)
         loop = asyncio.get_running_loop()
         archive = await loop.run_in_executor(None, unpack, source, self._work_dir / "models",
                                              self.settings.default_service_handler)
         try:
-            mv = self._prepare(reg, archive, loaded_at_startup)
+            return self._prepare(reg, archive, loaded_at_startup)
         except BaseException:
             remove_extracted(archive)
             raise
+
+    async def start(self, mv: ModelVersion, synchronous: bool) -> tuple[str, int]:
+        """Start a prepared version's workers; returns (message, status)."""
         workers = mv.settings.min_workers
-        if reg.synchronous:
+        if synchronous:
             await self._start_workers(mv, workers)
             msg = (f'Model "{mv.name}" Version: {mv.version} registered with {workers} '
                    "initial workers")
-            return mv, msg, 200
+            return msg, 200
         self._background(self._start_workers(mv, workers, raise_errors=False))
         msg = (f'Model "{mv.name}" Version: {mv.version} registered with {workers} initial '
                "workers. Use the describe model API to check their status.")
-        return mv, msg, 202
+        return msg, 202
 
     def _resolve_url(self, url: str) -> Path:
         store = self.settings.model_store
@@ -121,13 +137,17 @@ class ModelManager:
                                       settings.job_queue_size),
                               float(settings.response_timeout))
         handler = reg.handler or manifest.handler
+        label = f"{name}/{version}"
+        policy = self.resources.policy_for(model_yaml)
         mv_holder: list[ModelVersion] = []
-        pool = WorkerPool(f"{name}/{version}", lambda slot: self._worker_spec(mv_holder[0], slot),
-                          self._listener, on_ready=scheduler.add_worker,
-                          on_gone=scheduler.remove_worker,
-                          startup_timeout=float(settings.startup_timeout),
-                          on_unavailable=lambda reason: scheduler.fail_queued(
-                              ServiceUnavailable(f"No worker could be started: {reason}")))
+        pool = WorkerPool(
+            label, lambda slot, placement: self._worker_spec(mv_holder[0], slot, placement),
+            self._listener, on_ready=scheduler.add_worker, on_gone=scheduler.remove_worker,
+            startup_timeout=float(settings.startup_timeout),
+            on_unavailable=lambda reason: scheduler.fail_queued(
+                ServiceUnavailable(f"No worker could be started: {reason}")),
+            place=lambda n: self.resources.place(label, n, policy),
+            release=self.resources.release)
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
                           handler=handler, runtime=reg.runtime or manifest.runtime,
                           settings=settings, model_yaml=model_yaml, scheduler=scheduler,
@@ -149,8 +169,8 @@ class ModelManager:
             "min_workers": reg.initial_workers, "response_timeout": reg.response_timeout,
             "startup_timeout": reg.startup_timeout})
         cfg = explicit.merged_over(from_yaml)
-        min_workers = (cfg.min_workers if cfg.min_workers is not None
-                       else s.default_workers_per_model)
+        default_workers = self.resources.launcher_instances or s.default_workers_per_model
+        min_workers = cfg.min_workers if cfg.min_workers is not None else default_workers
         max_workers = max(cfg.max_workers if cfg.max_workers is not None else min_workers,
                           min_workers)
         return ModelSettings(
@@ -161,17 +181,26 @@ class ModelManager:
             startup_timeout=cfg.startup_timeout or s.default_startup_timeout,
             job_queue_size=cfg.job_queue_size or s.job_queue_size,
             client_timeout_ms=cfg.client_timeout_ms, device_type=cfg.device_type,
-            device_ids=tuple(cfg.device_ids) if cfg.device_ids else None)
+            device_ids=tuple(cfg.device_ids) if cfg.device_ids else None,
+            isolate_device=bool(cfg.isolate_device))
 
-    def _worker_spec(self, mv: ModelVersion, slot: int) -> WorkerSpec:
+    def _worker_spec(self, mv: ModelVersion, slot: int,
+                     placement: WorkerPlacement | None) -> WorkerSpec:
+        s = mv.settings
+        device = self.resources.device_for(s.device_type, s.device_ids, slot, s.isolate_device)
         load = {
             "model_name": mv.name, "model_version": mv.version,
             "model_dir": str(mv.archive.model_dir), "handler": mv.handler,
-            "batch_size": mv.settings.batch_size, "gpu_id": None,
+            "batch_size": s.batch_size, "gpu_id": device.gpu_id, "device": device.kind,
             "manifest": mv.archive.manifest.raw, "model_yaml_config": mv.model_yaml,
             "decode_input": self.settings.decode_input_request,
         }
-        return WorkerSpec(load=load, log_level=self.settings.log_level)
+        env = dict(device.env)
+        if placement is not None:
+            env.update(pinning.env_for(placement))
+            env[PLACEMENT_ENV] = json.dumps(placement.to_dict())
+        return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
+                          device=device.describe())
 
     async def _start_workers(self, mv: ModelVersion, n: int, raise_errors: bool = True) -> None:
         try:
@@ -218,6 +247,14 @@ class ModelManager:
         await mv.scheduler.drain(timeout=float(mv.settings.response_timeout))
         await mv.pool.close()
         remove_extracted(mv.archive)
+
+    async def watch_workers(self, interval: float = 10.0, timeout: float = 10.0) -> None:
+        """Ping idle workers forever; one that stops answering is killed and replaced."""
+        while True:
+            await asyncio.sleep(interval)
+            for mv in self.registry.all_versions():
+                for worker in list(mv.pool.workers.values()):
+                    worker.ping(timeout)
 
     def healthy(self) -> bool:
         """TorchServe's /ping rule: every model has at least its minimum of workers."""

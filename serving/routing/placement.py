@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from serving.routing.topology import Topology, format_cpulist
-from serving.workers.pinning import find_allocator
+from serving.routing.topology import Topology
+from serving.workers.pinning import WorkerPlacement, find_allocator
 
 Core = tuple[int, ...]  # the CPU ids of one physical core
 
@@ -29,29 +28,6 @@ class PlacementPolicy(BaseModel):
     bind_memory: bool = True
     allocator: Literal["default", "jemalloc", "tcmalloc"] = "default"
     flush_denormal: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPlacement:
-    """What one worker process is given; applied in the child before torch is imported."""
-
-    cpus: tuple[int, ...]
-    node: int | None
-    threads: int
-    interop_threads: int = 1
-    bind_memory: bool = False
-    allocator: str | None = None
-    flush_denormal: bool = True
-    shared: bool = False
-    reason: str | None = None  # why the plan is not the one asked for; the caller logs it
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "cpus": list(self.cpus), "cpulist": format_cpulist(self.cpus)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WorkerPlacement:
-        fields = {k: v for k, v in data.items() if k != "cpulist"}
-        return cls(**{**fields, "cpus": tuple(fields["cpus"])})
 
 
 class _Held(NamedTuple):

@@ -28,6 +28,7 @@ class ModelSettings:
     client_timeout_ms: int | None = None
     device_type: str | None = None
     device_ids: tuple[int, ...] | None = None
+    isolate_device: bool = False
 
 
 @dataclass(eq=False)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from serving.workers.pinning import format_cpulist  # re-exported: where it is used
 
 CoreKey = tuple[int, int]  # (package, core id): core ids repeat on every package
 
@@ -26,17 +28,6 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
             raise ValueError(f"{text.strip()!r} is not a cpulist")
         ids.update(range(start, end + 1, step))
     return tuple(sorted(ids))
-
-
-def format_cpulist(cpus: Iterable[int]) -> str:
-    """The inverse of `parse_cpulist`, for log lines a person compares with `lscpu`."""
-    ranges: list[list[int]] = []
-    for cpu in sorted(set(cpus)):
-        if ranges and cpu == ranges[-1][1] + 1:
-            ranges[-1][1] = cpu
-        else:
-            ranges.append([cpu, cpu])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ force before torch creates its thread pools.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving.errors import InsufficientStorage, ServingError
+from serving.workers import pinning
 from serving.workers.channel import BlockingChannel
 from serving.workers.ipc import Kind, Message
+from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
 
 if TYPE_CHECKING:
     from serving.handlers.service import HandlerService
@@ -55,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(channel, service)
 
 
-def _apply_placement() -> list[str]:
-    spec = os.environ.get("SERVING_PLACEMENT")
-    if not spec:
-        return []
-    from serving.workers import pinning
+def _placement() -> WorkerPlacement | None:
+    spec = os.environ.get(PLACEMENT_ENV)
+    return WorkerPlacement.from_dict(json.loads(spec)) if spec else None
 
-    return pinning.apply_from_env(spec)
+
+def _apply_placement() -> list[str]:
+    placement = _placement()
+    return pinning.apply(placement) if placement is not None else []
 
 
 def _setup_logging(level: str, name: str) -> None:
@@ -78,6 +82,10 @@ def _load(msg: Message) -> HandlerService:
     # TorchServe's contract: the handler runs in, and imports from, the model directory.
     os.chdir(model_dir)
     sys.path.insert(0, str(model_dir))
+    placement = _placement()
+    if placement is not None:  # after affinity, before the model allocates thread pools
+        for note in pinning.apply_torch_threads(placement):
+            log.info("%s", note)
     from serving.handlers.service import HandlerService
 
     return HandlerService.load(

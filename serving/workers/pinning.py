@@ -9,11 +9,13 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 MPOL_BIND = 2  # <linux/mempolicy.h>
+PLACEMENT_ENV = "SERVING_PLACEMENT"  # the placement, as JSON, in a spawned worker's env
 
 # Preferred first: full tcmalloc before the minimal build (same allocator, fewer extras).
 ALLOCATOR_FILES = {
@@ -22,23 +24,38 @@ ALLOCATOR_FILES = {
 }
 
 
-class Pinning(Protocol):
-    """The fields of `serving.routing.placement.WorkerPlacement` this module reads."""
+@dataclass(frozen=True, slots=True)
+class WorkerPlacement:
+    """What one worker process is given; applied in the child before torch is imported."""
 
-    @property
-    def cpus(self) -> tuple[int, ...]: ...
-    @property
-    def node(self) -> int | None: ...
-    @property
-    def threads(self) -> int: ...
-    @property
-    def interop_threads(self) -> int: ...
-    @property
-    def bind_memory(self) -> bool: ...
-    @property
-    def allocator(self) -> str | None: ...
-    @property
-    def flush_denormal(self) -> bool: ...
+    cpus: tuple[int, ...]
+    node: int | None
+    threads: int
+    interop_threads: int = 1
+    bind_memory: bool = False
+    allocator: str | None = None
+    flush_denormal: bool = True
+    shared: bool = False
+    reason: str | None = None  # why the plan is not the one asked for; the caller logs it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "cpus": list(self.cpus), "cpulist": format_cpulist(self.cpus)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkerPlacement:
+        fields = {k: v for k, v in data.items() if k != "cpulist"}
+        return cls(**{**fields, "cpus": tuple(fields["cpus"])})
+
+
+def format_cpulist(cpus: Iterable[int]) -> str:
+    """The inverse of `parse_cpulist`, for log lines a person compares with `lscpu`."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def library_dirs() -> list[Path]:
@@ -79,7 +96,7 @@ def _ldconfig_lookup(filenames: Sequence[str]) -> str | None:
     return next((found[f] for f in filenames if f in found), None)
 
 
-def env_for(placement: Pinning) -> dict[str, str]:
+def env_for(placement: WorkerPlacement) -> dict[str, str]:
     """Variables for the spawn's environment: OpenMP/MKL read them, and the dynamic loader reads
     LD_PRELOAD, only when the process starts, so setting them later in the child is too late."""
     threads = str(placement.threads)
@@ -89,7 +106,7 @@ def env_for(placement: Pinning) -> dict[str, str]:
     return env
 
 
-def apply(placement: Pinning, libnuma: str = "libnuma.so.1") -> list[str]:
+def apply(placement: WorkerPlacement, libnuma: str = "libnuma.so.1") -> list[str]:
     """Pin this process to its CPUs and memory node; call before importing torch. Returns log
     lines for the caller to log."""
     os.environ.update({k: v for k, v in env_for(placement).items() if k != "LD_PRELOAD"})
@@ -157,7 +174,7 @@ def _allocator_state(path: str) -> str:
     return f"allocator: {path} is not loaded; start the worker with env_for(placement)"
 
 
-def apply_torch_threads(placement: Pinning) -> list[str]:
+def apply_torch_threads(placement: WorkerPlacement) -> list[str]:
     """Set torch's thread pools and denormal handling; imports torch, so call after `apply`."""
     import torch
 

@@ -41,6 +41,7 @@ class WorkerSpec:
     load: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
+    device: str = "cpu"  # what describe shows, e.g. "cuda:1"
 
 
 class Worker:
@@ -63,6 +64,8 @@ class Worker:
         self._conn: WorkerConnection | None = None
         self._loaded: asyncio.Future[Message] | None = None
         self._batch_id = 0
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self.last_pong: float | None = None
         self._inflight: tuple[int, Sequence[InferenceRequest], BatchCallback,
                               asyncio.TimerHandle | None] | None = None
         self._exited = asyncio.Event()
@@ -125,6 +128,12 @@ class Worker:
             if self._loaded is not None and not self._loaded.done():
                 self._loaded.set_result(msg)
             return
+        if msg.kind == Kind.PONG:
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
+                self._ping_timer = None
+            self.last_pong = time.time()
+            return
         if msg.kind != Kind.RESULT or self._inflight is None:
             return
         batch_id, requests, done, timer = self._inflight
@@ -138,6 +147,20 @@ class Worker:
         done(decode_result(msg, requests))
         if self.state == WorkerState.READY:
             self._on_idle(self)
+
+    def ping(self, timeout: float) -> None:
+        """Ask an idle worker whether it still reads its socket; kill it if it does not
+        answer within `timeout` (a hang outside any batch: busy ones have a deadline)."""
+        if self.state != WorkerState.READY or self._conn is None or self._ping_timer:
+            return
+        self._conn.send(Kind.PING, {})
+        self._ping_timer = asyncio.get_running_loop().call_later(timeout, self._hung, timeout)
+
+    def _hung(self, timeout: float) -> None:
+        self._ping_timer = None
+        log.warning("worker %s (pid %s) did not answer a ping within %g s; replacing it",
+                    self.id, self.pid, timeout)
+        self.kill()
 
     def _timed_out(self, timeout: float) -> None:
         self._fail_inflight(ResponseTimeout(f"worker {self.id} did not answer within "
@@ -168,6 +191,9 @@ class Worker:
         expected = self.stop_requested
         was_starting = self.state == WorkerState.STARTING
         self.state = WorkerState.DEAD
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
         self._fail_inflight(WorkerDied(f"worker {self.id} (pid {self.pid}) exited while "
                                        "running this request"))
         if self._conn is not None:

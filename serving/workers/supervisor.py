@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from serving.errors import ServingError
 from serving.workers.listener import WorkerListener
+from serving.workers.pinning import WorkerPlacement
 from serving.workers.process import Worker, WorkerSpec, WorkerState
 
 log = logging.getLogger(__name__)
@@ -18,28 +19,42 @@ _worker_ids = itertools.count(9000)
 
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
+Place = Callable[[int], list[WorkerPlacement]]
+
 
 class WorkerPool:
-    """Keeps `target` workers of one model version alive and tells the scheduler about them."""
+    """Keeps `target` workers of one model version alive and tells the scheduler about them.
 
-    def __init__(self, label: str, spec: Callable[[int], WorkerSpec], listener: WorkerListener,
-                 on_ready: Callable[[Worker], None], on_gone: Callable[[Worker], None],
-                 startup_timeout: float,
-                 on_unavailable: Callable[[str], None] = lambda reason: None) -> None:
+    Each worker slot keeps its placement (cores, memory node) for its whole life, through
+    restarts: a replacement takes the place of the worker it replaces, and no other model's
+    workers move.
+    """
+
+    def __init__(self, label: str, spec: Callable[[int, WorkerPlacement | None], WorkerSpec],
+                 listener: WorkerListener, on_ready: Callable[[Worker], None],
+                 on_gone: Callable[[Worker], None], startup_timeout: float,
+                 on_unavailable: Callable[[str], None] = lambda reason: None,
+                 place: Place | None = None,
+                 release: Callable[[WorkerPlacement], None] = lambda p: None) -> None:
         self.label = label
         self.target = 0
         self.workers: dict[str, Worker] = {}
         self.restarts = 0
+        self.slot_restarts: dict[int, int] = {}
         self.last_error: str | None = None
         self._spec = spec
         self._listener = listener
         self._on_ready = on_ready
         self._on_gone = on_gone
         self._on_unavailable = on_unavailable
+        self._place = place
+        self._release = release
+        self._placements: dict[int, WorkerPlacement] = {}
         self._startup_timeout = startup_timeout
         self._failures = 0
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replacing: set[int] = set()  # slots whose worker died and awaits its successor
 
     @property
     def accepting(self) -> bool:
@@ -47,14 +62,19 @@ class WorkerPool:
         replaced after a crash (not after a failed replacement)."""
         if self.target == 0:
             return False
-        live = any(w.state not in (WorkerState.STOPPING, WorkerState.DEAD)
-                   for w in self.workers.values())
-        return live or (bool(self._tasks) and self.last_error is None)
+        return self._live() or (bool(self._tasks) and self.last_error is None)
 
     @property
     def ready_count(self) -> int:
         return sum(1 for w in self.workers.values()
                    if w.state in (WorkerState.READY, WorkerState.BUSY))
+
+    def _live(self) -> bool:
+        return any(w.state not in (WorkerState.STOPPING, WorkerState.DEAD)
+                   for w in self.workers.values())
+
+    def placement_of(self, slot: int) -> WorkerPlacement | None:
+        return self._placements.get(slot)
 
     async def scale(self, n: int) -> None:
         """Start or stop workers until `n` run; raises the first start-up failure."""
@@ -63,7 +83,18 @@ class WorkerPool:
                 if w.state not in (WorkerState.STOPPING, WorkerState.DEAD)]
         if len(live) < n:
             slots = self._free_slots(n - len(live))
-            await asyncio.gather(*(self._start(slot) for slot in slots))
+            if self._place is not None:
+                # All new workers are placed in one call, so `auto` sizes them together.
+                for slot, placement in zip(slots, self._place(len(slots)), strict=True):
+                    self._placements[slot] = placement
+            results = await asyncio.gather(*(self._start(slot) for slot in slots),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            for slot, result in zip(slots, results, strict=True):
+                if isinstance(result, BaseException):
+                    self._free_slot(slot)
+            if errors:
+                raise errors[0]
         elif len(live) > n:
             # Idle workers go first, then the newest; a busy one finishes its batch first.
             victims = sorted(live, key=lambda w: (w.busy, -w.start_time))[: len(live) - n]
@@ -71,11 +102,13 @@ class WorkerPool:
 
     def _free_slots(self, count: int) -> list[int]:
         used = {w.slot for w in self.workers.values() if w.state != WorkerState.DEAD}
+        used |= self._replacing
         free = (s for s in itertools.count() if s not in used)
         return list(itertools.islice(free, count))
 
     async def _start(self, slot: int) -> None:
-        worker = Worker(str(next(_worker_ids)), slot, self._spec(slot), self._listener,
+        worker = Worker(str(next(_worker_ids)), slot,
+                        self._spec(slot, self._placements.get(slot)), self._listener,
                         on_idle=self._on_ready, on_exit=self._exited)
         self.workers[worker.id] = worker
         try:
@@ -93,6 +126,12 @@ class WorkerPool:
         self._on_gone(worker)
         await worker.stop()
         self.workers.pop(worker.id, None)
+        self._free_slot(worker.slot)
+
+    def _free_slot(self, slot: int) -> None:
+        placement = self._placements.pop(slot, None)
+        if placement is not None:
+            self._release(placement)
 
     def _exited(self, worker: Worker) -> None:
         """A worker died; its held requests were already failed. Replace it with backoff."""
@@ -102,38 +141,38 @@ class WorkerPool:
             return
         live = sum(1 for w in self.workers.values() if w.state != WorkerState.STOPPING)
         if live >= self.target:
+            self._free_slot(worker.slot)
             return
-        delay = RESTART_BACKOFF[min(self._failures, len(RESTART_BACKOFF) - 1)]
-        self._failures += 1
         self.restarts += 1
-        log.warning("%s: replacing worker %s (exit code %s) in %.0f s", self.label, worker.id,
-                    worker.exit_code, delay)
-        task = asyncio.get_running_loop().create_task(self._replace(worker.slot, delay))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.slot_restarts[worker.slot] = self.slot_restarts.get(worker.slot, 0) + 1
+        log.warning("%s: worker %s (pid %s, exit code %s) died; replacing it", self.label,
+                    worker.id, worker.pid, worker.exit_code)
+        self._schedule_replacement(worker.slot)
 
-    async def _replace(self, slot: int, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self._closing:
-            return
-        try:
-            await self._start(slot)
-        except ServingError as e:
-            log.error("%s: replacement worker failed to start: %s", self.label, e.message)
-            if not any(w.state not in (WorkerState.STOPPING, WorkerState.DEAD)
-                       for w in self.workers.values()):
-                # Nobody can serve what is queued: answer it now rather than let it wait
-                # through the back-off.
-                self._on_unavailable(e.message)
-            self._exited_placeholder(slot)
-
-    def _exited_placeholder(self, slot: int) -> None:
-        # A failed replacement counts as another death: try again after a longer pause.
+    def _schedule_replacement(self, slot: int) -> None:
+        self._replacing.add(slot)
         delay = RESTART_BACKOFF[min(self._failures, len(RESTART_BACKOFF) - 1)]
         self._failures += 1
         task = asyncio.get_running_loop().create_task(self._replace(slot, delay))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, slot: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._replacing.discard(slot)
+        live = sum(1 for w in self.workers.values() if w.state != WorkerState.STOPPING)
+        if self._closing or live >= self.target:  # scaled down meanwhile
+            self._free_slot(slot)
+            return
+        try:
+            await self._start(slot)
+        except ServingError as e:
+            log.error("%s: replacement worker failed to start: %s", self.label, e.message)
+            if not self._live():
+                # Nobody can serve what is queued: answer it now rather than let it wait
+                # through the back-off.
+                self._on_unavailable(e.message)
+            self._schedule_replacement(slot)
 
     async def close(self) -> None:
         """Stop every worker (after its current batch) and cancel pending restarts."""
@@ -141,4 +180,7 @@ class WorkerPool:
         self.target = 0
         for task in list(self._tasks):
             task.cancel()
+        self._replacing.clear()
         await asyncio.gather(*(self._stop(w) for w in list(self.workers.values())))
+        for slot in list(self._placements):
+            self._free_slot(slot)

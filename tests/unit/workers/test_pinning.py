@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from serving.routing.placement import CoreAllocator, PlacementPolicy, WorkerPlacement
+from serving.routing.placement import CoreAllocator, PlacementPolicy
+from serving.workers.pinning import WorkerPlacement
 from serving.routing.topology import read_topology
 from serving.workers.pinning import env_for, find_allocator, library_dirs
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # the parent can look at it from outside.
 CHILD = """
 import json, os, sys
-from serving.routing.placement import WorkerPlacement
+from serving.workers.pinning import WorkerPlacement
 from serving.workers import pinning
 placement = WorkerPlacement.from_dict(json.loads(sys.argv[1]))
 report = {"lines": pinning.apply(placement, **json.loads(sys.argv[2]))}

@@ -1,0 +1,165 @@
+"""What workers are given: cores and memory nodes (placement) and accelerator devices."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from serving.errors import ArchiveError, ConfigError
+from serving.routing.placement import CoreAllocator, PlacementPolicy, parse_launcher_args
+from serving.routing.topology import Topology, read_topology
+from serving.settings import Settings, format_validation_error
+from serving.workers.pinning import WorkerPlacement
+
+log = logging.getLogger(__name__)
+
+ACCELERATOR_PROBE = (
+    "import torch\n"
+    "a = torch.accelerator\n"
+    "ok = a.is_available()\n"
+    "print(a.current_accelerator().type if ok else '', a.device_count() if ok else 0)\n"
+)
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    """The accelerator type torch sees on this machine (`cuda`, `xpu`) and how many."""
+
+    kind: str | None
+    count: int
+
+    @classmethod
+    def probe(cls) -> Accelerators:
+        # Only ask torch (in a child: the gateway never imports it) when a device node hints
+        # at one; a CPU-only machine answers at once.
+        if not (Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia").exists()
+                or any(Path("/dev/dri").glob("renderD*"))):
+            return cls(None, 0)
+        try:
+            out = subprocess.run([sys.executable, "-c", ACCELERATOR_PROBE], capture_output=True,
+                                 text=True, timeout=120, check=True).stdout.split()
+        except (subprocess.SubprocessError, OSError) as e:
+            log.warning("could not ask torch about accelerators (%s); serving on CPU", e)
+            return cls(None, 0)
+        kind, count = (out[0], int(out[1])) if len(out) == 2 else (None, 0)
+        return cls(kind or None, count)
+
+
+@dataclass(frozen=True)
+class DeviceAssignment:
+    """One worker's device: what the handler sees as `gpu_id`, and env to restrict it."""
+
+    kind: str  # "cpu", "cuda", "xpu"
+    index: int | None
+    gpu_id: int | None
+    env: dict[str, str]
+
+    def describe(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+VISIBILITY_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "xpu": "ZE_AFFINITY_MASK"}
+
+
+class Resources:
+    """Server-wide: the core allocator shared by all models, and the accelerators."""
+
+    def __init__(self, settings: Settings, topology: Topology | None = None,
+                 accelerators: Accelerators | None = None) -> None:
+        self.topology = topology or read_topology(allowed=os.sched_getaffinity(0))
+        self.allocator = CoreAllocator(self.topology, settings.reserved_gateway_cores)
+        self.accelerators = accelerators or Accelerators.probe()
+        if settings.number_of_gpu is not None:
+            self.accelerators = Accelerators(self.accelerators.kind,
+                                             min(settings.number_of_gpu, self.accelerators.count))
+        self.default_policy, self.launcher_instances = _server_policy(settings,
+                                                                      self.topology)
+        self._auto_policy_override: dict[str, Any] = {}
+        self._next_device = 0
+
+    def plan_startup(self, total_workers: int) -> None:
+        """Size `auto` placements for the models loaded at start, which are known together:
+        each worker gets an equal share of the cores, or none are pinned when there are more
+        workers than physical cores (a person would not pin 3 workers to 2 cores either)."""
+        cores = len(self.topology.physical_cores()) - len(self.allocator.reserved_cpus)
+        if total_workers > cores:
+            self._auto_policy_override = {"enabled": False}
+        elif total_workers:
+            self._auto_policy_override = {"cores_per_worker": max(1, cores // total_workers)}
+
+    def startup_done(self) -> None:
+        self._auto_policy_override = {}
+
+    def policy_for(self, model_yaml: dict[str, Any]) -> PlacementPolicy:
+        """The server policy with the archive's `placement:` block on top."""
+        block = model_yaml.get("placement") or {}
+        if not isinstance(block, dict):
+            raise ArchiveError("model-config.yaml: placement must be a mapping")
+        base = self.default_policy.model_dump()
+        if block.get("cores_per_worker", base["cores_per_worker"]) == "auto" and \
+                block.get("enabled", base["enabled"]) == "auto":
+            base.update(self._auto_policy_override)
+        try:
+            return PlacementPolicy.model_validate({**base, **block})
+        except ValidationError as e:
+            raise ArchiveError(f"model-config.yaml placement: {format_validation_error(e)}"
+                               ) from None
+
+    def place(self, owner: str, n: int, policy: PlacementPolicy) -> list[WorkerPlacement]:
+        try:
+            placements = self.allocator.allocate(owner, n, policy)
+        except ValueError as e:
+            from serving.errors import ServiceUnavailable
+
+            raise ServiceUnavailable(str(e)) from None
+        reasons = {p.reason for p in placements if p.reason}
+        for reason in reasons:
+            log.info("placement: %s", reason)
+        return placements
+
+    def release(self, placement: WorkerPlacement) -> None:
+        self.allocator.release(placement)
+
+    def device_for(self, device_type: str | None, device_ids: tuple[int, ...] | None,
+                   slot: int, isolate: bool) -> DeviceAssignment:
+        """Round-robin over the accelerators (or over `deviceIds`), as TorchServe assigns
+        `gpu_id`; `cpu`, or no accelerator, gives the CPU."""
+        acc = self.accelerators
+        wanted = (device_type or "auto").lower()
+        if wanted == "cpu" or not acc.kind or acc.count == 0:
+            if wanted in ("cuda", "xpu", "gpu"):
+                raise ArchiveError(f"deviceType {wanted} asked, but torch sees no accelerator "
+                                   "on this machine")
+            return DeviceAssignment("cpu", None, None, {})
+        if wanted not in ("auto", "gpu", acc.kind):
+            raise ArchiveError(f"deviceType {wanted} asked, but this machine has {acc.kind}")
+        if device_ids:
+            index = device_ids[slot % len(device_ids)]
+        else:
+            index = self._next_device % acc.count
+            self._next_device += 1
+        if index >= acc.count:
+            raise ArchiveError(f"deviceIds names {acc.kind}:{index}; this machine has "
+                               f"{acc.count}")
+        if isolate:
+            return DeviceAssignment(acc.kind, index, 0, {VISIBILITY_ENV[acc.kind]: str(index)})
+        return DeviceAssignment(acc.kind, index, index, {})
+
+
+def _server_policy(settings: Settings, topology: Topology) -> tuple[PlacementPolicy, int | None]:
+    """TorchServe's `cpu_launcher_enable`/`cpu_launcher_args` map onto the same placement."""
+    if not settings.cpu_launcher_enable:
+        return PlacementPolicy(), None
+    try:
+        policy, instances = parse_launcher_args(settings.cpu_launcher_args,
+                                                topology.threads_per_core)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return policy.model_copy(update={"enabled": True}), instances

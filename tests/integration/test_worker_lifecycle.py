@@ -1,0 +1,159 @@
+"""Worker placement and life cycle on a real server: affinity, kill -9, hangs, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from serving.workers.pinning import format_cpulist
+from tests.support.archives import build_mar
+from tests.support.server import ServerProcess
+
+
+def workers(server: ServerProcess, name: str) -> list[dict]:
+    return server.management.get(f"/models/{name}").json()[0]["workers"]
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_started_workers_run_on_their_planned_cores(server: ServerProcess, store: Path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    build_mar(store, "placed", "slow_handler.py",
+              config="minWorkers: 2\nplacement:\n  cores_per_worker: 1\n")
+    server.management.post("/models", params={"url": "placed.mar"}).raise_for_status()
+    listed = workers(server, "placed")
+    assert len(listed) == 2
+    cores = set()
+    for w in listed:
+        assert w["pinned"] is True and w["threads"] == 1 and w["numaNode"] == 0
+        assert format_cpulist(os.sched_getaffinity(w["pid"])) == w["cores"]
+        cores.add(w["cores"])
+    assert len(cores) == 2  # never two workers on one physical core
+    server.management.delete("/models/placed").raise_for_status()
+
+
+def test_strict_placement_that_cannot_fit_is_refused(server: ServerProcess, store: Path):
+    build_mar(store, "greedy", "slow_handler.py",
+              config="minWorkers: 1\nplacement:\n  enabled: true\n  cores_per_worker: 64\n")
+    r = server.management.post("/models", params={"url": "greedy.mar"})
+    assert r.status_code == 503 and "cannot pin" in r.json()["message"]
+    bad = build_mar(store, "typo", "slow_handler.py", config="placement:\n  cores_per_wroker: 1\n")
+    r = server.management.post("/models", params={"url": bad.name})
+    assert r.status_code == 400 and "cores_per_wroker" in r.json()["message"]
+
+
+def test_kill_9_under_load_every_request_answered_and_worker_back(server: ServerProcess,
+                                                                 store: Path):
+    build_mar(store, "victim", "slow_handler.py", config="minWorkers: 1\nbatchSize: 1\n")
+    server.management.post("/models", params={"url": "victim.mar"}).raise_for_status()
+    (before,) = workers(server, "victim")
+    url = f"http://127.0.0.1:{server.inference_port}/predictions/victim"
+
+    async def load() -> Counter[int]:
+        statuses: Counter[int] = Counter()
+        async with aiohttp.ClientSession() as s:
+            async def one(i: int) -> None:
+                async with s.post(url, json={"tag": i, "sleep": 0.02},
+                                  timeout=aiohttp.ClientTimeout(total=60)) as r:
+                    await r.read()
+                    statuses[r.status] += 1
+
+            async def killer() -> None:
+                await asyncio.sleep(0.4)
+                os.kill(before["pid"], signal.SIGKILL)
+
+            await asyncio.gather(killer(), *(one(i) for i in range(120)))
+        return statuses
+
+    statuses = asyncio.run(load())
+    assert sum(statuses.values()) == 120  # every request got exactly one answer
+    assert set(statuses) <= {200, 502} and statuses[200] >= 100
+    (after,) = wait_for(lambda: [w for w in workers(server, "victim")
+                                 if w["status"] == "READY"], what="replacement worker")
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+    assert server.management.get("/models/victim").json()[0]["restarts"] == 1
+
+
+def test_scaling_one_model_never_restarts_another(server: ServerProcess, store: Path):
+    build_mar(store, "steady", "slow_handler.py", config="minWorkers: 1\n")
+    build_mar(store, "elastic", "slow_handler.py", config="minWorkers: 1\n")
+    for name in ("steady", "elastic"):
+        server.management.post("/models", params={"url": f"{name}.mar"}).raise_for_status()
+    steady = [w["pid"] for w in workers(server, "steady")]
+    server.management.put("/models/elastic", params={"min_worker": 3, "synchronous": "true"}
+                          ).raise_for_status()
+    server.management.put("/models/elastic", params={"min_worker": 1, "synchronous": "true"}
+                          ).raise_for_status()
+    assert [w["pid"] for w in workers(server, "steady")] == steady
+
+
+@pytest.fixture
+def quick_ping_server(store: Path, tmp_path: Path):
+    cfg = tmp_path / "config.properties"
+    cfg.write_text("worker_ping_interval=0.5\nworker_ping_timeout=1\ndrain_timeout=30\n")
+    build_mar(store, "frozen", "slow_handler.py", config="minWorkers: 1\nbatchSize: 1\n")
+    with ServerProcess(tmp_path / "log", "--models", "frozen.mar", model_store=store,
+                       ts_config=cfg) as srv:
+        srv.wait_ready(models=("frozen",))
+        yield srv
+
+
+def test_hung_worker_is_replaced(quick_ping_server: ServerProcess):
+    srv = quick_ping_server
+    (before,) = workers(srv, "frozen")
+    os.kill(before["pid"], signal.SIGSTOP)  # alive, but no longer reads its socket
+    try:
+        after = wait_for(lambda: [w for w in workers(srv, "frozen")
+                                  if w["pid"] != before["pid"] and w["status"] == "READY"],
+                         what="hung worker replaced")
+    finally:
+        try:
+            os.kill(before["pid"], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert after[0]["restarts"] == 1
+    assert "did not answer a ping" in srv.log()
+    assert srv.inference.post("/predictions/frozen", json={"tag": 1}).status_code == 200
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(quick_ping_server: ServerProcess):
+    srv = quick_ping_server
+    url = f"http://127.0.0.1:{srv.inference_port}"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            async def post(order: dict) -> int:
+                async with s.post(f"{url}/predictions/frozen", json=order) as r:
+                    await r.read()
+                    return r.status
+            in_flight = [asyncio.create_task(post({"tag": i, "sleep": 0.7}))
+                         for i in range(3)]
+            await asyncio.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            async with s.get(f"{url}/ping") as r:
+                ping = (r.status, await r.json())
+            late = await post({"tag": "late"})
+            return await asyncio.gather(*in_flight), ping, late
+
+    finished, ping, late = asyncio.run(scenario())
+    assert finished == [200, 200, 200]  # queued and running requests all completed
+    assert ping == (503, {"status": "Draining"})
+    assert late == 503
+    assert srv.proc.wait(timeout=60) == 0

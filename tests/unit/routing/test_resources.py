@@ -1,0 +1,64 @@
+"""Server-wide resources: launcher args, start-up sizing, and accelerator device assignment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.errors import ArchiveError, ConfigError
+from serving.routing.resources import Accelerators, Resources
+from serving.settings import Settings
+from tests.unit.routing.test_topology import this_machine_like, two_socket
+
+NO_GPU = Accelerators(None, 0)
+
+
+def test_cpu_launcher_args_map_onto_placement(tmp_path: Path):
+    settings = Settings(cpu_launcher_enable=True,
+                        cpu_launcher_args="--use_logical_core --ninstances 4 --node_id 1")
+    res = Resources(settings, two_socket(tmp_path), NO_GPU)
+    assert res.launcher_instances == 4
+    policy = res.policy_for({})
+    assert policy.enabled is True and policy.use_logical_cores and policy.nodes == [1]
+    placements = res.place("m", 4, policy)
+    assert {p.node for p in placements} == {1} and len({p.cpus for p in placements}) == 4
+    with pytest.raises(ConfigError, match="--bogus"):
+        Resources(Settings(cpu_launcher_enable=True, cpu_launcher_args="--bogus"),
+                  two_socket(tmp_path / "b"), NO_GPU)
+
+
+def test_startup_sizing_shares_cores_evenly_or_not_at_all(tmp_path: Path):
+    res = Resources(Settings(), two_socket(tmp_path), NO_GPU)
+    res.plan_startup(total_workers=4)
+    placements = [res.place(f"m{i}", 1, res.policy_for({}))[0] for i in range(4)]
+    # 55 usable cores (one reserved for the gateway) / 4 workers = 13 each
+    assert [len(p.cpus) for p in placements] == [13] * 4
+    res.startup_done()
+
+    small = Resources(Settings(), this_machine_like(tmp_path / "s"), NO_GPU)
+    small.plan_startup(total_workers=3)  # 3 workers, 2 cores: nobody is pinned
+    p = small.place("m", 1, small.policy_for({}))[0]
+    assert p.shared and p.threads >= 1
+    # A model's own placement block still wins.
+    assert small.policy_for({"placement": {"cores_per_worker": 1}}).cores_per_worker == 1
+    with pytest.raises(ArchiveError, match="unknown key|Extra inputs"):
+        small.policy_for({"placement": {"cores": 1}})
+
+
+def test_devices_round_robin_ids_and_isolation(tmp_path: Path):
+    res = Resources(Settings(), this_machine_like(tmp_path), Accelerators("cuda", 2))
+    got = [res.device_for(None, None, slot, isolate=False) for slot in range(3)]
+    assert [(d.kind, d.index, d.gpu_id) for d in got] == [("cuda", 0, 0), ("cuda", 1, 1),
+                                                          ("cuda", 0, 0)]
+    pinned = res.device_for("gpu", (1,), 0, isolate=True)
+    assert (pinned.index, pinned.gpu_id, pinned.env) == (1, 0, {"CUDA_VISIBLE_DEVICES": "1"})
+    assert res.device_for("cpu", None, 0, isolate=False).kind == "cpu"
+    with pytest.raises(ArchiveError, match="xpu"):
+        res.device_for("xpu", None, 0, isolate=False)
+    with pytest.raises(ArchiveError, match="deviceIds"):
+        res.device_for("cuda", (5,), 0, isolate=False)
+    cpu_only = Resources(Settings(), this_machine_like(tmp_path / "c"), NO_GPU)
+    assert cpu_only.device_for(None, None, 0, isolate=False).kind == "cpu"
+    with pytest.raises(ArchiveError, match="no accelerator"):
+        cpu_only.device_for("gpu", None, 0, isolate=False)
