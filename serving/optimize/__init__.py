@@ -10,7 +10,7 @@ from serving.optimize.config import (
 from serving.optimize.hardware import cpu_features, resolve_device
 from serving.optimize.package import load_precompiled
 from serving.optimize.pipeline import build
-from serving.optimize.precompile import PrecompileError, precompile
+from serving.optimize.precompile import PrecompileError, precompile, precompile_with_report
 from serving.optimize.report import PipelineReport
 from serving.optimize.runner import OptimizedModel, UnwarmedShape
 from serving.optimize.samples import capture_inputs, samples_from_config
@@ -31,6 +31,7 @@ __all__ = [
     "from_model_yaml",
     "load_precompiled",
     "precompile",
+    "precompile_with_report",
     "resolve_device",
     "samples_from_config",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -123,10 +124,8 @@ def test_hung_worker_is_replaced(quick_ping_server: ServerProcess):
                                   if w["pid"] != before["pid"] and w["status"] == "READY"],
                          what="hung worker replaced")
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(before["pid"], signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     assert after[0]["restarts"] == 1
     assert "did not answer a ping" in srv.log()
     assert srv.inference.post("/predictions/frozen", json={"tag": 1}).status_code == 200

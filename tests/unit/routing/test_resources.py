@@ -42,7 +42,7 @@ def test_startup_sizing_shares_cores_evenly_or_not_at_all(tmp_path: Path):
     assert p.shared and p.threads >= 1
     # A model's own placement block still wins.
     assert small.policy_for({"placement": {"cores_per_worker": 1}}).cores_per_worker == 1
-    with pytest.raises(ArchiveError, match="unknown key|Extra inputs"):
+    with pytest.raises(ArchiveError, match=r"unknown key|Extra inputs"):
         small.policy_for({"placement": {"cores": 1}})
 
 

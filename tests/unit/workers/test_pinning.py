@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 from serving.routing.placement import CoreAllocator, PlacementPolicy
-from serving.workers.pinning import WorkerPlacement
 from serving.routing.topology import read_topology
-from serving.workers.pinning import env_for, find_allocator, library_dirs
+from serving.workers.pinning import WorkerPlacement, env_for, find_allocator, library_dirs
 
 ROOT = Path(__file__).resolve().parents[3]
 
