@@ -1,0 +1,140 @@
+"""The accuracy guard: an optimised model is compared with the fp32 eager reference before ready."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from serving.optimize.batching import Sample, tensor_leaves
+from serving.optimize.config import AccuracyConfig
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+def choose_metric(config: AccuracyConfig, reference: list[Any]) -> str:
+    """`auto`: top-1 agreement for a single 2-D logits output, cosine similarity otherwise.
+
+    Rows of unit L2 norm are embeddings, not logits, even when the output is 2-D.
+    """
+    if config.metric != "auto":
+        return config.metric
+    leaves = [t for out in reference for t in tensor_leaves(out) if t.is_floating_point()]
+    per_call = len(leaves) // max(len(reference), 1)
+    if per_call == 1 and all(t.dim() == 2 and t.shape[-1] >= 2 for t in leaves):
+        norms = torch.cat([t.float().norm(dim=-1) for t in leaves])
+        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
+            return "top1"
+    return "cosine"
+
+
+class AccuracyGuard:
+    """Holds the reference outputs; `check` runs a candidate on the same inputs and judges it."""
+
+    def __init__(self, config: AccuracyConfig, samples: list[Sample], reference: list[Any]) -> None:
+        self.config = config
+        self.samples = samples
+        self.reference = [tensor_leaves(out) for out in reference]
+        self.metric = choose_metric(config, reference)
+
+    @classmethod
+    def from_model(
+        cls, config: AccuracyConfig, model: Callable[..., Any], samples: list[Sample]
+    ) -> AccuracyGuard:
+        samples = samples[: config.samples]
+        with torch.inference_mode():
+            reference = [model(*args, **kwargs) for args, kwargs in samples]
+        return cls(config, samples, reference)
+
+    def check(self, candidate: Callable[..., Any]) -> Verdict:
+        outputs = []
+        for args, kwargs in self.samples:
+            with torch.inference_mode():
+                outputs.append(tensor_leaves(candidate(*args, **kwargs)))
+        return self.judge(outputs)
+
+    def judge(self, outputs: list[list[torch.Tensor]]) -> Verdict:
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for ref, out in zip(self.reference, outputs, strict=True):
+            if len(ref) != len(out):
+                return Verdict(False, reason=f"output has {len(out)} tensors, reference {len(ref)}")
+            for r, o in zip(ref, out, strict=True):
+                if r.shape != o.shape:
+                    why = f"output shape {tuple(o.shape)} != {tuple(r.shape)}"
+                    return Verdict(False, reason=why)
+                if not r.is_floating_point() and not torch.equal(r, o.to(r.device)):
+                    return Verdict(False, reason="integer output differs from the reference")
+                if r.is_floating_point():
+                    pairs.append((r.detach().float().cpu(), o.detach().float().cpu()))
+        metrics = _metrics(pairs, classify=self.metric == "top1")
+        return self._verdict(metrics)
+
+    def _verdict(self, metrics: dict[str, float]) -> Verdict:
+        cfg = self.config
+        if any(math.isnan(v) for v in metrics.values()) or metrics.get("finite", 1.0) < 1.0:
+            return Verdict(False, metrics, "non-finite outputs where the reference is finite")
+        checks: list[tuple[str, bool, str]] = []
+        if self.metric == "top1":
+            agree = metrics["top1_agreement"]
+            checks.append(("top1", agree >= cfg.min_top1_agreement,
+                           f"top-1 agreement {agree:.4f} < {cfg.min_top1_agreement}"))
+        elif self.metric == "cosine":
+            cos = metrics["min_cosine"]
+            checks.append(("cosine", cos >= cfg.min_cosine,
+                           f"cosine similarity {cos:.4f} < {cfg.min_cosine}"))
+        if cfg.max_abs_error is not None:
+            err = metrics["max_abs_error"]
+            checks.append(("abs", err <= cfg.max_abs_error,
+                           f"max abs error {err:.3g} > {cfg.max_abs_error}"))
+        if cfg.max_rel_error is not None:
+            err = metrics["max_rel_error"]
+            checks.append(("rel", err <= cfg.max_rel_error,
+                           f"max rel error {err:.3g} > {cfg.max_rel_error}"))
+        failed = [why for _, ok, why in checks if not ok]
+        return Verdict(not failed, metrics, "; ".join(failed))
+
+
+def _metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]], classify: bool) -> dict[str, float]:
+    if not pairs:
+        return {}
+    max_abs = 0.0
+    max_rel = 0.0
+    min_cos = 1.0
+    finite = 1.0
+    agree = total = 0
+    for ref, out in pairs:
+        if bool(torch.isfinite(ref).all()) and not bool(torch.isfinite(out).all()):
+            finite = 0.0
+            continue
+        diff = (ref - out).abs().max().item() if ref.numel() else 0.0
+        max_abs = max(max_abs, diff)
+        scale = ref.abs().max().item() if ref.numel() else 0.0
+        max_rel = max(max_rel, diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf))
+        min_cos = min(min_cos, _min_row_cosine(ref, out))
+        if classify:
+            agree += int((ref.argmax(dim=-1) == out.argmax(dim=-1)).sum())
+            total += ref.shape[0]
+    metrics = {"max_abs_error": max_abs, "max_rel_error": max_rel, "min_cosine": min_cos,
+               "finite": finite}
+    if classify:
+        metrics["top1_agreement"] = agree / total if total else 1.0
+    return metrics
+
+
+def _min_row_cosine(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """The worst sample's cosine similarity; rows that are zero in both count as equal."""
+    rows_ref = ref.reshape(ref.shape[0], -1) if ref.dim() >= 2 else ref.reshape(1, -1)
+    rows_out = out.reshape(rows_ref.shape)
+    dot = (rows_ref * rows_out).sum(dim=1)
+    norms = rows_ref.norm(dim=1) * rows_out.norm(dim=1)
+    both_zero = (rows_ref.norm(dim=1) == 0) & (rows_out.norm(dim=1) == 0)
+    cos = torch.where(norms > 0, dot / norms.clamp_min(1e-30), both_zero.float())
+    return float(cos.min()) if cos.numel() else 1.0

@@ -1,0 +1,184 @@
+"""Precompiled AOTInductor packages (.pt2) and the JSON sidecar saying what they were built for."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from serving.optimize.accuracy import AccuracyGuard
+from serving.optimize.batching import Sample, export_batched, prepare_inputs
+from serving.optimize.compilation import COMPILE_LOCK
+from serving.optimize.config import OptimizationConfigError
+from serving.optimize.hardware import cpu_arch, cpu_features
+from serving.optimize.report import PipelineReport, StepRecord, describe
+from serving.optimize.runner import OptimizedModel
+from serving.optimize.samples import resolve_in_model_dir
+from serving.optimize.steps import Variant
+
+SIDECAR_FORMAT = 1
+
+
+@dataclass
+class Sidecar:
+    """Everything a package's generated code depends on, checked before it is loaded."""
+
+    torch_version: str
+    device: str
+    arch: str
+    cpu_features: list[str]
+    threads: int
+    max_batch: int | None = None
+    channels_last: bool = False
+    upcast: bool = False
+    applied: list[str] = field(default_factory=list)
+    created: str = ""
+    format: int = SIDECAR_FORMAT
+
+    @classmethod
+    def for_this_process(cls, device: torch.device, **extra: Any) -> Sidecar:
+        return cls(
+            torch_version=torch.__version__,
+            device=device.type,
+            arch=cpu_arch(),
+            cpu_features=sorted(cpu_features()),
+            threads=torch.get_num_threads(),
+            **extra,
+        )
+
+    def mismatch(self, device: torch.device, threads: int) -> str | None:
+        """Why this package cannot serve in this process, or None when it can."""
+        if self.format != SIDECAR_FORMAT:
+            return f"sidecar format {self.format}, expected {SIDECAR_FORMAT}"
+        if self.torch_version != torch.__version__:
+            return f"built with torch {self.torch_version}, this is torch {torch.__version__}"
+        if self.device != device.type:
+            return f"built for {self.device}, loading on {device.type}"
+        if self.device != "cpu":
+            return None
+        if self.arch != cpu_arch():
+            return f"built for {self.arch}, this CPU is {cpu_arch()}"
+        built, here = set(self.cpu_features), set(cpu_features())
+        if built != here:
+            missing = ", ".join(sorted(built - here)) or "none"
+            extra = ", ".join(sorted(here - built)) or "none"
+            return f"built for other CPU features (missing here: {missing}; extra here: {extra})"
+        if self.threads != threads:
+            # Inductor's CPU kernels bake their thread count into the generated code.
+            return f"built for {self.threads} threads, this worker runs {threads}"
+        return None
+
+
+def sidecar_path(package: Path) -> Path:
+    return package.with_name(package.name + ".json")
+
+
+def write_package(
+    variant: Variant, sample: Sample, out_path: Path, device: torch.device, max_batch: int | None
+) -> Path:
+    """Export `variant` with a symbolic batch, AOT-compile it to `out_path`, write the sidecar."""
+    from torch._inductor import aoti_compile_and_package
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    example = prepare_inputs(sample, device, variant.channels_last)
+    with COMPILE_LOCK:
+        exported = export_batched(variant.module, example, max_batch)
+        options = {"freezing": True} if device.type == "cpu" else {}
+        aoti_compile_and_package(
+            exported, package_path=str(out_path), inductor_configs=options
+        )
+    sidecar = Sidecar.for_this_process(
+        device,
+        max_batch=max_batch,
+        channels_last=variant.channels_last,
+        upcast=variant.autocast is not None,
+        applied=[*variant.applied, "aot_inductor"],
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    sidecar_path(out_path).write_text(json.dumps(asdict(sidecar), indent=2))
+    return out_path
+
+
+def read_sidecar(package: Path) -> Sidecar:
+    data = json.loads(sidecar_path(package).read_text())
+    return Sidecar(**data)
+
+
+def load_precompiled(
+    path: Path | str,
+    device: torch.device | str | None = None,
+    *,
+    threads: int | None = None,
+    original: nn.Module | None = None,
+) -> tuple[OptimizedModel | None, str]:
+    """The package as a callable model, or None and the reason it cannot be used here.
+
+    A None is not an error: the caller compiles instead (slower start, same result).
+    """
+    path = Path(path)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    threads = threads if threads is not None else torch.get_num_threads()
+    if not path.is_file():
+        return None, f"no package at {path}"
+    try:
+        sidecar = read_sidecar(path)
+    except (OSError, ValueError, TypeError) as exc:
+        return None, f"unreadable sidecar {sidecar_path(path).name}: {describe(exc)}"
+    reason = sidecar.mismatch(device, threads)
+    if reason is not None:
+        return None, reason
+    try:
+        from torch._inductor import aoti_load_package
+
+        index = device.index if device.index is not None else -1
+        with COMPILE_LOCK:
+            compiled = aoti_load_package(str(path), device_index=index)
+    except Exception as exc:  # a corrupt or foreign package must not stop the worker
+        return None, f"cannot load package: {describe(exc)}"
+    model = OptimizedModel(
+        compiled,
+        device=device,
+        original=original,
+        channels_last=sidecar.channels_last,
+        max_batch=sidecar.max_batch,
+        upcast=sidecar.upcast,
+    )
+    built = f"torch {sidecar.torch_version}, {sidecar.device}, {sidecar.threads} threads"
+    return model, f"loaded {path.name} ({built})"
+
+
+def serve_precompiled(
+    model_dir: Path,
+    relative: str,
+    device: torch.device,
+    guard: AccuracyGuard,
+    original: nn.Module,
+    report: PipelineReport,
+) -> OptimizedModel | None:
+    """The archive's AOTInductor package, if it was built for this process and still passes."""
+    record = report.record(StepRecord("precompiled", "skipped"))
+    try:
+        path = resolve_in_model_dir(model_dir, relative)
+    except OptimizationConfigError as exc:
+        record.reason = f"{exc.message}; compiling instead"
+        report.precompiled = exc.message
+        return None
+    start = time.perf_counter()
+    loaded, reason = load_precompiled(path, device, original=original)
+    record.seconds = time.perf_counter() - start
+    report.precompiled = reason
+    if loaded is None:
+        record.reason = f"{reason}; compiling instead"
+        return None
+    verdict = guard.check(loaded)
+    record.accuracy = verdict.metrics
+    if not verdict.passed:
+        record.status, record.reason = "refused", verdict.reason
+        return None
+    record.status, record.reason = "applied", reason
+    return loaded

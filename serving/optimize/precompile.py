@@ -1,0 +1,62 @@
+"""Ahead-of-time builds: the guarded eager steps, exported and AOT-compiled into a .pt2 package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from serving.optimize.batching import Sample
+from serving.optimize.config import OptimizationConfig
+from serving.optimize.package import sidecar_path, write_package
+from serving.optimize.pipeline import eager_steps, make_context, max_batch
+from serving.optimize.report import PipelineReport
+
+
+class PrecompileError(RuntimeError):
+    """The package could not be built; the message says which step and why."""
+
+
+def precompile(
+    model: nn.Module,
+    config: OptimizationConfig,
+    samples: list[Sample],
+    out_path: Path | str,
+    device: torch.device | str | None = None,
+    *,
+    model_dir: Path | str | None = None,
+) -> Path:
+    """Write `out_path` (.pt2) and its sidecar (`<out_path>.json`) for this torch, CPU and
+    thread count, with dim 0 symbolic up to the largest bucket (or `compile.max_batch`).
+
+    The eager steps (fold, channels-last, INT8, autocast) run under the accuracy guard first,
+    exactly as `build` runs them; refused steps are left out of the package.
+    """
+    out = precompile_with_report(model, config, samples, out_path, device, model_dir=model_dir)
+    return out[0]
+
+
+def precompile_with_report(
+    model: nn.Module,
+    config: OptimizationConfig,
+    samples: list[Sample],
+    out_path: Path | str,
+    device: torch.device | str | None = None,
+    *,
+    model_dir: Path | str | None = None,
+) -> tuple[Path, PipelineReport]:
+    """`precompile`, also returning the report of the steps that went into the package."""
+    report = PipelineReport()
+    if not samples:
+        raise PrecompileError("precompiling needs example inputs (warm-up or captured)")
+    ctx = make_context(model, config, samples, device, model_dir, report)
+    if ctx is None:
+        raise PrecompileError("; ".join(report.notes) or "model cannot be optimised")
+    variant = eager_steps(ctx, report)
+    try:
+        path = write_package(variant, samples[0], Path(out_path), ctx.device, max_batch(ctx))
+    except Exception as exc:
+        raise PrecompileError(f"export/AOT compile failed: {exc}") from exc
+    report.precompiled = str(sidecar_path(path))
+    return path, report

@@ -1,0 +1,81 @@
+"""What the pipeline did to a model and why: shown by the describe API and the worker's log."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+StepStatus = Literal["applied", "refused", "skipped", "failed"]
+
+
+@dataclass
+class StepRecord:
+    """One step: `refused` means it ran but broke the accuracy budget; `failed` that it raised."""
+
+    name: str
+    status: StepStatus
+    reason: str = ""
+    accuracy: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class CandidateRecord:
+    """One pipeline tried by `auto`, with its measured latency on the warm-up inputs."""
+
+    name: str
+    passed: bool
+    latency_ms: float | None = None
+    reason: str = ""
+    applied: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineReport:
+    device: str = "cpu"
+    metric: str | None = None
+    samples: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+    buckets: list[int] = field(default_factory=list)
+    dynamic_batch: bool = False
+    compile_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    total_seconds: float = 0.0
+    candidates: list[CandidateRecord] = field(default_factory=list)
+    chosen: str | None = None
+    precompiled: str | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def record(self, step: StepRecord) -> StepRecord:
+        self.steps.append(step)
+        return step
+
+    def step(self, name: str) -> StepRecord | None:
+        """The last record of the step called `name`."""
+        for record in reversed(self.steps):
+            if record.name == name:
+                return record
+        return None
+
+    @property
+    def applied(self) -> list[str]:
+        return [s.name for s in self.steps if s.status == "applied"]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["applied"] = self.applied
+        for key in ("compile_seconds", "warmup_seconds", "total_seconds"):
+            data[key] = round(data[key], 3)
+        for step in data["steps"]:
+            step["seconds"] = round(step["seconds"], 3)
+        return data
+
+
+def describe(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one line for the report: its type and (the start of) its message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = " | ".join(lines)
+    if len(message) > limit:
+        message = message[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -1,0 +1,130 @@
+"""The compile step: buckets warmed up, padding and slicing, stray shapes refused, auto."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from serving.errors import BadRequest
+from serving.optimize.config import OptimizationConfig
+from serving.optimize.pipeline import build
+from serving.optimize.report import PipelineReport
+from serving.optimize.runner import UnwarmedShape
+from tests.unit.optimize.models import (
+    ConvClassifier,
+    Encoder,
+    image_samples,
+    outlier_encoder,
+    outlier_inputs,
+    seeded,
+    vector_samples,
+)
+
+Built = tuple[nn.Module, nn.Module, PipelineReport]
+
+
+def _config(**data: Any) -> OptimizationConfig:
+    return OptimizationConfig.model_validate({"device": "cpu", **data})
+
+
+@pytest.fixture(scope="module")
+def static_int8() -> Built:
+    """A conv classifier through fold, channels-last, static INT8 and compile, buckets 1 and 4."""
+    model = seeded(ConvClassifier)
+    config = _config(
+        quantization={"mode": "static"}, compile={"mode": "default", "batch_sizes": [1, 4]}
+    )
+    optimized, report = build(model, config, image_samples())
+    return model, optimized, report
+
+
+@pytest.fixture(scope="module")
+def dynamic_batch() -> Built:
+    model = seeded(Encoder)
+    config = _config(compile={"mode": "default", "dynamic": True, "max_batch": 8})
+    optimized, report = build(model, config, vector_samples())
+    return model, optimized, report
+
+
+def test_static_int8_compiled_report(static_int8: Built) -> None:
+    _, _, report = static_int8
+    assert report.error is None
+    assert report.applied == ["fold", "channels_last", "int8_static", "compile"], report.to_dict()
+    assert report.buckets == [1, 4]
+    assert report.compile_seconds > 0 and report.step("compile").accuracy["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 9])
+def test_every_batch_is_padded_to_a_bucket_or_chunked(static_int8: Built, batch: int) -> None:
+    model, optimized, _ = static_int8
+    x = torch.randn(batch, 3, 16, 16)
+    out = optimized(x)
+    assert out.shape == (batch, 5) and out.dtype == torch.float32
+    ref = model(x)
+    assert torch.allclose(out, ref, atol=0.05)
+
+
+def test_a_stray_shape_is_an_error_not_a_compile(static_int8: Built) -> None:
+    _, optimized, _ = static_int8
+    with pytest.raises(UnwarmedShape) as caught:
+        optimized(torch.randn(2, 3, 20, 20))
+    assert isinstance(caught.value, BadRequest) and "not warmed up" in caught.value.message
+
+
+def test_inputs_built_in_inference_mode_hit_the_warmed_graphs(static_int8: Built) -> None:
+    _, optimized, _ = static_int8
+    with torch.inference_mode():
+        x = torch.randn(4, 3, 16, 16)
+        assert optimized(x).shape == (4, 5)
+
+
+def test_dynamic_batch_covers_the_range_and_chunks_above(dynamic_batch: Built) -> None:
+    model, optimized, report = dynamic_batch
+    assert report.applied == ["compile"] and report.dynamic_batch
+    for batch in (1, 2, 5, 8, 11):
+        x = torch.randn(batch, 16)
+        assert torch.allclose(optimized(x), model(x), atol=1e-4)
+    with pytest.raises(UnwarmedShape):
+        optimized(torch.randn(2, 17))
+
+
+def test_a_compile_failure_is_recorded_and_eager_kept() -> None:
+    class Breaks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            torch._dynamo.graph_break()
+            return self.proj(x)
+
+    model = seeded(Breaks)
+    config = _config(compile={"mode": "default", "fullgraph": True})
+    optimized, report = build(model, config, vector_samples())
+    step = report.step("compile")
+    assert step is not None and step.status == "failed" and "graph_break" in step.reason.lower()
+    x = torch.randn(2, 16)
+    assert torch.allclose(optimized(x), model(x))
+
+
+def test_auto_keeps_the_fastest_candidate_that_passes() -> None:
+    model = outlier_encoder().eval()
+    samples = outlier_inputs()
+    config = _config(auto=True, candidates=["eager", "compile", "int8"])
+    optimized, report = build(model, config, samples)
+    by_name = {c.name: c for c in report.candidates}
+    assert set(by_name) == {"eager", "compile", "int8"}
+    assert by_name["eager"].passed and by_name["compile"].passed
+    assert by_name["eager"].latency_ms is not None and by_name["compile"].latency_ms is not None
+    int8 = by_name["int8"]
+    assert not int8.passed and "int8_dynamic refused" in int8.reason
+    fastest = min((c for c in report.candidates if c.passed), key=lambda c: c.latency_ms or 0.0)
+    assert report.chosen == fastest.name
+    assert ("compile" in report.applied) == (report.chosen == "compile")
+    x = samples[0][0][0]
+    cos = torch.nn.functional.cosine_similarity(optimized(x), model(x)).min()
+    assert cos > 0.99
+    assert report.to_dict()["candidates"][0]["latency_ms"] is not None

@@ -1,0 +1,101 @@
+"""Precompiled AOTInductor packages: round trip, and refusal when built for something else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from serving.optimize.config import OptimizationConfig
+from serving.optimize.package import load_precompiled, sidecar_path
+from serving.optimize.pipeline import build
+from serving.optimize.precompile import precompile
+from tests.unit.optimize.models import Encoder, seeded, vector_samples
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Encoder, Path]:
+    model = seeded(Encoder)
+    out = tmp_path_factory.mktemp("pkg") / "model.pt2"
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "compile": {"mode": "default", "batch_sizes": [1, 4]}}
+    )
+    return model, precompile(model, config, vector_samples(), out, "cpu")
+
+
+def _copy_with_sidecar(package: Path, dest: Path, **changes: Any) -> Path:
+    target = dest / package.name
+    shutil.copy(package, target)
+    data = json.loads(sidecar_path(package).read_text())
+    data.update(changes)
+    sidecar_path(target).write_text(json.dumps(data))
+    return target
+
+
+def test_round_trip(package: tuple[Encoder, Path]) -> None:
+    model, path = package
+    sidecar = json.loads(sidecar_path(path).read_text())
+    assert sidecar["torch_version"] == torch.__version__
+    assert sidecar["threads"] == torch.get_num_threads() and sidecar["max_batch"] == 4
+    loaded, reason = load_precompiled(path, "cpu")
+    assert loaded is not None, reason
+    assert "loaded" in reason
+    for batch in (1, 3, 4, 6):
+        x = torch.randn(batch, 16)
+        assert torch.allclose(loaded(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"torch_version": "2.12.0+cpu"}, "built with torch 2.12.0+cpu"),
+        ({"cpu_features": ["avx2", "amx_tile", "amx_int8"]}, "other CPU features"),
+        ({"threads": 64}, "built for 64 threads"),
+        ({"device": "xpu"}, "built for xpu"),
+    ],
+)
+def test_a_package_built_for_something_else_is_refused(
+    package: tuple[Encoder, Path], tmp_path: Path, changes: dict[str, Any], expected: str
+) -> None:
+    _, path = package
+    loaded, reason = load_precompiled(_copy_with_sidecar(path, tmp_path, **changes), "cpu")
+    assert loaded is None
+    assert expected in reason
+
+
+def test_missing_package_or_sidecar(package: tuple[Encoder, Path], tmp_path: Path) -> None:
+    _, path = package
+    assert load_precompiled(tmp_path / "nope.pt2")[1].startswith("no package")
+    shutil.copy(path, tmp_path / "lonely.pt2")
+    loaded, reason = load_precompiled(tmp_path / "lonely.pt2")
+    assert loaded is None and "sidecar" in reason
+
+
+def test_build_serves_the_package_when_it_fits(package: tuple[Encoder, Path]) -> None:
+    model, path = package
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "precompiled": path.name, "compile": {"mode": "default"}}
+    )
+    optimized, report = build(model, config, vector_samples(), model_dir=path.parent)
+    assert report.applied == ["precompiled"] and report.compile_seconds == 0.0
+    x = torch.randn(2, 16)
+    assert torch.allclose(optimized(x), model(x), atol=1e-4)
+
+
+def test_build_falls_back_when_the_package_does_not_fit(
+    package: tuple[Encoder, Path], tmp_path: Path
+) -> None:
+    model, path = package
+    _copy_with_sidecar(path, tmp_path, torch_version="0.0.0")
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "precompiled": path.name, "dtype": "bf16"}
+    )
+    _, report = build(model, config, vector_samples(), model_dir=tmp_path)
+    step = report.step("precompiled")
+    assert step is not None and step.status == "skipped"
+    assert "torch 0.0.0" in step.reason and "compiling instead" in step.reason
+    assert "bf16" in report.applied
