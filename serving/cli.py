@@ -34,6 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--ncs", "--no-config-snapshots", action="store_true",
                        help=argparse.SUPPRESS)
     start.add_argument("--disable-token-auth", action="store_true", help=argparse.SUPPRESS)
+    archive = sub.add_parser(
+        "archive", help="torch-model-archiver, optionally with a precompiled model inside",
+        description="Takes torch-model-archiver's own arguments, plus --precompile.")
+    archive.add_argument("--precompile", action="store_true",
+                         help="export and compile the model with AOTInductor into the archive "
+                              "(needs a --config-file with an optimization: block)")
+    archive.add_argument("--precompile-threads", type=int, default=None,
+                         help="threads the serving workers will use (the package is built "
+                              "for one thread count); default: this machine's CPUs")
     return parser
 
 
@@ -52,10 +61,35 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, rest = _parser().parse_known_args(argv)
+    if args.command == "archive":
+        return _archive(args, rest)
+    if rest:
+        _parser().error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "start":
         return _start(args)
     return 2
+
+
+def _archive(args: argparse.Namespace, archiver_args: list[str]) -> int:
+    import json
+    import os
+
+    from serving.handlers.packaging import archive_with_package, run_archiver
+
+    try:
+        if not args.precompile:
+            run_archiver(archiver_args)
+            return 0
+        threads = args.precompile_threads or len(os.sched_getaffinity(0))
+        report = archive_with_package(archiver_args, threads)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"serving archive: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"precompiled": report.get("precompiled"), "applied": report.get("applied"),
+                      "threads": report.get("threads"),
+                      "compile_seconds": report.get("compile_seconds")}, indent=2))
+    return 0
 
 
 def _start(args: argparse.Namespace) -> int:

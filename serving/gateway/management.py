@@ -16,7 +16,8 @@ from serving.routing.manager import ModelManager, Registration
 
 REGISTER_PARAMS = frozenset({
     "url", "model_name", "handler", "runtime", "batch_size", "max_batch_delay",
-    "initial_workers", "synchronous", "response_timeout", "startup_timeout", "s3_sse_kms"})
+    "initial_workers", "synchronous", "response_timeout", "startup_timeout", "s3_sse_kms",
+    "optimization"})
 SCALE_PARAMS = frozenset({"min_worker", "max_worker", "number_gpu", "synchronous", "timeout"})
 
 
@@ -60,7 +61,8 @@ def create_management_app(manager: ModelManager) -> FastAPI:
             initial_workers=p.integer("initial_workers", minimum=0),
             synchronous=p.flag("synchronous", True),
             response_timeout=p.integer("response_timeout", minimum=1),
-            startup_timeout=p.integer("startup_timeout", minimum=1))
+            startup_timeout=p.integer("startup_timeout", minimum=1),
+            optimization=p.mapping("optimization"))
         _, message, code = await manager.register(reg)
         return status(message, code)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,20 @@ class Params:
         if maximum is not None and number > maximum:
             raise BadRequest(f"{name}: must be at most {maximum}, got {number}")
         return number
+
+    def mapping(self, name: str) -> dict[str, Any] | None:
+        """A JSON object: given as such in a JSON body, or as JSON text in the query."""
+        value = self._values.get(name)
+        if value is None or value == "":
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise BadRequest(f"{name}: expected a JSON object, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise BadRequest(f"{name}: expected a JSON object, got {value!r}")
+        return value
 
     def flag(self, name: str, default: bool) -> bool:
         value = self._values.get(name)

@@ -51,6 +51,7 @@ class HandlerService:
         self.handler = handler
         self.context = context
         self.decode_input = decode_input
+        self.optimization: dict[str, Any] | None = None  # the pipeline's report, if one ran
 
     @classmethod
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],

@@ -38,6 +38,12 @@ def describe_version(mv: ModelVersion) -> dict[str, Any]:
     }
     if mv.pool.last_error:
         out["lastError"] = mv.pool.last_error
+    if mv.optimization is not None:
+        reports = [w.load_info.get("optimization") for w in mv.pool.workers.values()
+                   if w.load_info.get("optimization")]
+        # Every worker runs the same pipeline; the first report stands for them all.
+        out["optimization"] = {"config": mv.optimization,
+                               "report": reports[0] if reports else None}
     return out
 
 

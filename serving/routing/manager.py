@@ -18,6 +18,7 @@ from serving.errors import (
 )
 from serving.handlers.archive import UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
+from serving.optimize.config import from_model_yaml
 from serving.routing.batcher import Batcher, Job
 from serving.routing.registry import ModelSettings, ModelVersion, Registry
 from serving.routing.resources import Resources
@@ -47,6 +48,7 @@ class Registration:
     synchronous: bool = True
     response_timeout: int | None = None
     startup_timeout: int | None = None
+    optimization: dict[str, Any] | None = None  # merged over the archive's block
 
 
 class ModelManager:
@@ -133,6 +135,7 @@ class ModelManager:
             raise Conflict(f"Model version {version} for model {name} is already registered")
         model_yaml = read_model_yaml(archive.model_dir, manifest.config_file)
         settings = self._model_settings(reg, name, version, model_yaml)
+        optimization = from_model_yaml(model_yaml, reg.optimization)
         scheduler = Scheduler(Batcher(settings.batch_size, settings.max_batch_delay / 1000,
                                       settings.job_queue_size),
                               float(settings.response_timeout))
@@ -151,7 +154,8 @@ class ModelManager:
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
                           handler=handler, runtime=reg.runtime or manifest.runtime,
                           settings=settings, model_yaml=model_yaml, scheduler=scheduler,
-                          pool=pool, loaded_at_startup=loaded_at_startup)
+                          pool=pool, loaded_at_startup=loaded_at_startup,
+                          optimization=optimization.model_dump() if optimization else None)
         mv_holder.append(mv)
         self.registry.add(mv)
         return mv
@@ -194,6 +198,8 @@ class ModelManager:
             "batch_size": s.batch_size, "gpu_id": device.gpu_id, "device": device.kind,
             "manifest": mv.archive.manifest.raw, "model_yaml_config": mv.model_yaml,
             "decode_input": self.settings.decode_input_request,
+            "optimization": mv.optimization,
+            "compile_cache": str(self.settings.compile_cache_dir),
         }
         env = dict(device.env)
         if placement is not None:

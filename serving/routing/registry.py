@@ -47,6 +47,7 @@ class ModelVersion:
     pool: WorkerPool
     loaded_at_startup: bool = False
     registered_at: float = field(default_factory=time.time)
+    optimization: dict[str, Any] | None = None  # the validated `optimization:` config
 
 
 class Registry:

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("loading failed: %s\n%s", error.message, traceback.format_exc())
         channel.send(Kind.LOADED, {"ok": False, "error": error.to_dict()})
         return 1
-    channel.send(Kind.LOADED, {"ok": True, "handler": service.handler.describe})
+    channel.send(Kind.LOADED, {"ok": True, "handler": service.handler.describe,
+                               "optimization": service.optimization})
     return _serve(channel, service)
 
 
@@ -88,11 +89,42 @@ def _load(msg: Message) -> HandlerService:
             log.info("%s", note)
     from serving.handlers.service import HandlerService
 
-    return HandlerService.load(
+    optimization = meta.get("optimization")
+    model_yaml = dict(meta.get("model_yaml_config") or {})
+    if optimization and optimization.get("compile", {}).get("mode", "off") != "off":
+        # The pipeline compiles (with warm-up and shape guards); BaseHandler.initialize must
+        # not compile the same model again because it sees TorchServe's `pt2` key.
+        model_yaml.pop("pt2", None)
+    service = HandlerService.load(
         model_name=meta["model_name"], model_dir=model_dir, manifest=meta["manifest"],
         handler_spec=meta["handler"], batch_size=int(meta["batch_size"]),
-        gpu_id=meta.get("gpu_id"), model_yaml_config=meta.get("model_yaml_config") or {},
+        gpu_id=meta.get("gpu_id"), model_yaml_config=model_yaml,
         decode_input=bool(meta.get("decode_input", True)))
+    if optimization:
+        service.optimization = _optimize(service, meta, placement, model_dir)
+    return service
+
+
+def _optimize(service: HandlerService, meta: dict[str, Any],
+              placement: WorkerPlacement | None, model_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from serving.handlers.optimizing import optimize_handler
+    from serving.optimize.cache import cache_dir, configure_compile_env
+    from serving.optimize.config import OptimizationConfig
+
+    threads = placement.threads if placement is not None else torch.get_num_threads()
+    # One compile process per worker: a pool of compile subprocesses would fight the
+    # worker (and its neighbours) for the cores it is pinned to.
+    configure_compile_env(cache_dir(meta["compile_cache"], threads), compile_threads=1)
+    config = OptimizationConfig.model_validate(meta["optimization"])
+    # The worker's assigned device wins unless the config names another kind (e.g. cpu).
+    assigned = meta.get("device") or "cpu"
+    gpu_id = meta.get("gpu_id")
+    device = None
+    if config.device in ("auto", assigned):
+        device = assigned if gpu_id is None else f"{assigned}:{gpu_id}"
+    return optimize_handler(service, config, model_dir, device, int(meta["batch_size"]))
 
 
 def _load_error(exc: BaseException) -> ServingError:

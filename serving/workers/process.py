@@ -65,6 +65,7 @@ class Worker:
         self._loaded: asyncio.Future[Message] | None = None
         self._batch_id = 0
         self._ping_timer: asyncio.TimerHandle | None = None
+        self.load_info: dict[str, Any] = {}  # what the worker reported when it loaded
         self.last_pong: float | None = None
         self._inflight: tuple[int, Sequence[InferenceRequest], BatchCallback,
                               asyncio.TimerHandle | None] | None = None
@@ -105,6 +106,7 @@ class Worker:
         if not loaded.meta.get("ok"):
             self.kill()
             raise ServingError.from_dict(loaded.meta["error"])
+        self.load_info = loaded.meta
         self.state = WorkerState.READY
 
     def run(self, requests: Sequence[InferenceRequest], done: BatchCallback,
