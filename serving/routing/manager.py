@@ -162,12 +162,14 @@ class ModelManager:
 
     def _model_settings(self, reg: Registration, name: str, version: str,
                         model_yaml: dict[str, Any]) -> ModelSettings:
+        # TorchServe's order: the registration call, then model-config.yaml, then
+        # config.properties' `models=`, then the server defaults.
         s = self.settings
         from_yaml = frontend_config(model_yaml, "model-config.yaml")
         props = s.models.get(name, {}).get(version)
         if props is not None:
-            from_yaml = frontend_config(props, f"config.properties models[{name}][{version}]"
-                                        ).merged_over(from_yaml)
+            from_yaml = from_yaml.merged_over(
+                frontend_config(props, f"config.properties models[{name}][{version}]"))
         explicit = FrontendConfig.model_validate({
             "batch_size": reg.batch_size, "max_batch_delay": reg.max_batch_delay,
             "min_workers": reg.initial_workers, "response_timeout": reg.response_timeout,

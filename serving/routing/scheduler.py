@@ -75,8 +75,9 @@ class Scheduler:
     def idle_workers(self) -> int:
         return len(self._idle)
 
-    def _dispatch(self) -> None:
-        now = self._loop.time()
+    def _dispatch(self, now: float | None = None) -> None:
+        if now is None:
+            now = self._loop.time()
         while self._idle:
             batch = self.batcher.take(now)
             if batch is None:
@@ -98,11 +99,13 @@ class Scheduler:
             if self._timer.when() <= deadline:
                 return
             self._timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = self._loop.call_at(deadline, self._on_timer, deadline)
 
-    def _on_timer(self) -> None:
+    def _on_timer(self, deadline: float) -> None:
         self._timer = None
-        self._dispatch()
+        # uvloop's clock ticks in milliseconds, so a timer can run while loop.time() still
+        # reads a hair before its deadline; the deadline has passed by definition here.
+        self._dispatch(max(self._loop.time(), deadline))
 
     def _done(self, batch: list[Job], result: BatchResult) -> None:
         self.inflight -= len(batch)

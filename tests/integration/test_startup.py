@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from model_store.build import build_all
+from tests.support.archives import build_mar
 from tests.support.server import ROOT, ServerProcess, free_port
 
 
@@ -46,16 +47,21 @@ def test_default_models_serve_and_minilm_ranks_a_paraphrase(default_store: Path,
 
 
 def test_config_properties_load_models_and_models_json(default_store: Path, tmp_path: Path):
+    build_mar(default_store, "plain", "fn_handler.py")  # no model-config.yaml
     cfg = tmp_path / "config.properties"
     cfg.write_text(f"model_store={default_store}\n"
-                   "load_models=fast=noop.mar\n"
+                   "load_models=fast=plain.mar,noop.mar\n"
                    'models={"fast": {"1.0": {"batchSize": 3, "maxBatchDelay": 9, '
-                   '"minWorkers": 2}}}\n'
+                   '"minWorkers": 2}}, "noop": {"1.0": {"batchSize": 3, "minWorkers": 2}}}\n'
                    "number_of_netty_threads=8\n")
     with ServerProcess(tmp_path / "log", ts_config=cfg, enable_model_api=False) as srv:
-        srv.wait_ready(models=("fast",))
+        srv.wait_ready(models=("fast", "noop"))
         d = srv.management.get("/models/fast").json()[0]
         assert (d["batchSize"], d["maxBatchDelay"], len(d["workers"])) == (3, 9, 2)
+        # The archive's model-config.yaml (batchSize 1, minWorkers 1) outranks `models=`,
+        # as in TorchServe.
+        d = srv.management.get("/models/noop").json()[0]
+        assert (d["batchSize"], len(d["workers"])) == (1, 1)
         assert srv.management.get("/models/minilm").status_code == 404
         assert "number_of_netty_threads is a TorchServe frontend setting" in srv.log()
 
