@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bench.server import ServerProcess
-from bench.tsconfig import ModelConfig, Ports, render
+from bench.tsconfig import ModelConfig, Ports, registrations, render
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,6 @@ class ProjectServer(ServerProcess):
                                            job_queue_size=job_queue_size,
                                            extra=extra_properties))
         command = [sys.executable, "-m", "serving", "start", "--model-store", str(store),
-                   "--models", ",".join(f"{name}={m.mar}" for name, m in models.items()),
                    "--ts-config", str(self.config_path)]
         # The package is run from the checkout, not installed; the child's cwd is the workdir.
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
@@ -43,4 +42,5 @@ class ProjectServer(ServerProcess):
                          management_url=self.ports.management_url,
                          workers={name: m.workers for name, m in models.items()},
                          workdir=workdir, pin_cpus=pin_cpus, env={"PYTHONPATH": path},
-                         ready_timeout_s=ready_timeout_s)
+                         ready_timeout_s=ready_timeout_s,
+                         registrations=registrations(models))

@@ -30,8 +30,12 @@ class ServerProcess:
 
     def __init__(self, command: Sequence[str], *, base_url: str, management_url: str,
                  workers: Mapping[str, int], workdir: Path, pin_cpus: str | None = None,
-                 env: Mapping[str, str] | None = None, ready_timeout_s: float = 180.0) -> None:
+                 env: Mapping[str, str] | None = None, ready_timeout_s: float = 180.0,
+                 registrations: Sequence[str] = ()) -> None:
         self.command = list(command)
+        # Query strings for POST /models once the management API answers: the registration
+        # call outranks every other source of model settings in both servers.
+        self.registrations = list(registrations)
         self.base_url = base_url
         self.management_url = management_url
         self.workers = dict(workers)  # model name -> worker count that means "ready"
@@ -89,9 +93,31 @@ class ServerProcess:
                 return False
         return True
 
+    def _register(self, deadline: float) -> None:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.management_url}/models", timeout=5):
+                    break
+            except OSError:
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise ServerError(f"management API not up; log:\n{self.log_tail()}") from None
+                time.sleep(0.2)
+        for query in self.registrations:
+            request = urllib.request.Request(f"{self.management_url}/models?{query}",
+                                             method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.ready_timeout_s) as resp:
+                    resp.read()
+            except OSError as e:
+                raise ServerError(f"registering {query} failed: {e}; log:\n"
+                                  f"{self.log_tail()}") from e
+
     def wait_ready(self) -> None:
         assert self.proc is not None, "start() first"
         deadline = self._t0 + self.ready_timeout_s
+        if self.registrations:
+            self._register(deadline)
         while not self.is_ready():
             if self.proc.poll() is not None:
                 raise ServerError(f"server exited with {self.proc.returncode} before it was "

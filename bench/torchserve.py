@@ -18,7 +18,7 @@ from bench.archive import tool_path
 from bench.loadgen import Target, format_result, warm
 from bench.machine import parse_cpus, pin_process
 from bench.server import ServerProcess
-from bench.tsconfig import ModelConfig, Ports, parse_model, render, torchserve_only
+from bench.tsconfig import ModelConfig, Ports, parse_model, registrations, render, torchserve_only
 
 
 class TorchServe(ServerProcess):
@@ -49,13 +49,13 @@ class TorchServe(ServerProcess):
         env = {"TMPDIR": str(tmp), "TEMP": str(tmp), "LOG_LOCATION": str(workdir / "logs"),
                "METRICS_LOCATION": str(workdir / "logs")}
         command = [tool_path("torchserve"), "--start", "--foreground", "--ncs",
-                   "--model-store", str(store), "--ts-config", str(self.config_path),
-                   "--models", *(f"{name}={m.mar}" for name, m in models.items())]
+                   "--model-store", str(store), "--ts-config", str(self.config_path)]
         super().__init__(command, base_url=self.ports.inference_url,
                          management_url=self.ports.management_url,
                          workers={name: m.workers for name, m in models.items()},
                          workdir=workdir, pin_cpus=pin_cpus, env=env,
-                         ready_timeout_s=ready_timeout_s)
+                         ready_timeout_s=ready_timeout_s,
+                         registrations=registrations(models))
 
     def stop(self, grace_s: float = 20.0) -> None:
         super().stop(grace_s)

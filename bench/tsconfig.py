@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import zipfile
+import urllib.parse
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
@@ -79,24 +78,13 @@ def torchserve_only(ports: Ports) -> dict[str, str]:
             "grpc_management_address": "127.0.0.1"}
 
 
-def mar_version(path: Path) -> str:
-    """modelVersion from an archive's manifest: TorchServe keys `models=` by it."""
-    with zipfile.ZipFile(path) as zf:
-        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
-    return str(manifest["model"].get("modelVersion", "1.0"))
-
-
-def _models_json(model_store: Path, models: Mapping[str, ModelConfig]) -> str:
-    spec = {}
-    for name, m in models.items():
-        version = mar_version(model_store / m.mar)
-        spec[name] = {version: {
-            "defaultVersion": True, "marName": m.mar,
-            "minWorkers": m.workers, "maxWorkers": m.workers,
-            "batchSize": m.batch_size, "maxBatchDelay": m.max_batch_delay_ms,
-            "responseTimeout": m.response_timeout_s,
-        }}
-    return json.dumps(spec)
+def registrations(models: Mapping[str, ModelConfig]) -> list[str]:
+    """The POST /models query of each model: what both servers are told the same way."""
+    return [urllib.parse.urlencode({
+        "url": m.mar, "model_name": name, "initial_workers": m.workers,
+        "batch_size": m.batch_size, "max_batch_delay": m.max_batch_delay_ms,
+        "response_timeout": m.response_timeout_s, "synchronous": "true"})
+        for name, m in models.items()]
 
 
 def render(model_store: Path, models: Mapping[str, ModelConfig], ports: Ports, *,
@@ -119,7 +107,6 @@ def render(model_store: Path, models: Mapping[str, ModelConfig], ports: Ports, *
         "model_store": str(model_store),
         "default_workers_per_model": str(default_workers),
         "job_queue_size": str(job_queue_size),
-        "models": _models_json(model_store, models),
     }
     props.update(extra or {})
     return "".join(f"{k}={v}\n" for k, v in props.items())

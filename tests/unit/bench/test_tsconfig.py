@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from bench.archive import build_noop_mar
-from bench.tsconfig import ModelConfig, Ports, parse_model, render, torchserve_only
+from bench.tsconfig import ModelConfig, Ports, parse_model, registrations, render, torchserve_only
 
 
 def test_parse_model_spec() -> None:
@@ -27,16 +27,19 @@ def test_free_ports_are_distinct() -> None:
     assert len(set(values)) == len(values) and all(p > 0 for p in values)
 
 
-def test_render_keys_models_json_by_archive_version(tmp_path: Path) -> None:
+def test_render_and_registrations(tmp_path: Path) -> None:
     mar = build_noop_mar(tmp_path)
     ports = Ports.free()
-    text = render(tmp_path, {"noop": ModelConfig(mar.name, workers=2, batch_size=8)}, ports,
-                  job_queue_size=7, extra=torchserve_only(ports))
+    models = {"noop": ModelConfig(mar.name, workers=2, batch_size=8)}
+    text = render(tmp_path, models, ports, job_queue_size=7, extra=torchserve_only(ports))
     props = dict(line.split("=", 1) for line in text.splitlines())
     assert props["inference_address"] == f"http://127.0.0.1:{ports.inference}"
     assert props["job_queue_size"] == "7" and props["disable_token_authorization"] == "true"
     assert props["initial_worker_port"] == str(ports.worker)
-    assert "load_models" not in props  # models go on each server's command line
-    spec = json.loads(props["models"])["noop"]["1.0"]
-    assert spec["marName"] == "noop.mar" and spec["minWorkers"] == spec["maxWorkers"] == 2
-    assert spec["batchSize"] == 8
+    assert props["enable_model_api"] == "true"
+    assert "load_models" not in props and "models" not in props  # registered over the API
+    (query,) = registrations(models)
+    params = dict(urllib.parse.parse_qsl(query))
+    assert params == {"url": "noop.mar", "model_name": "noop", "initial_workers": "2",
+                      "batch_size": "8", "max_batch_delay": "100", "response_timeout": "120",
+                      "synchronous": "true"}
