@@ -166,9 +166,10 @@ def prepare_inputs(
     index = _repeat_index(*rows) if rows and rows[0] != rows[1] else None
 
     def prepare(t: torch.Tensor) -> torch.Tensor:
-        if index is not None and rows is not None and _is_batched(t, rows[0]):
-            t = t.index_select(0, index)
         t = t.to(device, non_blocking=True)
+        if index is not None and rows is not None and _is_batched(t, rows[0]):
+            # The cached row index lives on the CPU; a handler may hand over device tensors.
+            t = t.index_select(0, index.to(t.device))
         if channels_last and t.dim() == 4 and t.is_floating_point():
             return t.contiguous(memory_format=torch.channels_last)
         return t.contiguous()

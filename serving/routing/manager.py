@@ -141,7 +141,7 @@ class ModelManager:
                               float(settings.response_timeout))
         handler = reg.handler or manifest.handler
         label = f"{name}/{version}"
-        policy = self.resources.policy_for(model_yaml)
+        self.resources.policy_for(model_yaml)  # a bad placement: block fails registration now
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(
             label, lambda slot, placement: self._worker_spec(mv_holder[0], slot, placement),
@@ -149,7 +149,8 @@ class ModelManager:
             startup_timeout=float(settings.startup_timeout),
             on_unavailable=lambda reason: scheduler.fail_queued(
                 ServiceUnavailable(f"No worker could be started: {reason}")),
-            place=lambda n: self.resources.place(label, n, policy),
+            # The policy is resolved when workers are placed: start-up sizing is known then.
+            place=lambda n: self.resources.place(label, n, self.resources.policy_for(model_yaml)),
             release=self.resources.release)
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
                           handler=handler, runtime=reg.runtime or manifest.runtime,
