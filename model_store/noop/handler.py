@@ -13,6 +13,10 @@ from ts.torch_handler.base_handler import BaseHandler
 class NoopHandler(BaseHandler):
     """Ignores the request bodies; every request of a batch gets {"ok": true}."""
 
+    # Nothing here depends on the previous batch having finished, so the server may queue
+    # the next batches in the worker's socket while this one runs (TorchServe ignores this).
+    can_overlap = True
+
     def initialize(self, context: Context) -> None:
         # BaseHandler.initialize insists on a weights file; this model is built in place.
         self.context = context

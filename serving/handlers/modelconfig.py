@@ -19,7 +19,7 @@ FRONTEND_KEYS = frozenset({
     "sequenceMaxIdleMSec", "maxSequenceJobQueueSize", "maxNumSequence", "sequenceBatching",
     "asyncCommunication", "maxRetryTimeoutInSec", "runtimeType",
     # this server's own: which device each worker sees only its own device, and placement
-    "isolateDevice", "placement",
+    "isolateDevice", "placement", "maxInflightBatches",
 })
 
 
@@ -38,6 +38,7 @@ class FrontendConfig(BaseModel):
         None, alias="deviceType")
     device_ids: list[int] | None = Field(None, alias="deviceIds")
     isolate_device: bool | None = Field(None, alias="isolateDevice")
+    max_inflight_batches: int | None = Field(None, alias="maxInflightBatches", ge=1)
     job_queue_size: int | None = Field(None, alias="jobQueueSize", ge=1)
     client_timeout_ms: int | None = Field(None, alias="clientTimeoutInMills", ge=0)
     default_version: bool | None = Field(None, alias="defaultVersion")

@@ -189,7 +189,8 @@ class ModelManager:
             job_queue_size=cfg.job_queue_size or s.job_queue_size,
             client_timeout_ms=cfg.client_timeout_ms, device_type=cfg.device_type,
             device_ids=tuple(cfg.device_ids) if cfg.device_ids else None,
-            isolate_device=bool(cfg.isolate_device))
+            isolate_device=bool(cfg.isolate_device),
+            max_inflight_batches=cfg.max_inflight_batches)
 
     def _worker_spec(self, mv: ModelVersion, slot: int,
                      placement: WorkerPlacement | None) -> WorkerSpec:
@@ -209,7 +210,7 @@ class ModelManager:
             env.update(pinning.env_for(placement))
             env[PLACEMENT_ENV] = json.dumps(placement.to_dict())
         return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
-                          device=device.describe())
+                          device=device.describe(), max_inflight=s.max_inflight_batches)
 
     async def _start_workers(self, mv: ModelVersion, n: int, raise_errors: bool = True) -> None:
         try:

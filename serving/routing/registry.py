@@ -29,6 +29,7 @@ class ModelSettings:
     device_type: str | None = None
     device_ids: tuple[int, ...] | None = None
     isolate_device: bool = False
+    max_inflight_batches: int | None = None
 
 
 @dataclass(eq=False)

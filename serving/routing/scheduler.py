@@ -24,6 +24,9 @@ class BatchRunner(Protocol):
     def run(self, requests: Sequence[InferenceRequest], done: _Done,
             timeout: float | None) -> None: ...
 
+    @property
+    def has_room(self) -> bool: ...
+
 
 class _Done(Protocol):
     def __call__(self, result: BatchResult, /) -> None: ...
@@ -88,6 +91,8 @@ class Scheduler:
             self.inflight += len(batch)
             worker.run([job.request for job in batch], partial(self._done, batch),
                        self.response_timeout)
+            if worker.has_room:  # a worker that overlaps batches takes one more
+                self._idle.insert(0, worker)
         if self._idle and len(self.batcher):
             self._arm_timer()
 

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         channel.send(Kind.LOADED, {"ok": False, "error": error.to_dict()})
         return 1
     channel.send(Kind.LOADED, {"ok": True, "handler": service.handler.describe,
-                               "optimization": service.optimization})
+                               "optimization": service.optimization,
+                               "overlap": _overlap_depth(service)})
     return _serve(channel, service)
 
 
@@ -153,6 +154,15 @@ def _serve(channel: BlockingChannel, service: HandlerService) -> int:
             channel.send(Kind.RESULT, meta, blobs)
         elif msg.kind == Kind.PING:
             channel.send(Kind.PONG, _pong(msg.meta))
+
+
+def _overlap_depth(service: HandlerService) -> int:
+    """How many batches the handler lets wait in its socket: `can_overlap = True` (4) or a
+    number; TorchServe handlers do not say, which means one at a time."""
+    declared = getattr(service.handler.instance, "can_overlap", False)
+    if declared is True:
+        return 4
+    return declared if isinstance(declared, int) and declared > 1 else 1
 
 
 def _pong(meta: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     device: str = "cpu"  # what describe shows, e.g. "cuda:1"
+    max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
 
 
 class Worker:
@@ -67,13 +69,23 @@ class Worker:
         self._ping_timer: asyncio.TimerHandle | None = None
         self.load_info: dict[str, Any] = {}  # what the worker reported when it loaded
         self.last_pong: float | None = None
-        self._inflight: tuple[int, Sequence[InferenceRequest], BatchCallback,
-                              asyncio.TimerHandle | None] | None = None
+        # Batches sent and not answered, oldest first. More than one only when the handler
+        # declares it can overlap (`can_overlap = True`): the worker then finds its next
+        # batch waiting in the socket instead of idling through a round trip.
+        self._inflight: deque[_Batch] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self.max_inflight = 1
         self._exited = asyncio.Event()
 
     @property
     def busy(self) -> bool:
-        return self._inflight is not None
+        return bool(self._inflight)
+
+    @property
+    def has_room(self) -> bool:
+        """Whether the scheduler may send another batch now."""
+        return self.state in (WorkerState.READY, WorkerState.BUSY) and \
+            len(self._inflight) < self.max_inflight
 
     async def start(self, timeout: float) -> None:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
@@ -107,23 +119,35 @@ class Worker:
             self.kill()
             raise ServingError.from_dict(loaded.meta["error"])
         self.load_info = loaded.meta
+        depth = self.spec.max_inflight or int(loaded.meta.get("overlap") or 1)
+        self.max_inflight = max(1, depth)
         self.state = WorkerState.READY
 
     def run(self, requests: Sequence[InferenceRequest], done: BatchCallback,
             timeout: float | None) -> None:
         """Send one batch; `done` is called exactly once with its answers or an error."""
-        assert self._conn is not None and self._inflight is None
+        assert self._conn is not None and len(self._inflight) < self.max_inflight
         self._batch_id += 1
         meta, blobs = encode_batch(self._batch_id, requests)
-        timer = None
-        if timeout is not None:
-            timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, timeout)
-        self._inflight = (self._batch_id, requests, done, timer)
+        self._inflight.append(_Batch(self._batch_id, requests, done, timeout))
+        if len(self._inflight) == 1:
+            self._arm_deadline()
         self.state = WorkerState.BUSY
         try:
             self._conn.send(Kind.PREDICT, meta, blobs)
         except ConnectionError:
             self._fail_inflight(WorkerDied(f"worker {self.id} connection closed"))
+
+    def _arm_deadline(self) -> None:
+        # The deadline runs for the batch the worker is working on: a batch queued behind
+        # another starts its clock when it reaches the head.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._inflight and self._inflight[0].timeout is not None:
+            timeout = self._inflight[0].timeout
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out,
+                                                                timeout)
 
     def _on_message(self, msg: Message) -> None:
         if msg.kind == Kind.LOADED:
@@ -136,18 +160,17 @@ class Worker:
                 self._ping_timer = None
             self.last_pong = time.time()
             return
-        if msg.kind != Kind.RESULT or self._inflight is None:
+        if msg.kind != Kind.RESULT or not self._inflight:
             return
-        batch_id, requests, done, timer = self._inflight
-        if msg.meta.get("batch") != batch_id:
+        head = self._inflight[0]
+        if msg.meta.get("batch") != head.batch_id:
             return  # an answer to a batch already failed (timed out): dropped
-        if timer is not None:
-            timer.cancel()
-        self._inflight = None
-        if self.state == WorkerState.BUSY:
+        self._inflight.popleft()
+        self._arm_deadline()
+        if self.state == WorkerState.BUSY and not self._inflight:
             self.state = WorkerState.READY
-        done(decode_result(msg, requests))
-        if self.state == WorkerState.READY:
+        head.done(decode_result(msg, head.requests))
+        if self.has_room:
             self._on_idle(self)
 
     def ping(self, timeout: float) -> None:
@@ -171,13 +194,11 @@ class Worker:
         self.kill()
 
     def _fail_inflight(self, error: ServingError) -> None:
-        if self._inflight is None:
-            return
-        _, _, done, timer = self._inflight
-        self._inflight = None
-        if timer is not None:
-            timer.cancel()
-        done(error)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._inflight:
+            self._inflight.popleft().done(error)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._died()
@@ -224,6 +245,14 @@ class Worker:
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGKILL)
+
+
+@dataclass(slots=True)
+class _Batch:
+    batch_id: int
+    requests: Sequence[InferenceRequest]
+    done: BatchCallback
+    timeout: float | None
 
 
 async def _first(fut: asyncio.Future[Any], exited: asyncio.Event, what: str) -> Any:

@@ -187,3 +187,23 @@ def test_every_request_gets_exactly_one_answer_under_concurrency(server: ServerP
         time.sleep(0.2)
     assert server.inference.get("/ping").status_code == 200
     assert len(server.management.get("/models/mixed").json()[0]["workers"]) == 2
+
+
+def test_overlap_is_declared_by_the_handler_and_capped_by_the_config(server: ServerProcess,
+                                                                      store: Path):
+    build_mar(store, "overlapping", "overlap_handler.py")
+    build_mar(store, "capped", "overlap_handler.py", config="maxInflightBatches: 2\n")
+    for name in ("overlapping", "capped"):
+        server.management.post("/models", params={"url": f"{name}.mar"}).raise_for_status()
+    depth = {name: server.management.get(f"/models/{name}").json()[0]["workers"][0][
+        "maxInflightBatches"] for name in ("overlapping", "capped", "batch4")}
+    assert depth == {"overlapping": 4, "capped": 2, "batch4": 1}  # TorchServe handlers: 1
+
+    async def burst():
+        url = f"{base(server)}/predictions/overlapping"
+        async with aiohttp.ClientSession() as s:
+            return await asyncio.gather(*(post(s, url, {}) for _ in range(40)))
+
+    results = asyncio.run(burst())
+    assert {r[0] for r in results} == {200}
+    assert sorted(r[2]["n"] for r in results) == list(range(1, 41))  # each ran exactly once

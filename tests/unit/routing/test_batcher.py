@@ -57,21 +57,25 @@ def test_discarded_jobs_never_leave_the_queue_and_free_their_slot():
 
 
 class FakeWorker:
-    """Records its batches; answers when the test says so."""
+    """Records its batches; answers when the test says so. `depth` > 1: it overlaps."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, depth: int = 1) -> None:
         self.name = name
+        self.depth = depth
         self.batches: list[list[str]] = []
-        self.pending = None
+        self.pending: list = []
+
+    @property
+    def has_room(self) -> bool:
+        return len(self.pending) < self.depth
 
     def run(self, requests: Sequence[InferenceRequest], done, timeout) -> None:
-        assert self.pending is None, "a worker got a second batch while it had one"
+        assert self.has_room, "a worker got a batch beyond what it declared it can hold"
         self.batches.append([r.request_id for r in requests])
-        self.pending = (requests, done)
+        self.pending.append((requests, done))
 
     def answer(self, error: ServingError | None = None) -> None:
-        requests, done = self.pending
-        self.pending = None
+        requests, done = self.pending.pop(0)
         done(error or [InferenceResponse(f"{self.name}:{r.request_id}".encode())
                        for r in requests])
 
@@ -130,3 +134,18 @@ async def test_drain_answers_what_is_left():
         await j.future
     with pytest.raises(ServiceUnavailable):
         s.submit(InferenceRequest("b", []))
+
+
+@run
+async def test_a_worker_that_overlaps_gets_a_second_batch_and_no_more():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=10), response_timeout=None)
+    w = FakeWorker("w", depth=2)
+    s.add_worker(w)
+    jobs = [s.submit(InferenceRequest(str(i), [])) for i in range(3)]
+    assert w.batches == [["0"], ["1"]]  # the second waits in its socket, the third queues
+    w.answer()
+    s.add_worker(w)
+    assert w.batches[-1] == ["2"]
+    w.answer()
+    w.answer()
+    assert [(await j.future).body for j in jobs] == [b"w:0", b"w:1", b"w:2"]
