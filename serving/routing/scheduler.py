@@ -43,6 +43,7 @@ class Scheduler:
         self._idle: list[BatchRunner] = []
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # uvloop's timer handles do not tell when they fire
         self._settled = asyncio.Event()
         self._settled.set()
 
@@ -101,10 +102,11 @@ class Scheduler:
         if deadline is None:
             return
         if self._timer is not None:
-            if self._timer.when() <= deadline:
+            if self._timer_at <= deadline:
                 return
             self._timer.cancel()
         self._timer = self._loop.call_at(deadline, self._on_timer, deadline)
+        self._timer_at = deadline
 
     def _on_timer(self, deadline: float) -> None:
         self._timer = None

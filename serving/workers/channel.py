@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from serving.workers.ipc import Blob, FrameBuffer, Kind, Message, decode_body, encode
+
+log = logging.getLogger(__name__)
 
 SMALL_FRAME = 64 * 1024
 
@@ -67,8 +70,13 @@ class WorkerConnection(asyncio.Protocol):
                     return
                 hello, self._on_hello = self._on_hello, None
                 hello(self, msg)
-            else:
+                continue
+            try:
                 self.on_message(msg)
+            except Exception:
+                # A bug in what handles a message must not look like a dead worker: the
+                # event loop would close this transport and every request on it would fail.
+                log.exception("error handling a %s message from a worker", msg.kind.name)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

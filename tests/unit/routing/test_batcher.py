@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+import uvloop
 
 from serving.errors import ServiceUnavailable, ServingError
 from serving.routing.batcher import Batcher, Job, QueueFull
@@ -81,9 +82,11 @@ class FakeWorker:
 
 
 def run(coro_fn):
-    """Run an async test body on a fresh event loop (no pytest plugin needed)."""
-    def test() -> None:
-        asyncio.run(coro_fn())
+    """Run an async test body on both event loops the server may use (no plugin needed):
+    uvloop's timer handles, for one, differ from asyncio's."""
+    @pytest.mark.parametrize("runner", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+    def test(runner) -> None:
+        runner(coro_fn())
     test.__name__ = coro_fn.__name__
     return test
 
@@ -149,3 +152,18 @@ async def test_a_worker_that_overlaps_gets_a_second_batch_and_no_more():
     w.answer()
     w.answer()
     assert [(await j.future).body for j in jobs] == [b"w:0", b"w:1", b"w:2"]
+
+
+@run
+async def test_a_partial_batch_waits_for_its_first_requests_deadline():
+    s = Scheduler(Batcher(batch_size=3, max_delay=0.03, capacity=10), response_timeout=None)
+    w = FakeWorker("w")
+    s.add_worker(w)
+    a = s.submit(InferenceRequest("a", []))
+    await asyncio.sleep(0.01)
+    b = s.submit(InferenceRequest("b", []))  # re-arming must keep the earlier deadline
+    assert w.batches == []
+    await asyncio.sleep(0.05)
+    assert w.batches == [["a", "b"]]
+    w.answer()
+    assert [(await j.future).body for j in (a, b)] == [b"w:a", b"w:b"]
