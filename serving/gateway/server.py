@@ -87,8 +87,11 @@ class Server:
             log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
         manager = ModelManager(s, self.work_dir, listener, resources)
         apps: list[Any] = [InferenceApp(manager), create_management_app(manager)]
+        # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
+        # Server header (it only advertises the stack).
         servers = [_Uvicorn(uvicorn.Config(app, http="httptools", lifespan="off",
                                            access_log=False, log_config=None,
+                                           proxy_headers=False, server_header=False,
                                            timeout_graceful_shutdown=5))
                    for app in apps]
         tasks = [asyncio.create_task(srv.serve(sockets=[sock]))

@@ -63,6 +63,12 @@ class HandlerMetrics(MetricsCacheYamlImpl):  # type: ignore[misc]
         self.cache.setdefault(metric_type, {})[metric_name] = metric
         return metric
 
+    def record(self, name: str, unit: str, value: float, kind: str = "GAUGE") -> None:
+        """The server's own per-batch figures, without TorchServe's per-update validation."""
+        if len(self.pending) < MAX_PENDING:
+            self.pending.append(MetricUpdate(name, unit, kind, value,
+                                             f"ModelName:{self.model_name},Level:Model"))
+
     def drain(self) -> list[MetricUpdate]:
         updates, self.pending[:] = list(self.pending), []
         return updates
