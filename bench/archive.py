@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 NOOP_HANDLER = Path(__file__).parent / "handlers" / "noop_handler.py"
 
 
@@ -107,3 +109,19 @@ def predict_call(service: Any, bodies: Sequence[bytes],
         return out
 
     return call
+
+
+def derive_archive(mar: Path, name: str, config: dict[str, Any]) -> Path:
+    """A copy of `mar` named `name`, with `config` merged into its model-config.yaml."""
+    out = mar.with_name(f"{name}.mar")
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest).encode()
+            elif item.filename == "model-config.yaml":
+                data = yaml.safe_dump({**(yaml.safe_load(data) or {}), **config}).encode()
+            dst.writestr(item, data)
+    return out

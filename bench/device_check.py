@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from bench.archive import derive_archive
 from model_store.build import build_all
 from tests.support.server import free_port
 
@@ -36,22 +36,6 @@ OPTIMIZED = {
     "warmup": {"shapes": [[1, 3, 224, 224]], "count": 4},
     "accuracy": {"metric": "cosine", "min_cosine": 0.99},
 }
-
-
-def derive(mar: Path, name: str, config: dict[str, Any]) -> Path:
-    """A copy of `mar` under another model name with `config` merged into model-config.yaml."""
-    out = mar.with_name(f"{name}.mar")
-    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(out, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["modelName"] = name
-                data = json.dumps(manifest).encode()
-            elif item.filename == "model-config.yaml":
-                data = yaml.safe_dump({**yaml.safe_load(data), **config}).encode()
-            dst.writestr(item, data)
-    return out
 
 
 def reference_model(mar: Path, work: Path) -> torch.nn.Module:
@@ -135,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
         store = Path(tmp) / "store"
         mar = build_all(store, only=["resnet50"])["resnet50"]
-        derive(mar, "resnet50-gpu", {"deviceType": "gpu", "batchSize": 4,
-                                     "maxBatchDelay": 5})
-        derive(mar, "resnet50-bf16", {"deviceType": "gpu", "batchSize": 4, "maxBatchDelay": 5,
-                                      "optimization": OPTIMIZED})
+        on_gpu = {"deviceType": "gpu", "batchSize": 4, "maxBatchDelay": 5}
+        derive_archive(mar, "resnet50-gpu", on_gpu)
+        derive_archive(mar, "resnet50-bf16", {**on_gpu, "optimization": OPTIMIZED})
         reference = reference_model(mar, Path(tmp) / "ref")
         torch.manual_seed(0)
         inputs = [torch.randn(3, 224, 224) for _ in range(args.requests)]

@@ -7,14 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from bench import wrk
 from bench.loadgen import run_matrix, warm
@@ -111,22 +108,6 @@ def in_process(mar: Path, payload: Path, content_type: str, batch: int, label: s
          "--label", label, "--out", "/dev/stdout"],
         capture_output=True, text=True, check=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def derive_archive(mar: Path, name: str, config: dict[str, Any]) -> Path:
-    """A copy of `mar` named `name`, with `config` merged into its model-config.yaml."""
-    out = mar.with_name(f"{name}.mar")
-    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(out, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["modelName"] = name
-                data = json.dumps(manifest).encode()
-            elif item.filename == "model-config.yaml":
-                data = yaml.safe_dump({**(yaml.safe_load(data) or {}), **config}).encode()
-            dst.writestr(item, data)
-    return out
 
 
 @contextmanager

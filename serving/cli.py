@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     archive.add_argument("--precompile", action="store_true",
                          help="export and compile the model with AOTInductor into the archive "
                               "(needs a --config-file with an optimization: block)")
+    archive.add_argument("--from-mar", type=Path,
+                         help="with --precompile: add the package to this existing archive "
+                              "instead of building one (written to --export-path)")
     archive.add_argument("--precompile-threads", type=int, default=None,
                          help="threads the serving workers will use (the package is built "
                               "for one thread count); default: this machine's CPUs")
@@ -75,14 +78,18 @@ def _archive(args: argparse.Namespace, archiver_args: list[str]) -> int:
     import json
     import os
 
-    from serving.handlers.packaging import archive_with_package, run_archiver
+    from serving.handlers.packaging import archive_with_package, precompile_archive, run_archiver
 
     try:
         if not args.precompile:
             run_archiver(archiver_args)
             return 0
         threads = args.precompile_threads or len(os.sched_getaffinity(0))
-        report = archive_with_package(archiver_args, threads)
+        if args.from_mar is not None:
+            export = Path(_value(archiver_args, "--export-path") or ".")
+            report = precompile_archive(args.from_mar, export / args.from_mar.name, threads)
+        else:
+            report = archive_with_package(archiver_args, threads)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"serving archive: {e}", file=sys.stderr)
         return 1
@@ -90,6 +97,13 @@ def _archive(args: argparse.Namespace, archiver_args: list[str]) -> int:
                       "threads": report.get("threads"),
                       "compile_seconds": report.get("compile_seconds")}, indent=2))
     return 0
+
+
+def _value(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+    return None
 
 
 def _start(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serving.errors import ServingError
+from serving.errors import InternalError, ServingError
 from serving.gateway.bodies import body_inputs, read_body
 from serving.gateway.requestids import request_id_of
 from serving.gateway.responses import send_answer, send_error
@@ -53,6 +53,7 @@ class PredictionEndpoint:
     def __init__(self, manager: ModelManager, max_request_size: int, explain: bool) -> None:
         self._manager = manager
         self._limit = max_request_size
+        self._response_limit = manager.settings.max_response_size
         self._explain = explain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,5 +74,9 @@ class PredictionEndpoint:
             await send_error(send, e, request_id)
         except (ConnectionAbortedError, asyncio.CancelledError):
             return  # nobody is listening for an answer
-        else:
-            await send_answer(send, answer, request_id)
+        if len(answer.body) > self._response_limit:
+            await send_error(send, InternalError(
+                f"Response of {len(answer.body)} bytes exceeds max_response_size "
+                f"({self._response_limit} bytes)"), request_id)
+            return
+        await send_answer(send, answer, request_id)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,7 @@ def archive_with_package(args: list[str], threads: int) -> dict[str, Any]:
         run_archiver([*_without(args, "--export-path", "--archive-format", "-f", "--force"),
                       "--export-path", str(stage), "--archive-format", "no-archive", "-f"])
         model_dir = stage / name
-        done = subprocess.run(
-            [sys.executable, "-m", "serving.handlers.packaging", str(model_dir), PACKAGE_NAME],
-            capture_output=True, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": str(threads),
-                 "SERVING_PRECOMPILE_THREADS": str(threads)})
-        if done.returncode != 0:
-            raise RuntimeError(f"precompiling failed:\n{done.stderr[-4000:]}")
-        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        report = _precompile_in_child(model_dir, threads)
         config = yaml.safe_load(Path(config_file).read_text()) or {}
         config.setdefault("optimization", {})["precompiled"] = PACKAGE_NAME
         new_config = Path(tmp) / "model-config.yaml"
@@ -94,6 +88,44 @@ def archive_with_package(args: list[str], threads: int) -> dict[str, Any]:
         extras = ",".join(filter(None, [extra, *package_files]))
         run_archiver([*_without(args, "--config-file", "--extra-files"),
                       "--config-file", str(new_config), "--extra-files", extras])
+    return report
+
+
+def precompile_archive(mar: Path, out: Path, threads: int) -> dict[str, Any]:
+    """An existing archive plus a precompiled package: `out` is `mar` with model.pt2, its
+    sidecar, and `optimization.precompiled` set in its model-config.yaml."""
+    with tempfile.TemporaryDirectory(prefix="precompile-") as tmp:
+        model_dir = Path(tmp) / "model"
+        with zipfile.ZipFile(mar) as zf:
+            zf.extractall(model_dir)
+        manifest = json.loads((model_dir / "MAR-INF/MANIFEST.json").read_text())
+        config_name = manifest["model"].get("configFile")
+        if not config_name:
+            raise ValueError(f"{mar.name} has no model-config.yaml to hold an optimization: "
+                             "block")
+        report = _precompile_in_child(model_dir, threads)
+        config_path = model_dir / config_name
+        config = yaml.safe_load(config_path.read_text()) or {}
+        config.setdefault("optimization", {})["precompiled"] = PACKAGE_NAME
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        partial = out.with_suffix(".partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as zf:
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(model_dir).as_posix())
+        partial.replace(out)
+    return report
+
+
+def _precompile_in_child(model_dir: Path, threads: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.handlers.packaging", str(model_dir), PACKAGE_NAME],
+        capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads),
+             "SERVING_PRECOMPILE_THREADS": str(threads)})
+    if done.returncode != 0:
+        raise RuntimeError(f"precompiling failed:\n{done.stderr[-4000:]}")
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return report
 
 

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ts.utils.util import PredictionException
 from serving.errors import InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
 from serving.handlers.metrics import HandlerMetrics
+from serving.types import InferenceResponse
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,6 @@ class WorkItem:
     request_id: str
     headers: dict[str, str]
     inputs: list[tuple[str, str, Any]]  # (name, content type, raw bytes-like value)
-
-
-@dataclass(slots=True)
-class ItemResult:
-    body: bytes
-    status: int = 200
-    content_type: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class PredictionFailed(ServingError):
@@ -65,7 +58,7 @@ class HandlerService:
         handler.initialize(context)
         return service
 
-    def predict(self, items: list[WorkItem]) -> list[ItemResult] | ServingError:
+    def predict(self, items: list[WorkItem]) -> list[InferenceResponse] | ServingError:
         """Run one batch; a failure of the batch as a whole is returned, not raised."""
         ctx = self.context
         ctx.metrics.pending.clear()  # updates are recorded per batch; see handlers/metrics.py
@@ -103,13 +96,13 @@ class HandlerService:
         return {name: decode_value(ctype, value, self.decode_input)
                 for name, ctype, value in item.inputs}
 
-    def _result(self, idx: int, value: Any) -> ItemResult:
+    def _result(self, idx: int, value: Any) -> InferenceResponse:
         ctx = self.context
         status, _ = ctx.get_response_status(idx)
         headers = dict(ctx.get_response_headers(idx))
         body, inferred = encode_value(value)
         content_type = headers.pop("content-type", None) or inferred
-        return ItemResult(body, int(status or 200), content_type, headers)
+        return InferenceResponse(body, int(status or 200), content_type, headers)
 
 
 def _processor(item: WorkItem) -> RequestProcessor:

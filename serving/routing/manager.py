@@ -28,7 +28,7 @@ from serving.types import InferenceRequest
 from serving.workers import pinning
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
-from serving.workers.process import Worker, WorkerSpec
+from serving.workers.process import WorkerSpec
 from serving.workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -293,5 +293,3 @@ def remove_extracted(archive: UnpackedArchive) -> None:
     if archive.extracted_to is not None:
         shutil.rmtree(archive.extracted_to, ignore_errors=True)
 
-
-__all__ = ["ModelManager", "Registration", "Worker"]

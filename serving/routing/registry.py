@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -47,7 +46,6 @@ class ModelVersion:
     scheduler: Scheduler
     pool: WorkerPool
     loaded_at_startup: bool = False
-    registered_at: float = field(default_factory=time.time)
     optimization: dict[str, Any] | None = None  # the validated `optimization:` config
 
 

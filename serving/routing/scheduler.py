@@ -12,7 +12,7 @@ from functools import partial
 from typing import Protocol
 
 from serving.errors import ServiceUnavailable, ServingError
-from serving.routing.batcher import Batcher, Job, JobState
+from serving.routing.batcher import Batcher, Job
 from serving.types import InferenceRequest, InferenceResponse
 
 BatchResult = list[InferenceResponse] | ServingError
@@ -74,10 +74,6 @@ class Scheduler:
     def remove_worker(self, worker: BatchRunner) -> None:
         if worker in self._idle:
             self._idle.remove(worker)
-
-    @property
-    def idle_workers(self) -> int:
-        return len(self._idle)
 
     def _dispatch(self, now: float | None = None) -> None:
         if now is None:
@@ -151,5 +147,3 @@ class Scheduler:
         """(pending requests, remaining queue capacity) for describe."""
         return len(self.batcher), self.batcher.remaining_capacity
 
-
-__all__ = ["BatchResult", "JobState", "Scheduler"]

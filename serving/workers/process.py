@@ -68,7 +68,6 @@ class Worker:
         self._batch_id = 0
         self._ping_timer: asyncio.TimerHandle | None = None
         self.load_info: dict[str, Any] = {}  # what the worker reported when it loaded
-        self.last_pong: float | None = None
         # Batches sent and not answered, oldest first. More than one only when the handler
         # declares it can overlap (`can_overlap = True`): the worker then finds its next
         # batch waiting in the socket instead of idling through a round trip.
@@ -158,7 +157,6 @@ class Worker:
             if self._ping_timer is not None:
                 self._ping_timer.cancel()
                 self._ping_timer = None
-            self.last_pong = time.time()
             return
         if msg.kind != Kind.RESULT or not self._inflight:
             return

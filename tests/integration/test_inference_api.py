@@ -17,7 +17,7 @@ def small_limit_server(store: Path, tmp_path_factory: pytest.TempPathFactory):
     build_mar(store, "behaviour", "behaviour_handler.py")
     build_mar(store, "echo", "echo_handler.py")
     cfg = tmp_path_factory.mktemp("cfg") / "config.properties"
-    cfg.write_text("max_request_size=1000\n"
+    cfg.write_text("max_request_size=1000\nmax_response_size=2000\n"
                    "load_models=behaviour.mar,echo.mar\n")
     log = tmp_path_factory.mktemp("logs") / "server.log"
     with ServerProcess(log, model_store=store, ts_config=cfg) as srv:
@@ -72,6 +72,14 @@ def test_max_request_size_is_413(small_limit_server: ServerProcess):
     ok = srv.inference.post("/predictions/echo", content=b"x" * 1000,
                             headers={"content-type": "application/octet-stream"})
     assert ok.status_code == 200 and ok.json()["inputs"]["body"]["value"] == 1000
+
+
+def test_max_response_size_is_enforced(small_limit_server: ServerProcess):
+    srv = small_limit_server
+    ok = srv.inference.post("/predictions/behaviour", json={"return": "big", "size": 2000})
+    assert ok.status_code == 200 and len(ok.content) == 2000
+    r = srv.inference.post("/predictions/behaviour", json={"return": "big", "size": 2001})
+    assert r.status_code == 500 and "max_response_size" in r.json()["message"]
 
 
 def test_kserve_v1_predict(small_limit_server: ServerProcess):

@@ -38,6 +38,8 @@ class BehaviourHandler:
                 out.append(f"item {i} of {len(data)}")
             elif kind == "bytes":
                 out.append(bytes([0, 1, 2, 255]))
+            elif kind == "big":
+                out.append(b"x" * order["size"])
             else:
                 out.append({"item": i, "batch": len(data), "echo": order.get("echo")})
         return out

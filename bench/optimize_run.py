@@ -1,0 +1,212 @@
+"""One command for the optimisation benchmark: variants of resnet50 and minilm, in process and
+served, their accuracy against fp32, and start-up with and without a precompiled package.
+
+    python -m bench.optimize_run [--models resnet50,minilm] [--quick]
+                                 [--out bench/results/optimize]
+
+Everything runs with one thread on CPU 0 (the serving benchmark's server core); the load
+generator of the served runs is on CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.loadgen import run_matrix
+from bench.project_server import ProjectServer
+from bench.scenarios import derive_archive, pinned
+from bench.tsconfig import ModelConfig
+from bench.workload import Plan, Target
+from model_store.build import build_all
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKETS = {"mode": "default", "batch_sizes": [1, 8]}
+MEASURE_ONLY = {"metric": "max_abs", "max_abs_error": 1e9}  # measure accuracy, refuse nothing
+
+SENTENCES = [
+    "A man is playing a guitar.", "A woman is slicing an onion in the kitchen.",
+    "The stock market fell sharply after the announcement.", "Two dogs run across a field.",
+    "The new phone has a larger screen and a faster processor than last year's model.",
+    "Children are playing football in the park on a sunny afternoon.", "It is raining.",
+    "Scientists discovered a new species of frog in the rainforest.",
+    "Please remember to submit your expense report before Friday.",
+    "The train to the airport leaves every fifteen minutes from platform four.",
+    "He ordered a coffee and sat by the window to read the newspaper.",
+    "Quantum computers use qubits that can exist in superpositions of states.",
+    "The museum will be closed on Monday for maintenance work.",
+    "She won the chess tournament after a long and difficult final game.",
+    "Heavy snow blocked the mountain pass for three days.",
+    "The recipe calls for two eggs, a cup of flour and a pinch of salt.",
+]
+
+
+def variants(model: str) -> dict[str, dict[str, Any] | None]:
+    warm = {"requests": [f"warm{i}.{'bin' if model == 'resnet50' else 'txt'}"
+                         for i in range(16)]}
+    int8 = ({"quantization": {"mode": "static"}} if model == "resnet50"
+            else {"quantization": {"mode": "dynamic"}})
+    common = {"warmup": warm, "accuracy": MEASURE_ONLY}
+    return {
+        "fp32 eager": None,
+        "fp32 compiled": {**common, "compile": BUCKETS},
+        "bf16 eager": {**common, "dtype": "bf16"},
+        "bf16 compiled": {**common, "dtype": "bf16", "compile": BUCKETS},
+        f"int8 {'static' if model == 'resnet50' else 'dynamic'}": {**common, **int8,
+                                                                   "compile": BUCKETS},
+        # auto keeps the default accuracy budget: what an operator would get.
+        "auto": {"auto": True, "warmup": warm, "compile": BUCKETS},
+    }
+
+
+def payloads(work: Path) -> dict[str, dict[str, Any]]:
+    rng = np.random.default_rng(1)
+    out: dict[str, dict[str, Any]] = {}
+    for model in ("resnet50", "minilm"):
+        for kind in ("accuracy", "warmup"):
+            (work / model / kind).mkdir(parents=True, exist_ok=True)
+    for i in range(64):
+        (work / "resnet50/accuracy" / f"{i:03d}.bin").write_bytes(
+            rng.standard_normal((3, 224, 224)).astype("<f4").tobytes())
+    for i in range(16):
+        (work / "resnet50/warmup" / f"warm{i}.bin").write_bytes(
+            rng.standard_normal((3, 224, 224)).astype("<f4").tobytes())
+        # Different lengths, so compiled text models see the sequence dimension vary.
+        (work / "minilm/warmup" / f"warm{i}.txt").write_text(SENTENCES[i])
+    for i, text in enumerate(SENTENCES * 2):
+        (work / "minilm/accuracy" / f"{i:03d}.txt").write_text(text.lower() if i >= 16
+                                                               else text)
+    (work / "resnet50/speed.bin").write_bytes((work / "resnet50/accuracy/000.bin").read_bytes())
+    (work / "minilm/speed.txt").write_text(SENTENCES[0])
+    out["resnet50"] = {"ctype": "application/octet-stream", "speed": work / "resnet50/speed.bin"}
+    out["minilm"] = {"ctype": "text/plain", "speed": work / "minilm/speed.txt"}
+    for model in out:
+        out[model]["accuracy"] = work / model / "accuracy"
+        out[model]["warmup"] = work / model / "warmup"
+    return out
+
+
+def in_process(mar: Path, name: str, config: dict[str, Any] | None, p: dict[str, Any],
+               quick: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.optimize_variant", "--mar", str(mar), "--name", name,
+           "--config", json.dumps(config) if config else "", "--content-type", p["ctype"],
+           "--speed-payload", str(p["speed"]), "--accuracy-payloads", str(p["accuracy"]),
+           "--warmup-payloads", str(p["warmup"]), "--seconds", "3" if quick else "6",
+           "--windows", "2" if quick else "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        return {"model": mar.stem, "variant": name, "failed": done.stderr[-2000:]}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def with_warmup(mar: Path, name: str, config: dict[str, Any] | None, warm_dir: Path) -> Path:
+    """The archive with the warm-up bodies inside and the variant's optimization: block."""
+    out = derive_archive(mar, name, {"optimization": config} if config else {})
+    with zipfile.ZipFile(out, "a") as zf:
+        for f in sorted(warm_dir.iterdir()):
+            zf.write(f, f.name)
+    return out
+
+
+def served(store: Path, archive: Path, p: dict[str, Any], quick: bool,
+           extra: dict[str, str] | None = None) -> dict[str, Any]:
+    models = {"b1": ModelConfig(archive.name, batch_size=1),
+              "b8": ModelConfig(archive.name, batch_size=8, max_batch_delay_ms=10)}
+    with ProjectServer(store, models, pin_cpus="0", extra_properties=extra,
+                       ready_timeout_s=1800) as server, pinned("1"):
+        out: dict[str, Any] = {"ready_s": server.ready_s}
+        for label, c in (("b1", 1), ("b8", 16)):
+            target = Target.from_file(server.base_url, f"/predictions/{label}", p["speed"],
+                                      p["ctype"])
+            plan = Plan(warmup_s=3, duration_s=8 if quick else 15)
+            (result,) = asyncio.run(run_matrix(target, [c], plan, label=label))
+            out[label] = {"req_s": result.rps, "p50_ms": result.p50_ms,
+                          "p99_ms": result.p99_ms, "errors": result.error_count}
+        return out
+
+
+def startup(store: Path, mar: Path, quick: bool) -> dict[str, Any]:
+    """Start to ready with a cold compile cache, then with a precompiled package."""
+    out: dict[str, Any] = {"archive": mar.name}
+    models = {"m": ModelConfig(mar.name, batch_size=8)}
+    with tempfile.TemporaryDirectory(prefix="cold-cache-") as cache, ProjectServer(
+            store, models, pin_cpus="0", ready_timeout_s=1800,
+            extra_properties={"compile_cache_dir": cache}) as server:
+        out["compiling_ready_s"] = server.ready_s
+    packaged = store / f"{mar.stem}-pt2.mar"
+    shutil.copy(mar, packaged)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "serving", "archive", "--precompile",
+                           "--precompile-threads", "1", "--from-mar", str(packaged),
+                           "--export-path", str(store)], capture_output=True, text=True,
+                          cwd=REPO)
+    if done.returncode != 0:
+        out["precompile_failed"] = done.stderr[-2000:]
+        return out
+    out["precompile_s"] = time.perf_counter() - start
+    out["precompile_report"] = json.loads(done.stdout)
+    models = {"m": ModelConfig(packaged.name, batch_size=8)}
+    with tempfile.TemporaryDirectory(prefix="cold-cache-") as cache, ProjectServer(
+            store, models, pin_cpus="0", ready_timeout_s=1800,
+            extra_properties={"compile_cache_dir": cache}) as server:
+        out["precompiled_ready_s"] = server.ready_s
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.optimize_run", description=__doc__)
+    parser.add_argument("--models", default="resnet50,minilm")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-served", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/optimize")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    store = REPO / "model_store" / "build"
+    build_all(store)
+    p_all = payloads(raw / "payloads")
+    rows_path = raw / "variants.jsonl"
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        p = p_all[model]
+        for name, config in variants(model).items():
+            archive = with_warmup(store / f"{model}.mar", f"{model}-opt", config, p["warmup"])
+            row = in_process(archive, name, config, p, args.quick)
+            if not args.skip_served and "failed" not in row:
+                try:
+                    row["served"] = served(store, archive, p, args.quick)
+                except Exception as e:  # a variant that cannot serve is a result too
+                    row["served"] = {"failed": str(e)[-2000:]}
+            with rows_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps({k: row.get(k) for k in ("model", "variant", "b1", "b8",
+                                                      "top1_agreement", "mean_cosine")}),
+                  flush=True)
+    if "resnet50" in args.models:
+        config = variants("resnet50")["bf16 compiled"]
+        archive = with_warmup(store / "resnet50.mar", "resnet50-startup", config,
+                              p_all["resnet50"]["warmup"])
+        result = startup(store, archive, args.quick)
+        (raw / "startup.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result), flush=True)
+    from bench.optimize_report import write_report
+
+    write_report(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
