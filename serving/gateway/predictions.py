@@ -72,6 +72,7 @@ class PredictionEndpoint:
                                  params.get("model_version"), request, receive)
         except ServingError as e:
             await send_error(send, e, request_id)
+            return
         except (ConnectionAbortedError, asyncio.CancelledError):
             return  # nobody is listening for an answer
         if len(answer.body) > self._response_limit:

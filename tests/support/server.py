@@ -16,6 +16,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Lines that only a bug in the gateway writes: an exception escaping an ASGI app (uvicorn then
+# drops the keep-alive connection under the client) or an asyncio task failing unobserved.
+GATEWAY_BUG_MARKERS = ("Exception in ASGI application", "Task exception was never retrieved",
+                       "Exception in callback")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -97,6 +102,15 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self
 
+    def gateway_bugs(self) -> list[str]:
+        """Log lines that show the gateway failed in a way no client was told about."""
+        return [line for line in self.log().splitlines()
+                if any(marker in line for marker in GATEWAY_BUG_MARKERS)]
+
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+        bugs = self.gateway_bugs()
+        if et is None and bugs:
+            raise AssertionError(f"the server logged unhandled errors: {bugs}\n"
+                                 f"{self.log()[-4000:]}")
