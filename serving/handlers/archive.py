@@ -9,6 +9,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -78,12 +79,19 @@ def unpack(source: Path, work_dir: Path, default_handler: str | None = None) -> 
     work_dir.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=_stem(source) + "-", dir=work_dir))
     try:
-        if zipfile.is_zipfile(source):
-            _extract_zip(source, dest)
-        elif tarfile.is_tarfile(source):
-            _extract_tar(source, dest)
-        else:
-            raise ArchiveError(f"{source.name!r} is neither a zip (.mar) nor a tar.gz archive")
+        try:
+            if zipfile.is_zipfile(source):
+                _extract_zip(source, dest)
+            elif tarfile.is_tarfile(source):
+                _extract_tar(source, dest)
+            else:
+                raise ArchiveError(f"{source.name!r} is neither a zip (.mar) nor a tar.gz "
+                                   "archive")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, UnicodeDecodeError,
+                OSError, zlib.error) as e:
+            # A corrupt or truncated archive, or entries that collide on disk: the client's
+            # archive is at fault, not the server.
+            raise ArchiveError(f"{source.name!r} cannot be extracted: {e}") from None
         unpacked = _with_manifest(_model_root(dest), source, default_handler)
         return UnpackedArchive(unpacked.manifest, unpacked.model_dir, source, extracted_to=dest)
     except BaseException:
@@ -161,19 +169,34 @@ def _extract_zip(source: Path, dest: Path) -> None:
     with zipfile.ZipFile(source) as zf:
         infos = zf.infolist()
         links: dict[str, str] = {}
+        paths: dict[str, PurePosixPath] = {}
         for info in infos:
-            path = _check_name(info.filename, source.name)
+            path = paths[info.filename] = _check_name(info.filename, source.name)
             if stat.S_ISLNK(info.external_attr >> 16):
                 target = zf.read(info).decode("utf-8")
                 _check_link(path, target, source.name)
                 links[info.filename] = target
+        # A link's target is checked as a path inside the archive, which only holds when no
+        # entry is reached through another link (`a -> .` then `a/a/b -> ../x` escapes).
+        link_paths = {_resolve(paths[name]) for name in links}
+        for info in infos:
+            path = _resolve(paths[info.filename])
+            through = next((p for p in path.parents if p in link_paths), None)
+            if through is not None:
+                raise ArchiveError(f"{source.name!r} holds {info.filename!r} inside the link "
+                                   f"{str(through)!r}; refusing to extract")
         for info in infos:
             if info.filename in links:
                 continue
             zf.extract(info, dest)
+        root = os.path.realpath(dest)
         for name, target in links.items():
             link = dest / name
             link.parent.mkdir(parents=True, exist_ok=True)
+            where = os.path.realpath(os.path.join(link.parent, target))
+            if os.path.commonpath([root, where]) != root:  # a second line of defence
+                raise ArchiveError(f"{source.name!r} holds a link {name!r} -> {target!r} "
+                                   "pointing outside the archive; refusing to extract")
             os.symlink(target, link)
 
 

@@ -111,6 +111,36 @@ def test_links_pointing_outside_are_refused(tmp_path: Path, maker):
     assert (out.model_dir / "alias.py").read_text() == "x = 1\n"
 
 
+@pytest.mark.parametrize("maker", [make_zip, make_tar])
+def test_a_chain_of_links_cannot_escape(tmp_path: Path, maker):
+    # Each link alone looks harmless as a path inside the archive: `x -> .`, and
+    # `x/x/x/x/c -> ../../../../etc/passwd` normalises to `etc/passwd`. On disk `x/x/x/x` is
+    # the top folder, so the second would point four levels above it.
+    chain = {"x": ".", "x/x/x/x/c": "../../../../etc/passwd"}
+    archive = maker(tmp_path / ("c.mar" if maker is make_zip else "c.tar.gz"), good_entries(),
+                    links=chain)
+    work = tmp_path / "work"
+    with pytest.raises(ArchiveError, match=r"refusing to extract|cannot be extracted"):
+        unpack(archive, work)
+    assert list(work.iterdir()) == []
+
+
+def test_corrupt_archives_are_archive_errors(tmp_path: Path):
+    good = make_zip(tmp_path / "good.mar", {**good_entries(), "w.bin": b"\x01" * 4096})
+    data = bytearray(good.read_bytes())
+    at = data.index(b"\x01" * 64)  # stored, not deflated: flip bytes of the file's data
+    data[at:at + 8] = b"\x02" * 8
+    crc = tmp_path / "crc.mar"
+    crc.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match="cannot be extracted"):
+        unpack(crc, tmp_path / "work")
+    tgz = make_tar(tmp_path / "t.tar.gz", {**good_entries(), "w.bin": b"\x01" * 65536})
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(tgz.read_bytes()[:200])
+    with pytest.raises(ArchiveError):
+        unpack(truncated, tmp_path / "work2")
+
+
 def test_not_an_archive(tmp_path: Path):
     junk = tmp_path / "junk.mar"
     junk.write_bytes(b"definitely not a zip")
