@@ -10,7 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from serving.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, http_status
+from serving.errors import (
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    ServingError,
+    http_status,
+)
 from serving.gateway.requestids import new_request_id
 from serving.gateway.responses import error_body, error_headers
 
@@ -50,15 +57,17 @@ def install_error_handlers(app: FastAPI) -> None:
                              for e in exc.errors())
         return error_response(BadRequest(problems), _request_id(request))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(ServingError(f"Internal error: {type(exc).__name__}"),
-                              _request_id(request))
-
     @app.middleware("http")
     async def stamp_request_id(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
+        # A bug anywhere below is answered here, as TorchServe's JSON, and goes no further:
+        # Starlette's own last-resort handler would answer, then re-raise into uvicorn, which
+        # drops the client's keep-alive connection.
+        try:
+            response: Response = await call_next(request)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return error_response(InternalError(f"Internal error: {type(exc).__name__}"),
+                                  _request_id(request))
         if "x-request-id" not in response.headers:
             response.headers["x-request-id"] = _request_id(request)
         return response

@@ -45,10 +45,10 @@ class InferenceApp:
             family, _, rest = path[1:].partition("/")
             parts = rest.split("/", 2)
             if scope["method"] != "POST" or not parts[0]:
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
                 await send_error(send, MethodNotAllowed(
                     f"{scope['method']} is not allowed on {path}; use POST "
-                    f"/{family}/{{model_name}}[/{{version}}]"), headers.get("x-request-id", ""))
+                    f"/{family}/{{model_name}}[/{{version}}]"),
+                    request_id_of(handler_headers(scope)))
                 return
             scope["path_params"] = {
                 "model_name": parts[0],

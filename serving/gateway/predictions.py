@@ -7,6 +7,7 @@ microsecond here is paid by every inference; the routes around it are ordinary F
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -16,6 +17,8 @@ from serving.gateway.requestids import request_id_of
 from serving.gateway.responses import send_answer, send_error
 from serving.routing.manager import ModelManager
 from serving.types import InferenceRequest, InferenceResponse
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -75,6 +78,11 @@ class PredictionEndpoint:
             return
         except (ConnectionAbortedError, asyncio.CancelledError):
             return  # nobody is listening for an answer
+        except Exception as e:  # a bug: answer it as one, and keep the connection
+            log.exception("unexpected error on %s", scope.get("path"))
+            await send_error(send, InternalError(f"Internal error: {type(e).__name__}"),
+                             request_id)
+            return
         if len(answer.body) > self._response_limit:
             await send_error(send, InternalError(
                 f"Response of {len(answer.body)} bytes exceeds max_response_size "

@@ -49,10 +49,11 @@ class HandlerService:
     @classmethod
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
              handler_spec: str, batch_size: int, gpu_id: int | None,
-             model_yaml_config: dict[str, Any], decode_input: bool = True) -> HandlerService:
+             model_yaml_config: dict[str, Any], decode_input: bool = True,
+             limit_max_image_pixels: bool = True) -> HandlerService:
         metrics = HandlerMetrics(model_name)
         context = Context(model_name, str(model_dir), manifest, batch_size, gpu_id,
-                          ts.__version__, True, metrics, model_yaml_config)
+                          ts.__version__, limit_max_image_pixels, metrics, model_yaml_config)
         handler = load_handler(handler_spec)
         service = cls(handler, context, decode_input)
         handler.initialize(context)
@@ -88,7 +89,7 @@ class HandlerService:
                            round((time.perf_counter() - start) * 1000, 2))
         try:
             return [self._result(i, out) for i, out in enumerate(outputs)]
-        except TypeError:
+        except Exception:  # unserialisable output, a circular structure, a status not a number
             log.warning("handler output cannot be serialised", exc_info=True)
             return PredictionFailed("Unsupported model output data type.")
 
@@ -99,10 +100,31 @@ class HandlerService:
     def _result(self, idx: int, value: Any) -> InferenceResponse:
         ctx = self.context
         status, _ = ctx.get_response_status(idx)
-        headers = dict(ctx.get_response_headers(idx))
+        headers = _http_headers(ctx.get_response_headers(idx))
         body, inferred = encode_value(value)
-        content_type = headers.pop("content-type", None) or inferred
+        content_type = next((headers.pop(k) for k in list(headers)
+                             if k.lower() == "content-type"), None) or inferred
         return InferenceResponse(body, int(status or 200), content_type, headers)
+
+
+def _http_headers(raw: dict[str, Any]) -> dict[str, str]:
+    """The handler's response headers that HTTP can carry: latin-1, no line breaks. Others
+    are dropped with a warning rather than failing the answer at the gateway."""
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        text = str(value)
+        try:
+            str(name).encode("latin-1")
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            ok = False
+        else:
+            ok = not any(c in f"{name}{text}" for c in "\r\n\0") and bool(str(name).strip())
+        if ok:
+            out[str(name)] = text
+        else:
+            log.warning("dropping response header %r: not a valid HTTP header", name)
+    return out
 
 
 def _processor(item: WorkItem) -> RequestProcessor:

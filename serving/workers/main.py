@@ -100,7 +100,8 @@ def _load(msg: Message) -> HandlerService:
         model_name=meta["model_name"], model_dir=model_dir, manifest=meta["manifest"],
         handler_spec=meta["handler"], batch_size=int(meta["batch_size"]),
         gpu_id=meta.get("gpu_id"), model_yaml_config=model_yaml,
-        decode_input=bool(meta.get("decode_input", True)))
+        decode_input=bool(meta.get("decode_input", True)),
+        limit_max_image_pixels=bool(meta.get("limit_max_image_pixels", True)))
     if optimization:
         service.optimization = _optimize(service, meta, placement, model_dir)
     return service

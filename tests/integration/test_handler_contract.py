@@ -94,6 +94,25 @@ def test_per_item_status_content_type_and_headers(server: ServerProcess, behavio
     assert r.headers["x-request-id"]
 
 
+def test_per_item_settings_stay_with_their_item_in_a_batch(server: ServerProcess, store: Path,
+                                                           behaviour: str):
+    register(server, "behaviour.mar", model_name="behaviour-b2", batch_size=2,
+             max_batch_delay=3000)
+    orders = [{"status": 201, "headers": {"Content-Type": "text/csv", "x-which": "first"},
+               "return": "text"},
+              {"status": 202, "headers": {"x-which": "second", "x-broken": "a\r\nb"}}]
+    with cf.ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(
+            lambda order: server.inference.post("/predictions/behaviour-b2", json=order), orders)
+    assert first.status_code == 201 and second.status_code == 202
+    assert first.text == "item 0 of 2" or first.text == "item 1 of 2"
+    # a content type set as a header, whatever its case, is the content type (and only once)
+    assert first.headers.get_list("content-type") == ["text/csv"]
+    assert first.headers["x-which"] == "first" and second.headers["x-which"] == "second"
+    # a header HTTP cannot carry is dropped; the answer still arrives
+    assert "x-broken" not in second.headers and second.json()["batch"] == 2
+
+
 def test_output_encodings(server: ServerProcess, behaviour: str):
     r = server.inference.post(behaviour, json={"return": "bytes"})
     assert r.content == bytes([0, 1, 2, 255])
