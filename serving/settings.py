@@ -26,6 +26,12 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "disable_system_metrics", "system_metrics_cmd", "model_server_home", "preload_model",
     "metrics_mode", "ipex_enable", "ipex_gpu_enable", "max_response_size_in_mb",
     "enable_grpc_ssl", "maxRetryTimeoutInSec", "token_expiration_min",
+    "prefer_direct_buffer", "unregister_model_timeout", "use_env_allowed_urls",
+    "model_metrics_auto_detect", "metric_time_interval", "cpp_log_config",
+    "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
+    # gRPC is not served yet: its addresses are accepted so that a config keeps starting.
+    "grpc_inference_address", "grpc_management_address", "grpc_inference_port",
+    "grpc_management_port",
 })
 # TorchServe keys whose meaning this server cannot honour yet: silently ignoring them would
 # leave a user believing they are protected, so they stop the start-up instead.
@@ -35,6 +41,9 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
     "keystore_type": "TLS is not served directly; terminate TLS at a proxy",
     "certificate_file": "TLS is not served directly; terminate TLS at a proxy",
     "private_key_file": "TLS is not served directly; terminate TLS at a proxy",
+    "service_envelope": "request envelopes (kserve, kservev2, json) are not implemented; "
+                        "KServe v1 is served at /v1/models/{model}:predict",
+    "ts_open_inference_protocol": "the Open Inference Protocol is not served yet",
 }
 
 DEFAULT_ALLOWED_URLS = ("file://.*",)
@@ -84,6 +93,7 @@ class Settings(BaseModel):
     enable_model_api: bool = False
     disable_token_authorization: bool = True
     decode_input_request: bool = True
+    limit_max_image_pixels: bool = True  # handlers see it as context.limit_max_image_pixels
     default_service_handler: str | None = None  # for archives without a manifest
     cpu_launcher_enable: bool = False
     cpu_launcher_args: str = ""
@@ -100,6 +110,14 @@ class Settings(BaseModel):
     @classmethod
     def _address(cls, value: Any) -> Any:
         return Address.parse(value) if isinstance(value, str) else value
+
+    @field_validator("model_store")
+    @classmethod
+    def _model_store(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a folder" if value.exists()
+                             else f"no folder {str(value)!r}")
+        return value
 
     @field_validator("load_models", mode="before")
     @classmethod

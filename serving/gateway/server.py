@@ -71,6 +71,7 @@ class Server:
         from serving.workers.listener import WorkerListener
 
         s = self.settings
+        startup_registrations(s)  # a bad models=/load_models fails before anything starts
         sockets = [(bind(s.inference_address, "inference_address"), "Inference API"),
                    (bind(s.management_address, "management_address"), "Management API")]
         listener = WorkerListener(self.work_dir / "workers.sock")
@@ -166,6 +167,7 @@ def startup_registrations(settings: Settings) -> list[Registration]:
         name, sep, url = entry.partition("=")
         regs.append(Registration(url=url, model_name=name) if sep else Registration(url=entry))
     listed = {r.model_name or _stem(r.url) for r in regs}
+    check_models_json(settings.models)
     for name, versions in settings.models.items():
         for cfg in versions.values():
             mar = cfg.get("marName")
@@ -174,6 +176,28 @@ def startup_registrations(settings: Settings) -> list[Registration]:
     if regs and store is None:
         raise ConfigError("models to load were given but no model_store")
     return regs
+
+
+def check_models_json(models: dict[str, Any]) -> None:
+    """`models=` in config.properties: {name: {version: {TorchServe key: value}}}. A typo'd
+    key or a wrong type is a start-up error, not a setting silently left out."""
+    from serving.handlers.modelconfig import FRONTEND_KEYS, frontend_config
+
+    allowed = FRONTEND_KEYS | {"marName", "defaultVersion"}
+    for name, versions in models.items():
+        if not isinstance(versions, dict):
+            raise ConfigError(f"models: {name}: expected {{version: {{key: value}}}}")
+        for version, cfg in versions.items():
+            where = f"models: {name}/{version}"
+            if not isinstance(cfg, dict):
+                raise ConfigError(f"{where}: expected {{key: value}}, got {cfg!r}")
+            unknown = sorted(set(cfg) - allowed)
+            if unknown:
+                raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+            try:
+                frontend_config(cfg, where)
+            except ServingError as e:
+                raise ConfigError(e.message) from None
 
 
 def _is_archive(path: Path) -> bool:

@@ -151,7 +151,8 @@ class ModelManager:
                 ServiceUnavailable(f"No worker could be started: {reason}")),
             # The policy is resolved when workers are placed: start-up sizing is known then.
             place=lambda n: self.resources.place(label, n, self.resources.policy_for(model_yaml)),
-            release=self.resources.release)
+            release=self.resources.release,
+            stop_timeout=float(settings.response_timeout) + 5.0)
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
                           handler=handler, runtime=reg.runtime or manifest.runtime,
                           settings=settings, model_yaml=model_yaml, scheduler=scheduler,
@@ -195,13 +196,15 @@ class ModelManager:
     def _worker_spec(self, mv: ModelVersion, slot: int,
                      placement: WorkerPlacement | None) -> WorkerSpec:
         s = mv.settings
-        device = self.resources.device_for(s.device_type, s.device_ids, slot, s.isolate_device)
+        device = self.resources.device_for(s.device_type, s.device_ids, slot, s.isolate_device,
+                                           owner=f"{mv.name}/{mv.version}")
         load = {
             "model_name": mv.name, "model_version": mv.version,
             "model_dir": str(mv.archive.model_dir), "handler": mv.handler,
             "batch_size": s.batch_size, "gpu_id": device.gpu_id, "device": device.kind,
             "manifest": mv.archive.manifest.raw, "model_yaml_config": mv.model_yaml,
             "decode_input": self.settings.decode_input_request,
+            "limit_max_image_pixels": self.settings.limit_max_image_pixels,
             "optimization": mv.optimization,
             "compile_cache": str(self.settings.compile_cache_dir),
         }

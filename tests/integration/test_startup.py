@@ -79,6 +79,22 @@ def test_bad_config_stops_start_up_with_a_clear_message(tmp_path: Path):
     assert "unknown key 'workers_per_modle'" in result.stderr
 
 
+@pytest.mark.parametrize(("models", "needle"), [
+    ('{"noop": {"1.0": {"marName": "noop.mar", "batchsize": 8}}}',
+     "models: noop/1.0: unknown key(s) batchsize"),
+    ('{"noop": {"1.0": {"marName": "noop.mar", "batchSize": "eight"}}}',
+     "models: noop/1.0: batchSize"),
+])
+def test_bad_models_json_stops_start_up(tmp_path: Path, models: str, needle: str):
+    cfg = tmp_path / "config.properties"
+    cfg.write_text(f"model_store={tmp_path}\nmodels={models}\n")
+    result = run_cli("--ts-config", str(cfg), "--inference-address",
+                     f"http://127.0.0.1:{free_port()}", "--management-address",
+                     f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert needle in result.stderr
+
+
 def test_busy_port_is_a_clear_error(tmp_path: Path):
     import socket
 

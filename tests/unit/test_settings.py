@@ -35,14 +35,19 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_torchserve_config_is_accepted(tmp_path: Path):
+    store = tmp_path / "models"
+    store.mkdir()
     cfg = write(tmp_path, "inference_address=http://0.0.0.0:9000\n"
-                          "model_store=/models\nload_models=all\njob_queue_size=50\n"
+                          f"model_store={store}\nload_models=all\njob_queue_size=50\n"
                           "number_of_netty_threads=4\nvmargs=-Xmx4g\n"
+                          "grpc_inference_port=7070\nunregister_model_timeout=60\n"
+                          "limit_max_image_pixels=false\n"
                           "models={\"noop\": {\"1.0\": {\"marName\": \"noop.mar\"}}}\n"
                           "enable_model_api=true\ndisable_token_authorization=true\n")
     s = build_settings(cfg, {"job_queue_size": 7})
     assert (s.inference_address.host, s.inference_address.port) == ("0.0.0.0", 9000)
-    assert s.model_store == Path("/models") and s.load_models == ["all"]
+    assert s.model_store == store and s.load_models == ["all"]
+    assert s.limit_max_image_pixels is False
     assert s.job_queue_size == 7  # the command line wins over the file
     assert s.models["noop"]["1.0"]["marName"] == "noop.mar"
     assert s.enable_model_api is True
@@ -58,6 +63,8 @@ def test_torchserve_config_is_accepted(tmp_path: Path):
     ("keystore=ks.p12\n", "TLS"),
     ("disable_token_authorization=false\n", "token authorization is not supported"),
     ("log_level=LOUD\n", "unknown log level"),
+    ("model_store=/no/such/store\n", "model_store: no folder '/no/such/store'"),
+    ("service_envelope=kservev2\n", "envelopes"),
 ])
 def test_bad_settings_are_clear_errors(tmp_path: Path, text: str, needle: str):
     with pytest.raises(ConfigError) as info:
