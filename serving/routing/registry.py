@@ -98,6 +98,10 @@ class Registry:
         if not versions:
             self._models.pop(mv.name, None)
             self._defaults.pop(mv.name, None)
+        elif self._defaults.get(mv.name) == mv.version:
+            # The default went (a registration of it failed after others were added): the
+            # highest remaining version takes over, so the name never points at nothing.
+            self._defaults[mv.name] = max(versions, key=_version_key)
 
     def set_default(self, name: str, version: str) -> None:
         self.get(name, version)
