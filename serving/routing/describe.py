@@ -28,7 +28,7 @@ def describe_version(mv: ModelVersion) -> dict[str, Any]:
         "maxBatchDelay": s.max_batch_delay,
         "responseTimeout": s.response_timeout,
         "startupTimeout": s.startup_timeout,
-        "deviceType": s.device_type or "cpu",
+        "deviceType": _device_type(mv),
         "status": "Healthy" if healthy else "Unhealthy",
         "loadedAtStartup": mv.loaded_at_startup,
         "workers": [{**_worker(w), **_placement(mv, w)}
@@ -97,3 +97,12 @@ def list_models(registry: Registry, limit: int, token: int) -> dict[str, Any]:
     if token + limit < len(names):
         out["nextPageToken"] = str(token + limit)
     return out
+
+
+def _device_type(mv: ModelVersion) -> str:
+    """What the model asked for, or, for `auto` (or nothing), what its workers were given."""
+    asked = (mv.settings.device_type or "auto").lower()
+    if asked != "auto":
+        return asked
+    kinds = {w.spec.device.split(":")[0] for w in mv.pool.workers.values()}
+    return kinds.pop() if len(kinds) == 1 else "cpu"

@@ -64,6 +64,18 @@ class CoreAllocator:
         """CPUs kept for the gateway process (pin it there), never given to a worker."""
         return tuple(sorted(cpu for core in self._reserved for cpu in core))
 
+    @property
+    def worker_core_count(self) -> int:
+        """Physical cores workers may be given (all but the gateway's)."""
+        return sum(len(cores) for cores in self._cores.values())
+
+    def startup_size(self, n_workers: int, nodes: list[int] | None = None) -> int:
+        """Cores each of `n_workers` (of all the models loaded together) would get on the free
+        cores with no worker split across NUMA nodes; 0 when they do not all fit."""
+        chosen = self._nodes(PlacementPolicy(nodes=nodes))
+        return _auto_size([sum(1 for c in self._cores[nd] if not self._use[c])
+                           for nd in chosen], n_workers)
+
     def placements(self, owner: str) -> list[WorkerPlacement]:
         return [h.placement for h in self._held if h.owner == owner]
 
@@ -196,48 +208,97 @@ def _join(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
-# TorchServe's launcher flags (`--x-y` and `--x_y` alike) and the policy field each one sets;
-# --skip-cross-node-cores asks for what the allocator always does, so it sets nothing.
+# TorchServe's launcher flags (`--x-y` and `--x_y` alike; torch.backends.xeon.run_cpu's names)
+# and the policy field each one sets; --skip-cross-node-cores asks for what the allocator
+# always does, and --multi_instance for what several workers always are, so they set nothing.
 _FLAGS: dict[str, tuple[str, Any]] = {
     "--use_logical_core": ("use_logical_cores", True),
     "--disable_numactl": ("bind_memory", False),
     "--enable_jemalloc": ("allocator", "jemalloc"),
     "--enable_tcmalloc": ("allocator", "tcmalloc"),
+    "--use_default_allocator": ("allocator", "default"),
     "--skip_cross_node_cores": ("", None),
+    "--multi_instance": ("", None),
 }
 _OPTIONS = ("--ninstances", "--ncores_per_instance", "--node_id")
+# Accepted so that a TorchServe config keeps starting, but nothing here to set: the worker's
+# OpenMP runtime is the one torch ships, affinity is set by the worker itself, and logs go to
+# the server log.
+_NO_EFFECT_FLAGS = ("--disable_iomp", "--disable_taskset", "--no_python", "--module")
+_NO_EFFECT_OPTIONS = ("--log_path", "--log_file_prefix", "--rank")
+_MODES = ("--throughput_mode", "--latency_mode")
+LATENCY_MODE_CORES = 4  # run_cpu's latency mode: 4 physical cores per instance
 
 
-def parse_launcher_args(args: str,
-                        threads_per_core: int = 1) -> tuple[PlacementPolicy, int | None]:
-    """Map TorchServe's `cpu_launcher_args` to a policy and the `--ninstances` count, if given.
+class LauncherArgs(NamedTuple):
+    """What `cpu_launcher_args` ask for, as placement."""
+
+    policy: PlacementPolicy
+    instances: int | None  # workers per model, from --ninstances or a mode
+    ignored: tuple[str, ...]  # flags accepted with no effect here
+
+
+def parse_launcher_args(args: str, threads_per_core: int = 1, *, nodes: int = 1,
+                        physical_cores: int | None = None) -> LauncherArgs:
+    """Map TorchServe's `cpu_launcher_args` to a policy and the instance count, if given.
 
     `--ncores_per_instance` counts hyper-threads under `--use_logical_core`; pass the machine's
-    `threads_per_core` so it becomes whole physical cores.
+    `threads_per_core` so it becomes whole physical cores. `--throughput_mode` is one worker
+    per NUMA node (`nodes`), `--latency_mode` workers of 4 physical cores on all of them
+    (`physical_cores`), as run_cpu does.
     """
     fields: dict[str, Any] = {}
     numbers: dict[str, int] = {}
+    ignored: list[str] = []
+    modes: list[str] = []
     words = shlex.split(args)
     while words:
         raw, eq, value = words.pop(0).partition("=")
         flag = "--" + raw.lstrip("-").replace("-", "_")
-        if flag in _OPTIONS:
+        if flag == "--m":
+            flag = "--module"
+        if flag in _OPTIONS or flag in _NO_EFFECT_OPTIONS:
             value = value if eq else (words.pop(0) if words else "")
+            if flag in _NO_EFFECT_OPTIONS:
+                if not value:
+                    raise ValueError(f"cpu_launcher_args: {raw} needs a value")
+                ignored.append(f"{raw} {value}")
+                continue
             if not value.isdigit() or (flag != "--node_id" and int(value) == 0):
                 raise ValueError(f"cpu_launcher_args: {raw} needs a count, got {value!r}")
             numbers[flag] = int(value)
-        elif flag in _FLAGS and not eq:
+        elif eq:
+            raise ValueError(f"cpu_launcher_args: unknown flag {raw + eq + value!r} "
+                             f"({raw} takes no value)")
+        elif flag in _FLAGS:
             name, setting = _FLAGS[flag]
-            if fields.get(name, setting) != setting:
-                raise ValueError("cpu_launcher_args: choose --enable_jemalloc or --enable_tcmalloc")
+            if name and fields.get(name, setting) != setting:
+                raise ValueError(f"cpu_launcher_args: {raw} contradicts an earlier flag "
+                                 f"({name} is {fields[name]!r})")
             if name:
                 fields[name] = setting
+        elif flag in _MODES:
+            modes.append(flag)
+        elif flag in _NO_EFFECT_FLAGS:
+            ignored.append(raw)
         else:
             raise ValueError(f"cpu_launcher_args: unknown flag {raw!r}")
+    if len(modes) > 1:
+        raise ValueError("cpu_launcher_args: choose --throughput_mode or --latency_mode")
+    if modes and ({"--ninstances", "--ncores_per_instance"} & set(numbers)):
+        raise ValueError(f"cpu_launcher_args: {modes[0]} sets the instances and their cores "
+                         "itself; drop --ninstances / --ncores_per_instance")
+    instances = numbers.get("--ninstances")
+    if modes == ["--throughput_mode"]:
+        instances = nodes
+    elif modes == ["--latency_mode"]:
+        fields["cores_per_worker"] = LATENCY_MODE_CORES
+        if physical_cores is not None:
+            instances = max(1, physical_cores // LATENCY_MODE_CORES)
     if "--ncores_per_instance" in numbers:
         cores = numbers["--ncores_per_instance"]
         logical = fields.get("use_logical_cores", False)
         fields["cores_per_worker"] = max(1, cores // threads_per_core) if logical else cores
     if "--node_id" in numbers:
         fields["nodes"] = [numbers["--node_id"]]
-    return PlacementPolicy(**fields), numbers.get("--ninstances")
+    return LauncherArgs(PlacementPolicy(**fields), instances, tuple(ignored))

@@ -79,20 +79,22 @@ class Resources:
         if settings.number_of_gpu is not None:
             self.accelerators = Accelerators(self.accelerators.kind,
                                              min(settings.number_of_gpu, self.accelerators.count))
-        self.default_policy, self.launcher_instances = _server_policy(settings,
-                                                                      self.topology)
+        self.default_policy, self.launcher_instances = _server_policy(
+            settings, self.topology, self.allocator.worker_core_count)
         self._auto_policy_override: dict[str, Any] = {}
         self._next_device = 0
+        self._slot_devices: dict[tuple[str, int], int] = {}  # a slot keeps its device
 
     def plan_startup(self, total_workers: int) -> None:
         """Size `auto` placements for the models loaded at start, which are known together:
-        each worker gets an equal share of the cores, or none are pinned when there are more
-        workers than physical cores (a person would not pin 3 workers to 2 cores either)."""
-        cores = len(self.topology.physical_cores()) - len(self.allocator.reserved_cpus)
-        if total_workers > cores:
-            self._auto_policy_override = {"enabled": False}
-        elif total_workers:
-            self._auto_policy_override = {"cores_per_worker": max(1, cores // total_workers)}
+        each worker gets an equal share of the free physical cores, no worker split across
+        NUMA nodes (the allocator's own rule, applied to all of them at once), or none are
+        pinned when they do not all fit (a person would not pin 3 workers to 2 cores either)."""
+        if not total_workers:
+            return
+        size = self.allocator.startup_size(total_workers)
+        self._auto_policy_override = ({"cores_per_worker": size} if size
+                                      else {"enabled": False})
 
     def startup_done(self) -> None:
         self._auto_policy_override = {}
@@ -128,9 +130,10 @@ class Resources:
         self.allocator.release(placement)
 
     def device_for(self, device_type: str | None, device_ids: tuple[int, ...] | None,
-                   slot: int, isolate: bool) -> DeviceAssignment:
+                   slot: int, isolate: bool, owner: str = "") -> DeviceAssignment:
         """Round-robin over the accelerators (or over `deviceIds`), as TorchServe assigns
-        `gpu_id`; `cpu`, or no accelerator, gives the CPU."""
+        `gpu_id`; `cpu`, or no accelerator, gives the CPU. A worker slot of `owner` keeps the
+        device it was first given, so a restarted worker comes back on the same one."""
         acc = self.accelerators
         wanted = (device_type or "auto").lower()
         if wanted == "cpu" or not acc.kind or acc.count == 0:
@@ -142,8 +145,10 @@ class Resources:
             raise ArchiveError(f"deviceType {wanted} asked, but this machine has {acc.kind}")
         if device_ids:
             index = device_ids[slot % len(device_ids)]
+        elif (owner, slot) in self._slot_devices:
+            index = self._slot_devices[owner, slot]
         else:
-            index = self._next_device % acc.count
+            index = self._slot_devices[owner, slot] = self._next_device % acc.count
             self._next_device += 1
         if index >= acc.count:
             raise ArchiveError(f"deviceIds names {acc.kind}:{index}; this machine has "
@@ -153,13 +158,17 @@ class Resources:
         return DeviceAssignment(acc.kind, index, index, {})
 
 
-def _server_policy(settings: Settings, topology: Topology) -> tuple[PlacementPolicy, int | None]:
-    """TorchServe's `cpu_launcher_enable`/`cpu_launcher_args` map onto the same placement."""
+def _server_policy(settings: Settings, topology: Topology,
+                   worker_cores: int) -> tuple[PlacementPolicy, int | None]:
+    """TorchServe's `cpu_launcher_enable`/`cpu_launcher_args` map onto the same placement;
+    `worker_cores` is how many physical cores workers may use (the gateway's left out)."""
     if not settings.cpu_launcher_enable:
         return PlacementPolicy(), None
     try:
-        policy, instances = parse_launcher_args(settings.cpu_launcher_args,
-                                                topology.threads_per_core)
+        parsed = parse_launcher_args(settings.cpu_launcher_args, topology.threads_per_core,
+                                     nodes=len(topology.node_ids), physical_cores=worker_cores)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return policy.model_copy(update={"enabled": True}), instances
+    if parsed.ignored:
+        log.info("cpu_launcher_args: %s accepted with no effect here", " ".join(parsed.ignored))
+    return parsed.policy.model_copy(update={"enabled": True}), parsed.instances

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 
 from serving.errors import ServingError
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 _worker_ids = itertools.count(9000)
 
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+# A worker that served this long before it died was healthy: its successor starts after the
+# shortest delay again. One that dies sooner (loads, then crashes) backs off further each time.
+STABLE_UPTIME_S = 60.0
 
 Place = Callable[[int], list[WorkerPlacement]]
 
@@ -35,7 +39,8 @@ class WorkerPool:
                  on_gone: Callable[[Worker], None], startup_timeout: float,
                  on_unavailable: Callable[[str], None] = lambda reason: None,
                  place: Place | None = None,
-                 release: Callable[[WorkerPlacement], None] = lambda p: None) -> None:
+                 release: Callable[[WorkerPlacement], None] = lambda p: None,
+                 stop_timeout: float = 10.0) -> None:
         self.label = label
         self.target = 0
         self.workers: dict[str, Worker] = {}
@@ -51,6 +56,9 @@ class WorkerPool:
         self._release = release
         self._placements: dict[int, WorkerPlacement] = {}
         self._startup_timeout = startup_timeout
+        # How long a stopping worker may take to finish the batch it holds before it is
+        # killed (scale-down must not cut a batch that is within its response timeout).
+        self._stop_timeout = stop_timeout
         self._failures = 0
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,14 +125,13 @@ class WorkerPool:
             self.workers.pop(worker.id, None)
             self.last_error = e.message
             raise
-        self._failures = 0
         self.last_error = None
         log.info("%s: worker %s ready (pid %s)", self.label, worker.id, worker.pid)
         self._on_ready(worker)
 
     async def _stop(self, worker: Worker) -> None:
         self._on_gone(worker)
-        await worker.stop()
+        await worker.stop(self._stop_timeout)
         self.workers.pop(worker.id, None)
         self._free_slot(worker.slot)
 
@@ -143,6 +150,8 @@ class WorkerPool:
         if live >= self.target:
             self._free_slot(worker.slot)
             return
+        if time.time() - worker.start_time >= STABLE_UPTIME_S:
+            self._failures = 0
         self.restarts += 1
         self.slot_restarts[worker.slot] = self.slot_restarts.get(worker.slot, 0) + 1
         log.warning("%s: worker %s (pid %s, exit code %s) died; replacing it", self.label,

@@ -267,20 +267,35 @@ def test_placement_round_trips_through_json(tmp_path: Path) -> None:
     ("--node_id=0 --enable_tcmalloc", {"nodes": [0], "allocator": "tcmalloc"}, None),
     ("--disable_numactl", {"bind_memory": False}, None),
     ("--skip-cross-node-cores --ninstances=2", {}, 2),
+    ("--multi_instance --ninstances 3 --use_default_allocator", {}, 3),
+    # run_cpu's modes on a 2-node machine with 55 worker cores
+    ("--throughput_mode", {}, 2),
+    ("--latency_mode --enable_jemalloc", {"cores_per_worker": 4, "allocator": "jemalloc"}, 13),
 ])
 def test_cpu_launcher_args(args: str, fields: dict[str, object], instances: int | None) -> None:
-    policy, count = parse_launcher_args(args, threads_per_core=2)
-    assert policy == PlacementPolicy.model_validate(fields)
-    assert count == instances
+    parsed = parse_launcher_args(args, threads_per_core=2, nodes=2, physical_cores=55)
+    assert parsed.policy == PlacementPolicy.model_validate(fields)
+    assert parsed.instances == instances
+    assert parsed.ignored == ()
+
+
+def test_cpu_launcher_args_with_no_effect_here_are_accepted_and_named() -> None:
+    parsed = parse_launcher_args("--disable_iomp --log_path /tmp/x --ninstances 2 -m")
+    assert parsed.instances == 2 and parsed.policy == PlacementPolicy()
+    assert parsed.ignored == ("--disable_iomp", "--log_path /tmp/x", "-m")
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    ("--use_logical_core --latency_mode", "unknown flag '--latency_mode'"),
+    ("--use_logical_core --bogus_mode", "unknown flag '--bogus_mode'"),
     ("--ninstances", "--ninstances needs a count"),
     ("--ncores_per_instance two", "needs a count"),
     ("--ninstances 0", "needs a count"),
-    ("--enable_jemalloc --enable_tcmalloc", "choose --enable_jemalloc or --enable_tcmalloc"),
-    ("--disable_numactl=1", "unknown flag '--disable_numactl'"),
+    ("--enable_jemalloc --enable_tcmalloc", "--enable_tcmalloc contradicts an earlier flag"),
+    ("--disable_numactl=1", "unknown flag '--disable_numactl=1'"),
+    ("--latency_mode --throughput_mode", "choose --throughput_mode or --latency_mode"),
+    ("--throughput_mode --ninstances 4", "sets the instances and their cores itself"),
+    ("--log_path", "--log_path needs a value"),
+    ("--core_list 0-3", "unknown flag '--core_list'"),
 ])
 def test_cpu_launcher_args_errors(args: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

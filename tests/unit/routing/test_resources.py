@@ -9,7 +9,12 @@ import pytest
 from serving.errors import ArchiveError, ConfigError
 from serving.routing.resources import Accelerators, Resources
 from serving.settings import Settings
-from tests.unit.routing.test_topology import this_machine_like, two_socket
+from tests.unit.routing.test_topology import (
+    four_uneven_nodes,
+    one_socket_ht,
+    this_machine_like,
+    two_socket,
+)
 
 NO_GPU = Accelerators(None, 0)
 
@@ -32,8 +37,10 @@ def test_startup_sizing_shares_cores_evenly_or_not_at_all(tmp_path: Path):
     res = Resources(Settings(), two_socket(tmp_path), NO_GPU)
     res.plan_startup(total_workers=4)
     placements = [res.place(f"m{i}", 1, res.policy_for({}))[0] for i in range(4)]
-    # 55 usable cores (one reserved for the gateway) / 4 workers = 13 each
+    # 27 + 28 usable cores (one reserved for the gateway): 13 each keeps every worker on
+    # one node (14 would put two workers on one node and leave the third split)
     assert [len(p.cpus) for p in placements] == [13] * 4
+    assert sorted(p.node for p in placements) == [0, 0, 1, 1]
     res.startup_done()
 
     small = Resources(Settings(), this_machine_like(tmp_path / "s"), NO_GPU)
@@ -46,11 +53,39 @@ def test_startup_sizing_shares_cores_evenly_or_not_at_all(tmp_path: Path):
         small.policy_for({"placement": {"cores": 1}})
 
 
+@pytest.mark.parametrize(("make", "workers", "sizes", "nodes"), [
+    # one worker takes a whole node, not cores of both sockets with unbound memory
+    (two_socket, 1, [28], [1]),
+    (two_socket, 3, [14, 14, 14], [0, 1, 1]),
+    # hyper-threads: one core (both its threads) is the gateway's, the worker gets the 7 others
+    (one_socket_ht, 1, [7], [0]),
+    # 6+6+4+4 cores, one reserved on node 0 (5 free there): two workers of 5, one per node
+    (four_uneven_nodes, 2, [5, 5], [0, 1]),
+    (four_uneven_nodes, 4, [4, 4, 4, 4], [0, 1, 2, 3]),
+])
+def test_startup_sizing_keeps_each_worker_on_one_node(tmp_path: Path, make, workers: int,
+                                                      sizes: list[int], nodes: list[int]):
+    res = Resources(Settings(), make(tmp_path), NO_GPU)
+    res.plan_startup(total_workers=workers)
+    placements = [res.place(f"m{i}", 1, res.policy_for({}))[0] for i in range(workers)]
+    res.startup_done()
+    assert [p.threads for p in placements] == sizes
+    assert [p.node for p in placements] == nodes
+    for p in placements:
+        assert not p.shared and p.bind_memory
+        assert set(p.cpus) <= {cpu for core in res.topology.physical_cores(p.node) for cpu in core}
+        assert not set(p.cpus) & set(res.allocator.reserved_cpus)
+
+
 def test_devices_round_robin_ids_and_isolation(tmp_path: Path):
     res = Resources(Settings(), this_machine_like(tmp_path), Accelerators("cuda", 2))
-    got = [res.device_for(None, None, slot, isolate=False) for slot in range(3)]
+    got = [res.device_for(None, None, slot, isolate=False, owner="a") for slot in range(3)]
     assert [(d.kind, d.index, d.gpu_id) for d in got] == [("cuda", 0, 0), ("cuda", 1, 1),
                                                           ("cuda", 0, 0)]
+    # The next model continues the round-robin; a restarted slot keeps its device.
+    assert res.device_for(None, None, 0, isolate=False, owner="b").index == 1
+    assert res.device_for(None, None, 1, isolate=False, owner="a").index == 1
+    assert res.device_for(None, None, 2, isolate=False, owner="a").index == 0
     pinned = res.device_for("gpu", (1,), 0, isolate=True)
     assert (pinned.index, pinned.gpu_id, pinned.env) == (1, 0, {"CUDA_VISIBLE_DEVICES": "1"})
     assert res.device_for("cpu", None, 0, isolate=False).kind == "cpu"
