@@ -145,9 +145,36 @@ def main(argv: list[str] | None = None) -> int:
             result["exit_code"] = proc.wait(timeout=120)
             log.close()
             result["server_log_tail"] = log_path.read_text()[-3000:]
+    result["failures"] = failures(result["models"], result["exit_code"])
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "server_log_tail"}, indent=2))
-    return 0
+    return 1 if result["failures"] else 0
+
+
+# Served on the accelerator against CPU fp32 eager on the same weights and inputs: eager must
+# agree on every top-1 and within fp32 noise on the probabilities; bf16 + compile on every
+# top-1 within bf16 rounding.
+TOLERANCE = {"resnet50-gpu": 1e-3, "resnet50-bf16": 2e-2}
+
+
+def failures(models: dict[str, Any], exit_code: int) -> list[str]:
+    """What makes this check fail: a wrong answer, a model not on the device, a bad exit."""
+    problems = []
+    for name, tolerance in TOLERANCE.items():
+        m = models[name]
+        cmp = m["vs_cpu_fp32"]
+        if cmp["top1_agreement"] < 1.0:
+            problems.append(f"{name}: top-1 agreement {cmp['top1_agreement']}")
+        if cmp["max_abs_prob_diff"] > tolerance:
+            problems.append(f"{name}: probability difference {cmp['max_abs_prob_diff']:.2e} "
+                            f"> {tolerance}")
+        if not all(w["device"].split(":")[0] in ("cuda", "xpu") for w in m["workers"]):
+            problems.append(f"{name}: workers on {[w['device'] for w in m['workers']]}")
+    if models["resnet50-bf16"]["optimization_applied"] != ["fold", "bf16", "compile"]:
+        problems.append(f"resnet50-bf16: applied {models['resnet50-bf16']['optimization_applied']}")
+    if exit_code != 0:
+        problems.append(f"server exit code {exit_code}")
+    return problems
 
 
 def run_checks(port: int, mport: int, inputs: list[torch.Tensor],

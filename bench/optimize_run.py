@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.archive import derive_archive
 from bench.loadgen import run_matrix
 from bench.project_server import ProjectServer
-from bench.scenarios import derive_archive, pinned
+from bench.scenarios import pinned
 from bench.tsconfig import ModelConfig
 from bench.workload import Plan, Target
 from model_store.build import build_all

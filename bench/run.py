@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.archive import derive_archive
 from bench.machine import facts
 from bench.plots import latency_plot, throughput_plot
 from bench.report import render
-from bench.scenarios import Load, ServerRun, derive_archive, in_process, measure_server
+from bench.scenarios import Load, ServerRun, in_process, measure_server
 from bench.stats import Aggregate, aggregate, ratio
 from bench.targets import targets_section
 from bench.tsconfig import ModelConfig
@@ -103,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="1 rep, short windows (a smoke)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/serving")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite report.md and the plots from the raw results")
     args = parser.parse_args(argv)
+    if args.report_only:
+        hop_file = args.out / "raw" / "hop.json"
+        write_report(args.out, 0.0,
+                     json.loads(hop_file.read_text()) if hop_file.exists() else None)
+        return 0
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     out: Path = args.out
     (out / "raw").mkdir(parents=True, exist_ok=True)
@@ -169,8 +177,21 @@ def write_report(out: Path, started: float, hops: dict[str, Any] | None) -> None
     text = render(rows, RATIOS, setup, facts(), plots, "Serving benchmark: this server vs "
                   "TorchServe 0.12 on the same machine")
     text += "\n" + targets_section(cells, inproc, hops, servers)
+    text += "\n" + placement_section()
     (out / "report.md").write_text(text)
     print(out / "report.md")
+
+
+def placement_section() -> str:
+    """What the placement policy picks on bigger machines, computed by its own allocator."""
+    from bench.placement_plans import markdown
+
+    return ("## Placement on bigger machines (fake sysfs topologies)\n\n"
+            "One model loaded at start with n workers, default policy, as the server's own "
+            "`Resources` places it (`python -m bench.placement_plans`); `nX:` is the NUMA node, "
+            "the worker's threads equal its CPUs. On this 2-core VM the pinned/unpinned "
+            "comparison above is the only measurement; these plans are not measured.\n\n"
+            + markdown() + "\n")
 
 
 SETUP = """\
