@@ -73,12 +73,21 @@ def create_management_app(manager: ModelManager) -> FastAPI:
         token = p.integer("next_page_token", minimum=0) or 0
         return JSONResponse(list_models(manager.registry, min(limit, 100), token))
 
+    def describe_params(request: Request) -> None:
+        p = Params(dict(request.query_params), frozenset({"customized"}))
+        if p.flag("customized", False):
+            raise BadRequest("customized: the handler's describe_handle metadata is not "
+                             "served yet; describe without customized=true")
+
     @app.get("/models/{model_name}")
     async def describe_default(model_name: str, request: Request) -> JSONResponse:
+        describe_params(request)
         return JSONResponse(describe(manager.registry, model_name, None))
 
     @app.get("/models/{model_name}/{model_version}")
-    async def describe_version(model_name: str, model_version: str) -> JSONResponse:
+    async def describe_version(model_name: str, model_version: str,
+                               request: Request) -> JSONResponse:
+        describe_params(request)
         return JSONResponse(describe(manager.registry, model_name, model_version))
 
     async def scale(model_name: str, model_version: str | None, request: Request

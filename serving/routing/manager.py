@@ -234,7 +234,11 @@ class ModelManager:
             raise BadRequest(f"max_worker ({max_w}) cannot be less than min_worker ({min_workers})")
         mv.settings = replace(mv.settings, min_workers=min_workers, max_workers=max_w)
         if synchronous:
-            await mv.pool.scale(min_workers)
+            try:
+                await mv.pool.scale(min_workers)
+            except ServingError:
+                self._settle_workers(mv)
+                raise
             return f"Workers scaled to {min_workers} for model: {name}", 200
         self._background(self._scale_quietly(mv, min_workers))
         return "Processing worker updates...", 202
@@ -243,7 +247,15 @@ class ModelManager:
         try:
             await mv.pool.scale(n)
         except ServingError as e:
+            self._settle_workers(mv)
             log.error("scaling %s/%s to %d failed: %s", mv.name, mv.version, n, e.message)
+
+    @staticmethod
+    def _settle_workers(mv: ModelVersion) -> None:
+        """After a scale-up that failed part-way, describe what runs, not what was asked."""
+        running = mv.pool.target
+        mv.settings = replace(mv.settings, min_workers=running,
+                              max_workers=max(running, mv.settings.max_workers))
 
     async def unregister(self, name: str, version: str | None) -> str:
         mv = self.registry.get(name, version)

@@ -102,6 +102,9 @@ class WorkerPool:
                 if isinstance(result, BaseException):
                     self._free_slot(slot)
             if errors:
+                # What runs is the target now: nothing retries a start that failed outright,
+                # and health must not wait for workers that will never come.
+                self.target -= len(errors)
                 raise errors[0]
         elif len(live) > n:
             # Idle workers go first, then the newest; a busy one finishes its batch first.

@@ -46,6 +46,11 @@ def test_register_scale_describe_unregister(server: ServerProcess, archives: Pat
     assert worker["status"] == "READY" and psutil.pid_exists(worker["pid"])
     first_pid = worker["pid"]
 
+    bad = server.management.get("/models/fn", params={"verbose": "1"})
+    assert bad.status_code == 400 and "verbose" in bad.json()["message"]
+    custom = server.management.get("/models/fn/1.0", params={"customized": "true"})
+    assert custom.status_code == 400 and "customized" in custom.json()["message"]
+
     r = server.management.put("/models/fn", params={"min_worker": 3, "synchronous": "true"})
     assert r.status_code == 200 and r.json() == {"status": "Workers scaled to 3 for model: fn"}
     now = pids(server, "fn")
@@ -182,3 +187,21 @@ def test_unknown_model_is_404(server: ServerProcess):
         assert r.status_code == 404
         assert r.json() == {"code": 404, "type": "ModelNotFoundException",
                             "message": "Model not found: nope"}
+
+
+def test_a_scale_up_that_fails_leaves_the_model_describing_what_runs(server: ServerProcess,
+                                                                     store: Path,
+                                                                     tmp_path: Path):
+    marker = tmp_path / "fail-now"
+    build_mar(store, "marker", "marker_init_handler.py", config=f"fail_marker: {marker}\n")
+    r = server.management.post("/models", params={"url": "marker.mar", "initial_workers": 1})
+    assert r.status_code == 200, r.text
+    marker.touch()  # workers started from now on fail to initialise
+    r = server.management.put("/models/marker", params={"min_worker": 3, "synchronous": "true"})
+    assert r.status_code >= 400 and "fail marker" in r.json()["message"]
+    d = server.management.get("/models/marker").json()[0]
+    assert d["minWorkers"] == 1 and len(d["workers"]) == 1 and d["status"] == "Healthy"
+    assert server.inference.get("/ping").json() == {"status": "Healthy"}
+    assert server.inference.post("/predictions/marker", content=b"x").json() == {"ok": True}
+    assert server.management.delete("/models/marker").status_code == 200
+
