@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 
 from serving.workers.pinning import format_cpulist
@@ -61,7 +62,8 @@ def test_strict_placement_that_cannot_fit_is_refused(server: ServerProcess, stor
 
 def test_kill_9_under_load_every_request_answered_and_worker_back(server: ServerProcess,
                                                                  store: Path):
-    build_mar(store, "victim", "slow_handler.py", config="minWorkers: 1\nbatchSize: 1\n")
+    build_mar(store, "victim", "slow_handler.py",
+              config="minWorkers: 1\nbatchSize: 1\nplacement:\n  cores_per_worker: 1\n")
     server.management.post("/models", params={"url": "victim.mar"}).raise_for_status()
     (before,) = workers(server, "victim")
     url = f"http://127.0.0.1:{server.inference_port}/predictions/victim"
@@ -88,6 +90,10 @@ def test_kill_9_under_load_every_request_answered_and_worker_back(server: Server
     (after,) = wait_for(lambda: [w for w in workers(server, "victim")
                                  if w["status"] == "READY"], what="replacement worker")
     assert after["pid"] != before["pid"] and after["restarts"] == 1
+    # the replacement takes the dead worker's place: same cores, same memory node
+    assert (after["cores"], after["numaNode"]) == (before["cores"], before["numaNode"])
+    assert after["pinned"] is True
+    assert format_cpulist(os.sched_getaffinity(after["pid"])) == after["cores"]
     assert server.management.get("/models/victim").json()[0]["restarts"] == 1
 
 
@@ -134,6 +140,7 @@ def test_hung_worker_is_replaced(quick_ping_server: ServerProcess):
 def test_sigterm_drains_in_flight_requests_and_exits_0(quick_ping_server: ServerProcess):
     srv = quick_ping_server
     url = f"http://127.0.0.1:{srv.inference_port}"
+    workers_before_exit = workers(srv, "frozen")
 
     async def scenario():
         async with aiohttp.ClientSession() as s:
@@ -155,4 +162,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(quick_ping_server: Server
     assert finished == [200, 200, 200]  # queued and running requests all completed
     assert ping == (503, {"status": "Draining"})
     assert late == 503
+    worker_pids = [w["pid"] for w in workers_before_exit]
     assert srv.proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(psutil.pid_exists(p) for p in worker_pids)  # no worker outlives the server
