@@ -29,7 +29,7 @@ from bench.tsconfig import ModelConfig
 from model_store.build import build_all
 
 REPO = Path(__file__).resolve().parents[1]
-SCENARIOS = ("noop", "resnet50", "minilm", "hop", "pinning")
+SCENARIOS = ("noop", "resnet50", "minilm", "inproc", "hop", "pinning")
 
 
 def payloads(work: Path) -> dict[str, Path]:
@@ -147,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         runs += pinning_runs(p, args.quick)
     started = time.time()
     for run in runs:
-        info = measure_server(run, store, emit, client_cpus=None if run.pin is None else "1")
+        try:
+            info = measure_server(run, store, emit, client_cpus=None if run.pin is None else "1")
+        except Exception as e:  # one broken configuration must not lose the rest of the run
+            print(f"{run.label}: FAILED: {e}", file=sys.stderr, flush=True)
+            info = {"label": run.label, "ready_s": float("nan"), "failed": str(e)[:2000]}
         with servers_path.open("a") as f:
             f.write(json.dumps(info) + "\n")
     for name, ctype in (("resnet50", "application/octet-stream"), ("minilm", "text/plain")):
-        if name in chosen:
+        if name in chosen or "inproc" in chosen:
             for batch in (1, 8):
                 row = in_process(store / f"{name}.mar", p[name], ctype, batch,
                                  f"in-process {name} b{batch}")
@@ -177,9 +181,33 @@ def write_report(out: Path, started: float, hops: dict[str, Any] | None) -> None
     text = render(rows, RATIOS, setup, facts(), plots, "Serving benchmark: this server vs "
                   "TorchServe 0.12 on the same machine")
     text += "\n" + targets_section(cells, inproc, hops, servers)
+    text += "\n" + noise_section(raw / "vmstat.log")
     text += "\n" + placement_section()
     (out / "report.md").write_text(text)
     print(out / "report.md")
+
+
+def noise_section(vmstat_log: Path) -> str:
+    """How much CPU the hypervisor took away during the run (vmstat's `st`), if it was logged
+    (`vmstat -t 10 > raw/vmstat.log` beside the run): the noise behind the min..max ranges."""
+    if not vmstat_log.exists():
+        return ""
+    steal, idle = [], []
+    for line in vmstat_log.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 17 and fields[0].isdigit():
+            # r b swpd free buff cache si so bi bo in cs us sy id wa st [date time]
+            idle.append(int(fields[14]))
+            steal.append(int(fields[16]))
+    if not steal:
+        return ""
+    ordered = sorted(steal)
+    return ("## Noise: CPU steal during the run\n\n"
+            f"vmstat every 10 s, {len(steal)} samples: steal (time the hypervisor gave this "
+            f"VM's CPUs to others) median {ordered[len(ordered) // 2]}%, max {ordered[-1]}%, "
+            f"{sum(1 for v in steal if v >= 10)} samples at 10% or more. A rep that ran in such "
+            "a stretch is slower for reasons outside both servers; the tables give the median "
+            "of 3 reps with their min..max.\n")
 
 
 def placement_section() -> str:

@@ -61,12 +61,12 @@ def server_for(run: ServerRun, store: Path) -> ServerProcess:
 def measure_server(run: ServerRun, store: Path, emit: Callable[[dict[str, Any]], None],
                    client_cpus: str | None = CLIENT_CPUS) -> dict[str, Any]:
     """Start the server, warm it (the JVM needs ~15 s of traffic), run the loads, stop it."""
-    with server_for(run, store) as server:
+    with server_for(run, store) as server, pinned(client_cpus):
+        # The client's pinning lasts for this run only: a later server started from this
+        # process (the unpinned scenario) must not inherit CPU 1 alone.
         load = run.load
         target = Target.from_file(server.base_url, load.path, load.payload, load.content_type,
                                   expect=load.expect)
-        if client_cpus:
-            os.sched_setaffinity(0, {int(c) for c in client_cpus.split(",")})
         if run.warm_s:
             asyncio.run(warm(target, run.warm_s))
         plan = Plan(warmup_s=load.warmup_s, duration_s=load.duration_s)

@@ -81,5 +81,6 @@ def targets_section(cells: Sequence[Aggregate], inproc: Sequence[dict[str, Any]]
               "| label | start to ready (s) | model settings as described by the server |",
               "|---|---:|---|"]
     for s in servers:
-        lines.append(f"| {s['label']} | {s['ready_s']:.1f} | `{s['described']}` |")
+        what = s["described"] if "described" in s else f"FAILED: {s.get('failed')}"
+        lines.append(f"| {s['label']} | {s['ready_s']:.1f} | `{what}` |")
     return "\n".join(lines) + "\n"
