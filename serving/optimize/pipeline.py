@@ -85,12 +85,12 @@ def make_context(
         report.notes.append("TorchScript model: only eager nn.Modules can be optimised")
         return None
     base, note = unwrap(model)
-    if note:
-        report.notes.append(note)
     if not samples:
         base.eval()
         report.notes.append("no example inputs: the accuracy guard cannot run, nothing applied")
         return None
+    if note:
+        report.notes.append(note)
     prepare_eval(base, dev)
     if config.compile.threads is not None:
         configure_compile_env(compile_threads=config.compile.threads)

@@ -92,10 +92,16 @@ def _load(msg: Message) -> HandlerService:
 
     optimization = meta.get("optimization")
     model_yaml = dict(meta.get("model_yaml_config") or {})
+    handler_compiles = False
     if optimization and optimization.get("compile", {}).get("mode", "off") != "off":
-        # The pipeline compiles (with warm-up and shape guards); BaseHandler.initialize must
-        # not compile the same model again because it sees TorchServe's `pt2` key.
-        model_yaml.pop("pt2", None)
+        if _has_example_inputs(optimization):
+            # The pipeline compiles (with warm-up and shape guards); BaseHandler.initialize
+            # must not compile the same model again because it sees TorchServe's `pt2` key.
+            model_yaml.pop("pt2", None)
+        else:
+            # Without example inputs the pipeline cannot compile safely; an archive's `pt2`
+            # then works as in TorchServe: BaseHandler.initialize compiles the model itself.
+            handler_compiles = "pt2" in model_yaml
     service = HandlerService.load(
         model_name=meta["model_name"], model_dir=model_dir, manifest=meta["manifest"],
         handler_spec=meta["handler"], batch_size=int(meta["batch_size"]),
@@ -104,7 +110,22 @@ def _load(msg: Message) -> HandlerService:
         limit_max_image_pixels=bool(meta.get("limit_max_image_pixels", True)))
     if optimization:
         service.optimization = _optimize(service, meta, placement, model_dir)
+        if handler_compiles:
+            note = ("pt2: compiled by the handler itself, as TorchServe does: no warm-up "
+                    "inputs were given, so each new input shape compiles on first use and no "
+                    "accuracy guard ran (add optimization.warmup to compile through the "
+                    "pipeline)")
+            log.info("%s", note)
+            service.optimization.setdefault("notes", []).append(note)
     return service
+
+
+def _has_example_inputs(optimization: dict[str, Any]) -> bool:
+    """Whether the pipeline will have inputs to warm up and check against (see samples.py)."""
+    warmup = optimization.get("warmup") or {}
+    quantization = optimization.get("quantization") or {}
+    return bool(warmup.get("requests") or warmup.get("file") or warmup.get("shapes")
+                or quantization.get("calibration_file"))
 
 
 def _optimize(service: HandlerService, meta: dict[str, Any],

@@ -148,6 +148,23 @@ def test_torchserve_pt2_key_compiles_through_the_pipeline(server: ServerProcess,
 
 
 @pytest.mark.slow
+def test_pt2_alone_compiles_in_the_handler_as_in_torchserve(server: ServerProcess, store: Path,
+                                                           conv_files: Path):
+    # No optimization block and no warm-up inputs: the pipeline cannot compile safely, so
+    # BaseHandler.initialize sees `pt2` and compiles, and describe says so.
+    conv_mar(store, conv_files, "pt2-alone", "batchSize: 1\npt2: {compile: {enable: true}}\n")
+    server.management.post("/models", params={"url": "pt2-alone.mar"}).raise_for_status()
+    notes = server.management.get("/models/pt2-alone").json()[0]["optimization"]["report"]
+    assert any("compiled by the handler itself" in n for n in notes["notes"])
+    body = json.loads((conv_files / "warm1.json").read_text())
+    r = server.inference.post("/predictions/pt2-alone", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["logits"] == pytest.approx(eager_logits(conv_files, body), abs=1e-4)
+    assert r.json()["model"] == "OptimizedModule"  # torch.compile's wrapper, the handler's own
+    server.management.delete("/models/pt2-alone").raise_for_status()
+
+
+@pytest.mark.slow
 def test_precompiled_package_loads_and_a_foreign_one_falls_back(server: ServerProcess,
                                                                 store: Path,
                                                                 conv_files: Path,
