@@ -71,7 +71,7 @@ class Server:
         from serving.workers.listener import WorkerListener
 
         s = self.settings
-        startup_registrations(s)  # a bad models=/load_models fails before anything starts
+        registrations = startup_registrations(s)  # bad models=/load_models: fail before binding
         sockets = [(bind(s.inference_address, "inference_address"), "Inference API"),
                    (bind(s.management_address, "management_address"), "Management API")]
         listener = WorkerListener(self.work_dir / "workers.sock")
@@ -103,7 +103,7 @@ class Server:
         watcher = asyncio.create_task(manager.watch_workers(s.worker_ping_interval,
                                                             s.worker_ping_timeout))
         try:
-            await self._load_startup_models(manager)
+            await self._load_startup_models(manager, registrations)
             log.info("Server ready")
             stop_task = asyncio.create_task(self._stop.wait())
             await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -122,10 +122,10 @@ class Server:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
             log.info("Stopped")
 
-    async def _load_startup_models(self, manager: ModelManager) -> None:
+    async def _load_startup_models(self, manager: ModelManager,
+                                   registrations: list[Registration]) -> None:
         """Prepare every start-up model first, so placement can size all workers together,
         then start their workers concurrently. A model that fails is logged and skipped."""
-        registrations = startup_registrations(self.settings)
         if not registrations:
             return
         prepared = await asyncio.gather(

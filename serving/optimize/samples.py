@@ -94,6 +94,14 @@ def random_samples(
     return samples
 
 
+def names_example_inputs(config: OptimizationConfig) -> bool:
+    """Whether the config gives the pipeline inputs to warm up and check against: warm-up
+    requests sent through the handler, or the samples `samples_from_config` reads."""
+    warmup = config.warmup
+    return bool(warmup.requests or warmup.file or warmup.shapes
+                or config.quantization.calibration_file)
+
+
 def samples_from_config(config: OptimizationConfig, model_dir: Path | str) -> list[Sample] | None:
     """Warm-up samples named by the config: warmup.file, else warmup.shapes, else the
     calibration file; None when the config names none (capture them from the handler)."""

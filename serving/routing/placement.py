@@ -69,12 +69,11 @@ class CoreAllocator:
         """Physical cores workers may be given (all but the gateway's)."""
         return sum(len(cores) for cores in self._cores.values())
 
-    def startup_size(self, n_workers: int, nodes: list[int] | None = None) -> int:
+    def startup_size(self, n_workers: int) -> int:
         """Cores each of `n_workers` (of all the models loaded together) would get on the free
         cores with no worker split across NUMA nodes; 0 when they do not all fit."""
-        chosen = self._nodes(PlacementPolicy(nodes=nodes))
-        return _auto_size([sum(1 for c in self._cores[nd] if not self._use[c])
-                           for nd in chosen], n_workers)
+        return _auto_size([sum(1 for c in cores if not self._use[c])
+                           for cores in self._cores.values()], n_workers)
 
     def placements(self, owner: str) -> list[WorkerPlacement]:
         return [h.placement for h in self._held if h.owner == owner]

@@ -94,7 +94,10 @@ def _load(msg: Message) -> HandlerService:
     model_yaml = dict(meta.get("model_yaml_config") or {})
     handler_compiles = False
     if optimization and optimization.get("compile", {}).get("mode", "off") != "off":
-        if _has_example_inputs(optimization):
+        from serving.optimize.config import OptimizationConfig
+        from serving.optimize.samples import names_example_inputs
+
+        if names_example_inputs(OptimizationConfig.model_validate(optimization)):
             # The pipeline compiles (with warm-up and shape guards); BaseHandler.initialize
             # must not compile the same model again because it sees TorchServe's `pt2` key.
             model_yaml.pop("pt2", None)
@@ -118,14 +121,6 @@ def _load(msg: Message) -> HandlerService:
             log.info("%s", note)
             service.optimization.setdefault("notes", []).append(note)
     return service
-
-
-def _has_example_inputs(optimization: dict[str, Any]) -> bool:
-    """Whether the pipeline will have inputs to warm up and check against (see samples.py)."""
-    warmup = optimization.get("warmup") or {}
-    quantization = optimization.get("quantization") or {}
-    return bool(warmup.get("requests") or warmup.get("file") or warmup.get("shapes")
-                or quantization.get("calibration_file"))
 
 
 def _optimize(service: HandlerService, meta: dict[str, Any],
