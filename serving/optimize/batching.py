@@ -131,14 +131,61 @@ def merge_batches(outputs: list[Any], rows: list[int]) -> Any:
     return pytree.tree_unflatten(merged, spec)
 
 
-def shape_signature(sample: Sample) -> tuple[Any, ...]:
-    """What a compiled graph specialises on apart from the batch size."""
-    n = batch_size(sample)
-    leaves, spec = pytree.tree_flatten(sample)
+# Per call structure (`structure_key`): tensor leaf position -> dims compiled dynamic.
+DynamicDims = dict[tuple[Any, ...], dict[int, tuple[int, ...]]]
+
+
+def structure_key(leaves: list[Any], spec: Any) -> tuple[Any, ...]:
+    """A call's structure without its sizes: containers, and each leaf's rank and dtype."""
     parts: list[Any] = [str(spec)]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
-            shape = tuple(leaf.shape[1:]) if n is not None and _is_batched(leaf, n) else leaf.shape
+            parts.append((leaf.dim(), leaf.dtype))
+        else:
+            parts.append(repr(leaf))
+    return tuple(parts)
+
+
+def varying_dims(samples: Sequence[Sample]) -> DynamicDims:
+    """The non-batch dims whose size differs between calls of one structure.
+
+    Text models are the case: each request's token count is its own, so a graph compiled
+    for one sequence length would not serve the next. These dims get compiled dynamic
+    (batch sizes stay bucketed); dims that never vary stay static and fully specialised.
+    """
+    seen: dict[tuple[Any, ...], dict[int, list[set[int]]]] = {}
+    for sample in samples:
+        n = batch_size(sample)
+        leaves, spec = pytree.tree_flatten(sample)
+        sizes = seen.setdefault(structure_key(leaves, spec), {})
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, torch.Tensor):
+                per_dim = sizes.setdefault(i, [set() for _ in range(leaf.dim())])
+                for d, size in enumerate(leaf.shape):
+                    per_dim[d].add(int(size))
+                if n is not None and _is_batched(leaf, n) and per_dim:
+                    per_dim[0].clear()  # the batch dim: buckets or a dynamic batch cover it
+    out: DynamicDims = {}
+    for key, sizes in seen.items():
+        dims = {i: tuple(d for d, s in enumerate(per_dim) if len(s) > 1)
+                for i, per_dim in sizes.items()}
+        dims = {i: d for i, d in dims.items() if d}
+        if dims:
+            out[key] = dims
+    return out
+
+
+def shape_signature(sample: Sample, dynamic: DynamicDims | None = None) -> tuple[Any, ...]:
+    """What a compiled graph specialises on apart from the batch size (and `dynamic` dims)."""
+    n = batch_size(sample)
+    leaves, spec = pytree.tree_flatten(sample)
+    free = (dynamic or {}).get(structure_key(leaves, spec), {})
+    parts: list[Any] = [str(spec)]
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor):
+            batched = n is not None and _is_batched(leaf, n)
+            shape = [None if d in free.get(i, ()) or (batched and d == 0) else int(size)
+                     for d, size in enumerate(leaf.shape)]
             parts.append((tuple(shape), leaf.dtype))
         else:
             parts.append(repr(leaf))

@@ -127,6 +127,7 @@ def _adopt(report: PipelineReport, chosen: PipelineReport) -> None:
     report.steps = [*report.steps, *chosen.steps]
     report.buckets = chosen.buckets
     report.dynamic_batch = chosen.dynamic_batch
+    report.dynamic_dims = chosen.dynamic_dims
     report.compile_seconds = chosen.compile_seconds
     report.warmup_seconds = chosen.warmup_seconds
     report.notes.extend(chosen.notes)

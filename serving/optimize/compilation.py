@@ -9,7 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from serving.optimize.batching import Sample, batch_size, resize_batch, shape_signature
+from serving.optimize.batching import (
+    DynamicDims,
+    Sample,
+    batch_size,
+    resize_batch,
+    shape_signature,
+)
 from serving.optimize.config import CompileConfig
 from serving.optimize.runner import OptimizedModel
 
@@ -51,16 +57,21 @@ def compile_module(module: nn.Module, config: CompileConfig, static_shapes: bool
 
 
 def warmup_inputs(
-    samples: list[Sample], buckets: list[int], dynamic: bool, max_batch: int | None
+    samples: list[Sample],
+    buckets: list[int],
+    dynamic: bool,
+    max_batch: int | None,
+    dynamic_dims: DynamicDims | None = None,
 ) -> list[Sample]:
     """One input per graph the server will need: each distinct shape at each bucket size.
 
     For a dynamic batch, the widest batch first (dim 0 marked dynamic, from 2) and then a
-    batch of one, which torch always specialises.
+    batch of one, which torch always specialises. Samples that differ only in
+    `dynamic_dims` share their graphs.
     """
     seen: dict[tuple[Any, ...], Sample] = {}
     for sample in samples:
-        seen.setdefault(shape_signature(sample), sample)
+        seen.setdefault(shape_signature(sample, dynamic_dims), sample)
     inputs: list[Sample] = []
     for sample in seen.values():
         n = batch_size(sample)

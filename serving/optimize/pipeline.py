@@ -8,11 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from serving.optimize import candidates
 from serving.optimize.accuracy import AccuracyGuard
-from serving.optimize.batching import Sample, batch_size
+from serving.optimize.batching import (
+    DynamicDims,
+    Sample,
+    batch_size,
+    structure_key,
+    varying_dims,
+)
 from serving.optimize.cache import configure_compile_env
 from serving.optimize.compilation import compile_module, compile_options, warm_up, warmup_inputs
 from serving.optimize.config import OptimizationConfig
@@ -204,7 +211,8 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
         return OptimizedModel.eager(variant, ctx.device, ctx.base)
     record = report.record(StepRecord("compile", "applied"))
     buckets = cfg.batch_sizes or ([] if cfg.dynamic else _sample_buckets(ctx.samples))
-    inputs = warmup_inputs(ctx.samples, buckets, cfg.dynamic, cfg.max_batch)
+    dims = varying_dims(ctx.samples)
+    inputs = warmup_inputs(ctx.samples, buckets, cfg.dynamic, cfg.max_batch, dims)
     start = time.perf_counter()
     try:
         compiled = compile_module(variant.module, cfg, static_shapes=not cfg.dynamic)
@@ -218,6 +226,7 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
             upcast=variant.autocast is not None,
         )
         runner.dynamic_batch = cfg.dynamic
+        runner.dynamic_dims, runner.max_dynamic_size = dims, cfg.max_dynamic_size
         options = compile_options(cfg, ctx.device) if cfg.backend == "inductor" else {}
         report.compile_seconds, report.warmup_seconds = warm_up(runner, inputs, options)
         verdict = ctx.guard.check(runner)
@@ -231,7 +240,23 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
         record.status, record.reason = "refused", verdict.reason
         return _uncompiled(ctx, variant, report)
     report.buckets, report.dynamic_batch = list(buckets), cfg.dynamic
+    report.dynamic_dims = _describe_dims(ctx.samples, dims, cfg.max_dynamic_size)
     return runner
+
+
+def _describe_dims(samples: list[Sample], dims: DynamicDims, top: int) -> list[str]:
+    """Which input dims were compiled dynamic, for describe: "[1]['input_ids'] dim 1 (2..4096)"."""
+    out: list[str] = []
+    for key, per_leaf in dims.items():
+        for sample in samples:
+            leaves, spec = pytree.tree_flatten(sample)
+            if structure_key(leaves, spec) == key:
+                flat = pytree.tree_flatten_with_path(sample)[0]
+                paths = [pytree.keystr(path) for path, _ in flat]
+                out.extend(f"{paths[i]} dim {d} (2..{top})"
+                           for i, ds in sorted(per_leaf.items()) for d in ds)
+                break
+    return out
 
 
 def _sample_buckets(samples: list[Sample]) -> list[int]:

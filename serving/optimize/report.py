@@ -38,6 +38,7 @@ class PipelineReport:
     steps: list[StepRecord] = field(default_factory=list)
     buckets: list[int] = field(default_factory=list)
     dynamic_batch: bool = False
+    dynamic_dims: list[str] = field(default_factory=list)
     compile_seconds: float = 0.0
     warmup_seconds: float = 0.0
     total_seconds: float = 0.0

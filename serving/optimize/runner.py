@@ -6,10 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from serving.errors import BadRequest
 from serving.optimize.batching import (
+    DynamicDims,
     Sample,
     batch_size,
     bucket_for,
@@ -20,6 +22,7 @@ from serving.optimize.batching import (
     prepare_inputs,
     slice_batch,
     split_batch,
+    structure_key,
     tensor_leaves,
 )
 from serving.optimize.steps import Variant
@@ -66,6 +69,10 @@ class OptimizedModel(nn.Module):
         self.max_batch = self.buckets[-1] if self.buckets else max_batch
         self.upcast = upcast
         self.dynamic_batch = False
+        # Non-batch dims that vary between calls (sequence lengths), compiled dynamic up to
+        # `max_dynamic_size`; marked on the inputs of warm-up, when each graph is compiled.
+        self.dynamic_dims: DynamicDims = {}
+        self.max_dynamic_size = 4096
         self.protected = False
 
     @classmethod
@@ -133,6 +140,8 @@ class OptimizedModel(nn.Module):
             if not self.protected:
                 if self.dynamic_batch:
                     self._mark_batch_dynamic(sample)
+                if self.dynamic_dims:
+                    self._mark_dims_dynamic(sample)
                 return self._call(*args, **kwargs)
             try:
                 with torch.compiler.set_stance("fail_on_recompile"):
@@ -143,7 +152,9 @@ class OptimizedModel(nn.Module):
                     raise
                 raise UnwarmedShape(
                     f"input shapes {_shapes(sample)} were not warmed up for this model; "
-                    "add them to optimization.warmup or compile.batch_sizes"
+                    "add them to optimization.warmup or compile.batch_sizes (a dim that "
+                    "varies across warm-up inputs is compiled dynamic, from 2 to "
+                    f"compile.max_dynamic_size={self.max_dynamic_size})"
                 ) from exc
 
     def _mark_batch_dynamic(self, sample: Sample) -> None:
@@ -154,6 +165,16 @@ class OptimizedModel(nn.Module):
         for t in tensor_leaves(sample):
             if t.dim() >= 1 and t.shape[0] == n:
                 torch._dynamo.mark_dynamic(t, 0, min=2, max=self.max_batch)
+
+    def _mark_dims_dynamic(self, sample: Sample) -> None:
+        leaves, spec = pytree.tree_flatten(sample)
+        for i, dims in self.dynamic_dims.get(structure_key(leaves, spec), {}).items():
+            leaf = leaves[i]
+            for d in dims:
+                # Sizes 0 and 1 are always specialised by torch; such a call gets its own graph.
+                if leaf.shape[d] >= 2:
+                    top = max(self.max_dynamic_size, int(leaf.shape[d]))
+                    torch._dynamo.mark_dynamic(leaf, d, min=2, max=top)
 
     def _finish(
         self, out: Any, device: torch.device | None, rows: tuple[int, int] | None

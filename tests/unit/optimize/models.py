@@ -97,3 +97,31 @@ def seeded(factory: Any, *args: Any) -> Any:
     torch.manual_seed(0)
     model = factory(*args)
     return model.eval()
+
+
+class TokenEncoder(nn.Module):
+    """A text encoder in miniature: token ids and an attention mask of any length in,
+    one mean-pooled, normalised embedding per row out."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.proj(self.embed(input_ids)))
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)
+        return F.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+
+def token_inputs(batch: int, length: int, seed: int = 0) -> Sample:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 50, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2 :] = 0  # a shorter text padded to the batch's longest
+    return ((), {"input_ids": ids, "attention_mask": mask})
+
+
+def token_samples() -> list[Sample]:
+    """Warm-up texts of different lengths, as a tokenizer padding to the longest gives them."""
+    return [token_inputs(2, length, seed) for seed, length in enumerate((3, 5, 9))]

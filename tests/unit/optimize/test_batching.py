@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -13,6 +15,7 @@ from serving.optimize.batching import (
     shape_signature,
     slice_batch,
     split_batch,
+    varying_dims,
 )
 
 
@@ -58,3 +61,17 @@ def test_shape_signature_ignores_batch_size_only() -> None:
     c = ((torch.zeros(2, 3, 9, 9),), {})
     assert shape_signature(a) == shape_signature(b) != shape_signature(c)
     assert batch_size(a) == 2 and batch_size(((), {"flag": True})) is None
+
+
+def test_varying_dims_are_the_non_batch_dims_that_differ() -> None:
+    def call(batch: int, length: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return ((), {"ids": torch.zeros(batch, length, dtype=torch.long),
+                     "pixels": torch.zeros(batch, 3, 4)})
+
+    samples = [call(2, 5), call(4, 9), call(1, 5)]
+    dims = varying_dims(samples)
+    assert list(dims.values()) == [{0: (1,)}]  # ids dim 1; neither batch dim, nor pixels
+    # Calls that differ only there share a graph; any other dim still tells them apart.
+    assert shape_signature(call(2, 5), dims) == shape_signature(call(3, 30), dims)
+    assert shape_signature(call(2, 5)) != shape_signature(call(2, 30))
+    assert varying_dims([call(2, 5), call(4, 5)]) == {}

@@ -16,10 +16,13 @@ from serving.optimize.runner import UnwarmedShape
 from tests.unit.optimize.models import (
     ConvClassifier,
     Encoder,
+    TokenEncoder,
     image_samples,
     outlier_encoder,
     outlier_inputs,
     seeded,
+    token_inputs,
+    token_samples,
     vector_samples,
 )
 
@@ -89,6 +92,24 @@ def test_dynamic_batch_covers_the_range_and_chunks_above(dynamic_batch: Built) -
         assert torch.allclose(optimized(x), model(x), atol=1e-4)
     with pytest.raises(UnwarmedShape):
         optimized(torch.randn(2, 17))
+
+
+def test_sequence_lengths_seen_varying_in_warm_up_are_compiled_dynamic() -> None:
+    model = seeded(TokenEncoder)
+    config = _config(compile={"mode": "default", "batch_sizes": [1, 4], "max_dynamic_size": 64})
+    optimized, report = build(model, config, token_samples())
+    assert report.applied == ["compile"], report.to_dict()
+    assert report.dynamic_dims == ["[1]['input_ids'] dim 1 (2..64)",
+                                   "[1]['attention_mask'] dim 1 (2..64)"]
+    # Lengths no warm-up input had, at every batch size, through the graphs of warm-up.
+    for batch in (1, 3, 4):
+        for length in (2, 7, 40, 64):
+            args, kwargs = token_inputs(batch, length, seed=length)
+            assert torch.allclose(optimized(*args, **kwargs), model(*args, **kwargs), atol=1e-5)
+    args, kwargs = token_inputs(2, 65)
+    with pytest.raises(UnwarmedShape) as caught:
+        optimized(*args, **kwargs)
+    assert "max_dynamic_size=64" in caught.value.message
 
 
 def test_a_compile_failure_is_recorded_and_eager_kept() -> None:
