@@ -33,9 +33,6 @@ class CompileConfig(_Strict):
     batch_sizes: list[int] | None = None
     dynamic: bool = False
     max_batch: int | None = Field(default=None, ge=1)
-    # The upper bound of a non-batch dim that varies across warm-up inputs (a sequence
-    # length): such dims are compiled dynamic, from 2 to this size.
-    max_dynamic_size: int = Field(default=4096, ge=2)
     cpp_wrapper: bool = False
     fullgraph: bool = False
     options: dict[str, Any] = Field(default_factory=dict)

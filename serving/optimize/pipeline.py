@@ -226,7 +226,7 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
             upcast=variant.autocast is not None,
         )
         runner.dynamic_batch = cfg.dynamic
-        runner.dynamic_dims, runner.max_dynamic_size = dims, cfg.max_dynamic_size
+        runner.dynamic_dims = dims
         options = compile_options(cfg, ctx.device) if cfg.backend == "inductor" else {}
         report.compile_seconds, report.warmup_seconds = warm_up(runner, inputs, options)
         verdict = ctx.guard.check(runner)
@@ -240,12 +240,12 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
         record.status, record.reason = "refused", verdict.reason
         return _uncompiled(ctx, variant, report)
     report.buckets, report.dynamic_batch = list(buckets), cfg.dynamic
-    report.dynamic_dims = _describe_dims(ctx.samples, dims, cfg.max_dynamic_size)
+    report.dynamic_dims = _describe_dims(ctx.samples, dims)
     return runner
 
 
-def _describe_dims(samples: list[Sample], dims: DynamicDims, top: int) -> list[str]:
-    """Which input dims were compiled dynamic, for describe: "[1]['input_ids'] dim 1 (2..4096)"."""
+def _describe_dims(samples: list[Sample], dims: DynamicDims) -> list[str]:
+    """Which input dims were compiled dynamic, for describe: "[1]['input_ids'] dim 1"."""
     out: list[str] = []
     for key, per_leaf in dims.items():
         for sample in samples:
@@ -253,7 +253,7 @@ def _describe_dims(samples: list[Sample], dims: DynamicDims, top: int) -> list[s
             if structure_key(leaves, spec) == key:
                 flat = pytree.tree_flatten_with_path(sample)[0]
                 paths = [pytree.keystr(path) for path, _ in flat]
-                out.extend(f"{paths[i]} dim {d} (2..{top})"
+                out.extend(f"{paths[i]} dim {d}"
                            for i, ds in sorted(per_leaf.items()) for d in ds)
                 break
     return out

@@ -69,10 +69,9 @@ class OptimizedModel(nn.Module):
         self.max_batch = self.buckets[-1] if self.buckets else max_batch
         self.upcast = upcast
         self.dynamic_batch = False
-        # Non-batch dims that vary between calls (sequence lengths), compiled dynamic up to
-        # `max_dynamic_size`; marked on the inputs of warm-up, when each graph is compiled.
+        # Non-batch dims that vary between calls (sequence lengths), compiled dynamic: marked
+        # on the inputs of warm-up, when each graph is compiled.
         self.dynamic_dims: DynamicDims = {}
-        self.max_dynamic_size = 4096
         self.protected = False
 
     @classmethod
@@ -153,8 +152,8 @@ class OptimizedModel(nn.Module):
                 raise UnwarmedShape(
                     f"input shapes {_shapes(sample)} were not warmed up for this model; "
                     "add them to optimization.warmup or compile.batch_sizes (a dim that "
-                    "varies across warm-up inputs is compiled dynamic, from 2 to "
-                    f"compile.max_dynamic_size={self.max_dynamic_size})"
+                    "varies across warm-up inputs is compiled dynamic, as far as the model "
+                    "allows, from a size of 2)"
                 ) from exc
 
     def _mark_batch_dynamic(self, sample: Sample) -> None:
@@ -167,14 +166,12 @@ class OptimizedModel(nn.Module):
                 torch._dynamo.mark_dynamic(t, 0, min=2, max=self.max_batch)
 
     def _mark_dims_dynamic(self, sample: Sample) -> None:
+        # "maybe": the model's own code may bound a dim (position embeddings: length <= 512);
+        # its guards then say how far the graph reaches, and a longer input is unwarmed.
         leaves, spec = pytree.tree_flatten(sample)
         for i, dims in self.dynamic_dims.get(structure_key(leaves, spec), {}).items():
-            leaf = leaves[i]
             for d in dims:
-                # Sizes 0 and 1 are always specialised by torch; such a call gets its own graph.
-                if leaf.shape[d] >= 2:
-                    top = max(self.max_dynamic_size, int(leaf.shape[d]))
-                    torch._dynamo.mark_dynamic(leaf, d, min=2, max=top)
+                torch._dynamo.maybe_mark_dynamic(leaves[i], d)
 
     def _finish(
         self, out: Any, device: torch.device | None, rows: tuple[int, int] | None

@@ -103,13 +103,19 @@ class TokenEncoder(nn.Module):
     """A text encoder in miniature: token ids and an attention mask of any length in,
     one mean-pooled, normalised embedding per row out."""
 
+    MAX_LENGTH = 32
+
     def __init__(self, vocab: int = 50, dim: int = 16) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
+        self.position = nn.Parameter(torch.randn(self.MAX_LENGTH, dim) * 0.1)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.proj(self.embed(input_ids)))
+        # Learned positions, as in BERT: the model itself bounds the length.
+        torch._check(input_ids.shape[1] <= self.MAX_LENGTH)
+        h = self.embed(input_ids) + self.position[: input_ids.shape[1]]
+        h = F.gelu(self.proj(h))
         mask = attention_mask.unsqueeze(-1).to(h.dtype)
         return F.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 
