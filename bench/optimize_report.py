@@ -87,14 +87,16 @@ def targets(by_model: dict[str, list[dict[str, Any]]], startup: dict[str, Any] |
                   f", cosine {r.get('mean_cosine', math.nan):.4f}",
                   r.get("mean_cosine", 0) >= 0.99)
     for model in ("resnet50", "minilm"):
-        best = max((_speedup(row(model, v), base(model), "b8"), v)
-                   for v in ("bf16 eager", "bf16 compiled") if row(model, v))
-        if not math.isnan(best[0]):
+        tried = [(_speedup(row(model, v), base(model), "b8"), v)
+                 for v in ("bf16 eager", "bf16 compiled") if row(model, v)]
+        tried = [t for t in tried if not math.isnan(t[0])]
+        if tried:
+            best = max(tried)
             check(f"{model} bf16 ≥ 1.5x fp32 eager (b8, best bf16 variant: {best[1]})",
                   best[0], 1.5)
     if startup and "precompiled_ready_s" in startup:
         share = startup["precompiled_ready_s"] / startup["compiling_ready_s"]
-        met = share <= 0.2
+        met = share <= 0.2 and bool(startup.get("precompiled_used"))
         lines.append(f"| start to ready with a precompiled package ≤ 1/5 of compiling "
                      f"({startup['archive']}) | {startup['precompiled_ready_s']:.1f} s vs "
                      f"{startup['compiling_ready_s']:.1f} s = {share:.2f} | "
@@ -120,12 +122,22 @@ def speedup_plot(by_model: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return path
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
 def write_report(out: Path) -> Path:
     raw = out / "raw"
-    rows = [json.loads(x) for x in (raw / "variants.jsonl").read_text().splitlines()]
+    rows = _jsonl(raw / "variants.jsonl")
+    served = {(r["model"], r["variant"]): r["served"] for r in _jsonl(raw / "served.jsonl")}
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_model.setdefault(r["model"].split("-")[0], []).append(r)
+        model = r["model"].split("-")[0]
+        if (model, r["variant"]) in served:
+            r["served"] = served[(model, r["variant"])]
+        by_model.setdefault(model, []).append(r)
     startup_path = raw / "startup.json"
     startup = json.loads(startup_path.read_text()) if startup_path.exists() else None
     plot = speedup_plot(by_model, out / "speedups.png").name
@@ -135,7 +147,7 @@ def write_report(out: Path) -> Path:
              "its model; one thread, pinned to CPU 0. Served: the same archive with the "
              "variant's `optimization:` block, `serving start` pinned to CPU 0 (two "
              "registrations: batch 1 at c=1 and batch 8 at c=16), load from CPU 1. Accuracy "
-             "is against the fp32 eager handler on fixed inputs: 64 random 3x224x224 tensors "
+             "is against the fp32 eager handler on fixed inputs: 200 random 3x224x224 tensors "
              "for resnet50 (random weights: top-1 agreement), 32 sentences for minilm (real "
              "weights: cosine). Forced variants use a budget that refuses nothing, so their "
              "accuracy is measured, not guarded; `auto` uses the default budget "
@@ -148,6 +160,14 @@ def write_report(out: Path) -> Path:
     if startup:
         lines += ["## Start-up with and without a precompiled package", "",
                   f"```json\n{json.dumps(startup, indent=2)}\n```", ""]
+    profiled = [r for r in rows if r.get("profile")]
+    if profiled:
+        lines += ["## Where the time goes", "",
+                  "Each variant's largest batch, 3 handler calls under `torch.profiler`, top "
+                  "operators by self CPU time (measured in the same run):", ""]
+        lines += [f"- {r['model'].split('-')[0]} {r['variant']}: "
+                  f"[profiles/{r['profile']}](profiles/{r['profile']})" for r in profiled]
+        lines.append("")
     lines += ["## Plot", "", f"![{plot}]({plot})", ""]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"

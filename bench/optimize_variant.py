@@ -80,6 +80,20 @@ def _throughput(service: Any, body: bytes, content_type: str, batch: int, second
     return {"items_per_s": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
+def _profile(service: Any, body: bytes, content_type: str, batch: int, path: Path) -> None:
+    """Where the time of a batch goes: the top operators of a few handler calls, measured."""
+    from torch.profiler import ProfilerActivity, profile
+
+    items = _items([body] * batch, content_type)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            service.predict(items)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15,
+                                      max_name_column_width=70)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# 3 handler calls at batch {batch}, operators by self CPU time\n{table}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.optimize_variant", description=__doc__)
     p.add_argument("--mar", type=Path, required=True)
@@ -94,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", default="0")
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--windows", type=int, default=3)
+    p.add_argument("--profile", type=Path, help="write an operator profile of the largest batch")
     args = p.parse_args(argv)
     os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     torch.set_num_threads(args.threads)
@@ -135,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             row[f"b{batch}"] = _throughput(service, body, args.content_type, batch,
                                            args.seconds, args.windows)
+        if args.profile:
+            _profile(service, body, args.content_type, max(batches), args.profile)
+            row["profile"] = args.profile.name
     print(json.dumps(row, default=lambda v: None if isinstance(v, float) and math.isnan(v)
                      else str(v)))
     return 0
