@@ -20,14 +20,23 @@ class Verdict:
     reason: str = ""
 
 
+# The budget of `max_abs` when `auto` picked it and the config gives none: the largest
+# difference may be 2% of the reference's largest magnitude.
+DEFAULT_MAX_REL_ERROR = 0.02
+
+
 def choose_metric(config: AccuracyConfig, reference: list[Any]) -> str:
-    """`auto`: top-1 agreement for a single 2-D logits output, cosine similarity otherwise.
+    """`auto`: top-1 agreement for a single 2-D logits output; max abs/rel error when every
+    row is one number (scores, regression: a cosine of one number is only its sign);
+    cosine similarity otherwise (embeddings, hidden states, several outputs).
 
     Rows of unit L2 norm are embeddings, not logits, even when the output is 2-D.
     """
     if config.metric != "auto":
         return config.metric
     leaves = [t for out in reference for t in tensor_leaves(out) if t.is_floating_point()]
+    if leaves and all(t.dim() <= 1 or t[0].numel() == 1 for t in leaves):
+        return "max_abs"
     per_call = len(leaves) // max(len(reference), 1)
     if per_call == 1 and all(t.dim() == 2 and t.shape[-1] >= 2 for t in leaves):
         norms = torch.cat([t.float().norm(dim=-1) for t in leaves])
@@ -94,10 +103,12 @@ class AccuracyGuard:
             err = metrics["max_abs_error"]
             checks.append(("abs", err <= cfg.max_abs_error,
                            f"max abs error {err:.3g} > {cfg.max_abs_error}"))
-        if cfg.max_rel_error is not None:
+        max_rel = cfg.max_rel_error
+        if self.metric == "max_abs" and max_rel is None and cfg.max_abs_error is None:
+            max_rel = DEFAULT_MAX_REL_ERROR
+        if max_rel is not None:
             err = metrics["max_rel_error"]
-            checks.append(("rel", err <= cfg.max_rel_error,
-                           f"max rel error {err:.3g} > {cfg.max_rel_error}"))
+            checks.append(("rel", err <= max_rel, f"max rel error {err:.3g} > {max_rel}"))
         failed = [why for _, ok, why in checks if not ok]
         return Verdict(not failed, metrics, "; ".join(failed))
 

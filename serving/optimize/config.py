@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -197,3 +198,27 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def resolve_in_model_dir(model_dir: Path, relative: str) -> Path:
+    """A path named in the archive's config; it must stay inside the model directory."""
+    root = model_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise OptimizationConfigError(f"optimization: {relative!r} points outside the model dir")
+    if not path.is_file():
+        raise OptimizationConfigError(f"optimization: {relative!r} not found in the archive")
+    return path
+
+
+def check_named_files(config: OptimizationConfig, model_dir: Path) -> None:
+    """Every input file the config names is in the archive: a registration error now, not
+    a worker that optimises nothing because its warm-up inputs are missing.
+
+    `precompiled` is not checked: a missing or foreign package falls back to compiling.
+    """
+    named = [*(config.warmup.requests or []), config.warmup.file,
+             config.quantization.calibration_file]
+    for relative in named:
+        if relative:
+            resolve_in_model_dir(model_dir, relative)

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from serving.optimize.batching import Sample, detach_sample
-from serving.optimize.config import OptimizationConfig, OptimizationConfigError
+from serving.optimize.config import (
+    OptimizationConfig,
+    OptimizationConfigError,
+    resolve_in_model_dir,
+)
+
+__all__ = ["resolve_in_model_dir"]  # re-exported: workers resolve archive paths from here
 
 
 def capture_inputs(model: nn.Module, run: Callable[[], object], limit: int) -> list[Sample]:
@@ -57,17 +63,6 @@ def load_samples(path: Path, limit: int | None = None) -> list[Sample]:
     items = data if isinstance(data, list) else [data]
     samples = [as_sample(item) for item in items]
     return samples[:limit] if limit is not None else samples
-
-
-def resolve_in_model_dir(model_dir: Path, relative: str) -> Path:
-    """A path named in the archive's config; it must stay inside the model directory."""
-    root = model_dir.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise OptimizationConfigError(f"optimization: {relative!r} points outside the model dir")
-    if not path.is_file():
-        raise OptimizationConfigError(f"optimization: {relative!r} not found in the archive")
-    return path
 
 
 def random_samples(

@@ -18,7 +18,7 @@ from serving.errors import (
 )
 from serving.handlers.archive import UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
-from serving.optimize.config import from_model_yaml
+from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher, Job
 from serving.routing.registry import ModelSettings, ModelVersion, Registry
 from serving.routing.resources import Resources
@@ -136,6 +136,8 @@ class ModelManager:
         model_yaml = read_model_yaml(archive.model_dir, manifest.config_file)
         settings = self._model_settings(reg, name, version, model_yaml)
         optimization = from_model_yaml(model_yaml, reg.optimization)
+        if optimization is not None:
+            check_named_files(optimization, archive.model_dir)
         scheduler = Scheduler(Batcher(settings.batch_size, settings.max_batch_delay / 1000,
                                       settings.job_queue_size),
                               float(settings.response_timeout))

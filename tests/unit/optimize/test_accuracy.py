@@ -24,6 +24,17 @@ def test_auto_metric_picks_top1_for_logits_and_cosine_for_embeddings() -> None:
     assert choose_metric(config, hidden) == "cosine"
 
 
+def test_auto_metric_picks_error_bounds_for_one_number_per_row() -> None:
+    scores = torch.tensor([[2.0], [-1.0], [0.5]])  # a regression head: [batch, 1]
+    guard = _guard([scores])
+    assert guard.metric == "max_abs"
+    assert choose_metric(AccuracyConfig(), [scores[:, 0]]) == "max_abs"
+    # A cosine would pass any positive rescaling; the default relative budget (2%) does not.
+    assert guard.judge([[scores * 1.01]]).passed
+    verdict = guard.judge([[scores * 1.5]])
+    assert not verdict.passed and "max rel error 0.5 > 0.02" in verdict.reason
+
+
 def test_top1_counts_disagreeing_rows() -> None:
     ref = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0], [0.0, 3.0]])
     guard = _guard([ref], min_top1_agreement=0.75)
