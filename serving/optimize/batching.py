@@ -175,6 +175,15 @@ def varying_dims(samples: Sequence[Sample]) -> DynamicDims:
     return out
 
 
+def dynamic_sizes(sample: Sample, dynamic: DynamicDims) -> list[int]:
+    """The sizes of the call's dims that `dynamic` compiles dynamic, in a fixed order."""
+    if not dynamic:
+        return []
+    leaves, spec = pytree.tree_flatten(sample)
+    dims = dynamic.get(structure_key(leaves, spec), {})
+    return [int(leaves[i].shape[d]) for i, ds in sorted(dims.items()) for d in ds]
+
+
 def shape_signature(sample: Sample, dynamic: DynamicDims | None = None) -> tuple[Any, ...]:
     """What a compiled graph specialises on apart from the batch size (and `dynamic` dims)."""
     n = batch_size(sample)

@@ -13,6 +13,7 @@ from serving.optimize.batching import (
     DynamicDims,
     Sample,
     batch_size,
+    dynamic_sizes,
     resize_batch,
     shape_signature,
 )
@@ -67,13 +68,21 @@ def warmup_inputs(
 
     For a dynamic batch, the widest batch first (dim 0 marked dynamic, from 2) and then a
     batch of one, which torch always specialises. Samples that differ only in
-    `dynamic_dims` share their graphs.
+    `dynamic_dims` share their graphs; of those, the shortest and the longest run, so
+    warm-up spans the sizes the graphs are known to serve.
     """
-    seen: dict[tuple[Any, ...], Sample] = {}
+    groups: dict[tuple[Any, ...], list[Sample]] = {}
     for sample in samples:
-        seen.setdefault(shape_signature(sample, dynamic_dims), sample)
+        groups.setdefault(shape_signature(sample, dynamic_dims), []).append(sample)
+    kept: list[Sample] = []
+    for group in groups.values():
+        def size(s: Sample) -> list[int]:
+            return dynamic_sizes(s, dynamic_dims or {})
+
+        shortest, longest = min(group, key=size), max(group, key=size)
+        kept.extend([shortest, longest] if size(shortest) != size(longest) else [shortest])
     inputs: list[Sample] = []
-    for sample in seen.values():
+    for sample in kept:
         n = batch_size(sample)
         if n is None:
             inputs.append(sample)
@@ -108,6 +117,7 @@ def warm_up(
 
     with COMPILE_LOCK, inductor_config.patch(options):
         reserve_cache_entries(len(inputs) + 1)
+        runner.warming = True
         start = time.perf_counter()
         for args, kwargs in inputs:
             runner(*args, **kwargs)

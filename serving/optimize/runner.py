@@ -28,6 +28,7 @@ from serving.optimize.batching import (
 from serving.optimize.steps import Variant
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+_SCALARS = (int, float, bool, str, bytes, type(None))
 
 
 class UnwarmedShape(BadRequest):
@@ -73,6 +74,9 @@ class OptimizedModel(nn.Module):
         # on the inputs of warm-up, when each graph is compiled.
         self.dynamic_dims: DynamicDims = {}
         self.protected = False
+        self.warming = False  # set by warm-up: its calls are the graphs there are
+        # What warm-up compiled: graph key -> (smallest, largest) size of each dynamic dim.
+        self._warmed: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
 
     @classmethod
     def eager(cls, variant: Variant, device: torch.device, original: nn.Module) -> OptimizedModel:
@@ -88,6 +92,7 @@ class OptimizedModel(nn.Module):
     def protect(self) -> None:
         """After warm-up: a shape that would need a new compile is an error, not a stall."""
         self.protected = True
+        self.warming = False
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -141,7 +146,15 @@ class OptimizedModel(nn.Module):
                     self._mark_batch_dynamic(sample)
                 if self.dynamic_dims:
                     self._mark_dims_dynamic(sample)
-                return self._call(*args, **kwargs)
+                out = self._call(*args, **kwargs)
+                self._record_warmed(sample)
+                return out
+            if self._was_warmed(sample):
+                # A call shaped like one warm-up compiled: Dynamo only tells the graphs
+                # apart instead of evaluating every guard (half a millisecond a call on
+                # a small transformer). Anything else takes the guarded path below.
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    return self._call(*args, **kwargs)
             try:
                 with torch.compiler.set_stance("fail_on_recompile"):
                     return self._call(*args, **kwargs)
@@ -155,6 +168,51 @@ class OptimizedModel(nn.Module):
                     "varies across warm-up inputs is compiled dynamic, as far as the model "
                     "allows, from a size of 2)"
                 ) from exc
+
+    def _graph_key(self, sample: Sample) -> tuple[tuple[Any, ...], list[int]]:
+        """The warmed graph a call needs (rows, structure, shapes, dtypes) and the sizes of
+        its dynamic dims. A dynamic batch has two graphs: one row, and 2..max_batch rows.
+        One flatten per call: this runs on every request."""
+        leaves, spec = pytree.tree_flatten(sample)
+        n = next((int(t.shape[0]) for t in leaves
+                  if isinstance(t, torch.Tensor) and t.dim() >= 1), None)
+        free = self.dynamic_dims.get(structure_key(leaves, spec), {}) if self.dynamic_dims else {}
+        symbolic_batch = self.dynamic_batch and n is not None and n >= 2
+        parts: list[Any] = ["2+" if symbolic_batch else n, spec]
+        sizes: list[int] = []
+        for i, leaf in enumerate(leaves):
+            if not isinstance(leaf, torch.Tensor):
+                # Python values are guarded by value and type (True is not 1 there).
+                parts.append((type(leaf), leaf if isinstance(leaf, _SCALARS) else repr(leaf)))
+                continue
+            shape = list(leaf.shape)
+            if symbolic_batch and shape and shape[0] == n:
+                shape[0] = -1
+            for d in free.get(i, ()):
+                sizes.append(shape[d])
+                shape[d] = -1
+            parts.append((tuple(shape), leaf.dtype))
+        return tuple(parts), sizes
+
+    def _record_warmed(self, sample: Sample) -> None:
+        if not self.warming:
+            return
+        key, sizes = self._graph_key(sample)
+        low, high = self._warmed.setdefault(key, (list(sizes), list(sizes)))
+        for j, size in enumerate(sizes):
+            low[j], high[j] = min(low[j], size), max(high[j], size)
+
+    def _was_warmed(self, sample: Sample) -> bool:
+        """Whether warm-up compiled this call's graph, with its dynamic dims inside the
+        sizes warm-up ran (where the model's own guards are known to hold)."""
+        if not self._warmed:
+            return False
+        key, sizes = self._graph_key(sample)
+        seen = self._warmed.get(key)
+        if seen is None:
+            return False
+        low, high = seen
+        return all(lo <= size <= hi for lo, size, hi in zip(low, sizes, high, strict=True))
 
     def _mark_batch_dynamic(self, sample: Sample) -> None:
         # Marks live on tensor objects, so they go on after inputs were moved and converted.

@@ -111,6 +111,30 @@ def test_sequence_lengths_seen_varying_in_warm_up_are_compiled_dynamic() -> None
         optimized(*args, **kwargs)
 
 
+def test_guards_are_skipped_only_for_calls_shaped_like_warm_up(monkeypatch) -> None:
+    model = seeded(TokenEncoder)
+    config = _config(compile={"mode": "default", "batch_sizes": [1, 4]})
+    optimized, _ = build(model, config, token_samples())  # lengths 3, 5 and 9
+    stances: list[tuple[str, bool]] = []
+    real = torch.compiler.set_stance
+
+    def spy(stance: str = "default", **kwargs: Any) -> Any:
+        stances.append((stance, kwargs.get("skip_guard_eval_unsafe", False)))
+        return real(stance, **kwargs)
+
+    monkeypatch.setattr(torch.compiler, "set_stance", spy)
+
+    def run(batch: int, length: int) -> tuple[str, bool]:
+        args, kwargs = token_inputs(batch, length, seed=length)
+        assert torch.allclose(optimized(*args, **kwargs), model(*args, **kwargs), atol=1e-5)
+        return stances.pop()
+
+    # Inside the lengths warm-up ran, at a warmed bucket: only the graphs are told apart.
+    assert run(3, 3) == run(4, 7) == run(1, 9) == ("default", True)
+    # Longer than any warm-up input: every guard runs (and passes: the graph is dynamic).
+    assert run(2, 20) == ("fail_on_recompile", False)
+
+
 def test_a_compile_failure_is_recorded_and_eager_kept() -> None:
     class Breaks(nn.Module):
         def __init__(self) -> None:
