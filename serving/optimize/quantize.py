@@ -69,12 +69,31 @@ def static_int8(
     load_quantizer_passes(device.type)
     inputs = [prepare_inputs(s, device, variant.channels_last) for s in calibration]
     graph = export_batched(variant.module, inputs[0], max_batch).module()
+    _split_shared_module_calls(graph)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for args, kwargs in inputs:
             prepared(*args, **kwargs)
     converted = convert_pt2e(prepared)
     return variant.then("int8_static", converted, quantized="static", eager_fallback=variant)
+
+
+def _split_shared_module_calls(graph: torch.fx.GraphModule) -> None:
+    """One pattern partition per call of a module that is called more than once.
+
+    ResNet blocks call one `nn.ReLU` three times. Export (non-strict) leaves the quantizer
+    only `nn_module_stack` to find patterns, whose innermost entry names the module, not
+    the call (the key says `relu@1`, the value `relu`): all calls land in one partition and
+    the X86 quantizer fails ("Input partition has more than one output node"). The call
+    index from the key goes into the name; the graph itself is unchanged.
+    """
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (fqn, cls) = next(reversed(stack.items()))
+        if "@" in key and "@" not in fqn:
+            node.meta["nn_module_stack"] = {**stack, key: (f"{fqn}@{key.rsplit('@', 1)[1]}", cls)}
 
 
 @contextmanager

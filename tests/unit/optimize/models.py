@@ -131,3 +131,21 @@ def token_inputs(batch: int, length: int, seed: int = 0) -> Sample:
 def token_samples() -> list[Sample]:
     """Warm-up texts of different lengths, as a tokenizer padding to the longest gives them."""
     return [token_inputs(2, length, seed) for seed, length in enumerate((3, 5, 9))]
+
+
+class ResidualClassifier(nn.Module):
+    """A ResNet block in miniature: one ReLU module called after each conv and after the
+    residual add, the pattern that splits INT8 quantization partitions."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.stem(x))
+        y = self.relu(self.bn(self.conv(y)) + y)
+        return self.fc(y.mean(dim=(2, 3)))

@@ -16,6 +16,7 @@ from serving.optimize.runner import UnwarmedShape
 from tests.unit.optimize.models import (
     ConvClassifier,
     Encoder,
+    ResidualClassifier,
     TokenEncoder,
     image_samples,
     outlier_encoder,
@@ -58,6 +59,18 @@ def test_static_int8_compiled_report(static_int8: Built) -> None:
     assert report.applied == ["fold", "channels_last", "int8_static", "compile"], report.to_dict()
     assert report.buckets == [1, 4]
     assert report.compile_seconds > 0 and report.step("compile").accuracy["top1_agreement"] == 1.0
+
+
+def test_static_int8_quantizes_a_module_called_several_times() -> None:
+    model = seeded(ResidualClassifier).eval()
+    config = _config(
+        quantization={"mode": "static"}, compile={"mode": "default", "batch_sizes": [2]}
+    )
+    optimized, report = build(model, config, image_samples())
+    step = report.step("int8_static")
+    assert step is not None and step.status == "applied", report.to_dict()
+    x = torch.randn(2, 3, 16, 16)
+    assert optimized(x).argmax(1).tolist() == model(x).argmax(1).tolist()
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 9])
