@@ -241,22 +241,39 @@ def detach_sample(sample: Sample) -> Sample:
 
 
 def export_batched(
-    module: nn.Module, sample: Sample, max_batch: int | None
+    module: nn.Module,
+    sample: Sample,
+    max_batch: int | None,
+    dynamic: DynamicDims | None = None,
 ) -> torch.export.ExportedProgram:
-    """`torch.export` with dim 0 of every batched input symbolic, bounded by `max_batch`.
+    """`torch.export` with dim 0 of every batched input symbolic, bounded by `max_batch`,
+    and the `dynamic` dims (sequence lengths) symbolic as far as the model allows.
 
     The example is widened to at least two rows: a size-1 example would be specialised.
     """
     n = batch_size(sample)
-    if n is None or max_batch == 1:
-        args, kwargs = resize_batch(sample, n, 1) if n else sample
-        return torch.export.export(module, args, kwargs)
-    rows = max(2, n if max_batch is None else min(n, max_batch))
-    example = resize_batch(sample, n, rows)
-    shapes = torch.export.ShapesCollection()  # type: ignore[no-untyped-call]
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    for leaf in tensor_leaves(example):
-        if leaf.dim() >= 1 and leaf.shape[0] == rows:
-            shapes[leaf] = {0: batch}
+    single = n is None or max_batch == 1
+    rows = 1
+    if n is not None and max_batch != 1:
+        rows = max(2, n if max_batch is None else min(n, max_batch))
+    example = resize_batch(sample, n, rows) if n is not None else sample
+    leaves, spec = pytree.tree_flatten(example)
+    free = (dynamic or {}).get(structure_key(leaves, spec), {})
+    dims_of: dict[int, dict[int, Any]] = {}
+    if not single:
+        batch = torch.export.Dim("batch", min=1, max=max_batch)
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, torch.Tensor) and leaf.dim() >= 1 and leaf.shape[0] == rows:
+                dims_of.setdefault(i, {})[0] = batch
+    for i, ds in free.items():
+        for d in ds:
+            # AUTO: export finds the model's own bound (position embeddings) and which
+            # inputs share the dim (ids and mask), instead of failing on a guessed range.
+            dims_of.setdefault(i, {})[d] = torch.export.Dim.AUTO
     args, kwargs = example
+    if not dims_of:
+        return torch.export.export(module, args, kwargs)
+    shapes = torch.export.ShapesCollection()  # type: ignore[no-untyped-call]
+    for i, per_dim in dims_of.items():
+        shapes[leaves[i]] = per_dim
     return torch.export.export(module, args, kwargs, dynamic_shapes=shapes)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from serving.optimize.accuracy import AccuracyGuard
-from serving.optimize.batching import Sample, export_batched, prepare_inputs
+from serving.optimize.batching import DynamicDims, Sample, export_batched, prepare_inputs
 from serving.optimize.compilation import COMPILE_LOCK
 from serving.optimize.config import OptimizationConfigError
 from serving.optimize.hardware import cpu_arch, cpu_features
@@ -79,15 +79,21 @@ def sidecar_path(package: Path) -> Path:
 
 
 def write_package(
-    variant: Variant, sample: Sample, out_path: Path, device: torch.device, max_batch: int | None
+    variant: Variant,
+    sample: Sample,
+    out_path: Path,
+    device: torch.device,
+    max_batch: int | None,
+    dynamic: DynamicDims | None = None,
 ) -> Path:
-    """Export `variant` with a symbolic batch, AOT-compile it to `out_path`, write the sidecar."""
+    """Export `variant` with a symbolic batch (and `dynamic` dims), AOT-compile it to
+    `out_path`, write the sidecar."""
     from torch._inductor import aoti_compile_and_package
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     example = prepare_inputs(sample, device, variant.channels_last)
     with COMPILE_LOCK:
-        exported = export_batched(variant.module, example, max_batch)
+        exported = export_batched(variant.module, example, max_batch, dynamic)
         options = {"freezing": True} if device.type == "cpu" else {}
         aoti_compile_and_package(
             exported, package_path=str(out_path), inductor_configs=options

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from serving.optimize.batching import Sample
+from serving.optimize.batching import Sample, varying_dims
 from serving.optimize.config import OptimizationConfig
 from serving.optimize.package import sidecar_path, write_package
 from serving.optimize.pipeline import eager_steps, make_context, max_batch
@@ -55,7 +55,9 @@ def precompile_with_report(
         raise PrecompileError("; ".join(report.notes) or "model cannot be optimised")
     variant = eager_steps(ctx, report)
     try:
-        path = write_package(variant, samples[0], Path(out_path), ctx.device, max_batch(ctx))
+        dims = varying_dims(samples)  # sequence lengths: one package serves every length
+        path = write_package(variant, samples[0], Path(out_path), ctx.device, max_batch(ctx),
+                             dims)
     except Exception as exc:
         raise PrecompileError(f"export/AOT compile failed: {exc}") from exc
     report.precompiled = str(sidecar_path(path))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from serving.optimize.batching import Sample, export_batched, prepare_inputs
+from serving.optimize.batching import Sample, export_batched, prepare_inputs, varying_dims
 from serving.optimize.steps import NotApplicable, Variant
 
 _QUANTIZER_MODULES = {
@@ -68,7 +68,7 @@ def static_int8(
     quantizer = _quantizer(device)
     load_quantizer_passes(device.type)
     inputs = [prepare_inputs(s, device, variant.channels_last) for s in calibration]
-    graph = export_batched(variant.module, inputs[0], max_batch).module()
+    graph = export_batched(variant.module, inputs[0], max_batch, varying_dims(inputs)).module()
     _split_shared_module_calls(graph)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():

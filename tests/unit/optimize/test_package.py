@@ -14,7 +14,14 @@ from serving.optimize.config import OptimizationConfig
 from serving.optimize.package import load_precompiled, sidecar_path
 from serving.optimize.pipeline import build
 from serving.optimize.precompile import precompile
-from tests.unit.optimize.models import Encoder, seeded, vector_samples
+from tests.unit.optimize.models import (
+    Encoder,
+    TokenEncoder,
+    seeded,
+    token_inputs,
+    token_samples,
+    vector_samples,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +106,16 @@ def test_build_falls_back_when_the_package_does_not_fit(
     assert step is not None and step.status == "skipped"
     assert "torch 0.0.0" in step.reason and "compiling instead" in step.reason
     assert "bf16" in report.applied
+
+
+def test_a_text_model_package_serves_every_length(tmp_path: Path) -> None:
+    model = seeded(TokenEncoder)
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "compile": {"mode": "default", "batch_sizes": [4]}}
+    )
+    path = precompile(model, config, token_samples(), tmp_path / "text.pt2", "cpu")
+    loaded, reason = load_precompiled(path, "cpu", original=model)
+    assert loaded is not None, reason
+    for batch, length in ((1, 2), (3, 7), (4, 20), (4, TokenEncoder.MAX_LENGTH)):
+        args, kwargs = token_inputs(batch, length, seed=length)
+        assert torch.allclose(loaded(*args, **kwargs), model(*args, **kwargs), atol=1e-5)
