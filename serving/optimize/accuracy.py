@@ -53,6 +53,7 @@ class AccuracyGuard:
         self.samples = samples
         self.reference = [tensor_leaves(out) for out in reference]
         self.metric = choose_metric(config, reference)
+        self.masks = [padding_mask(sample) for sample in samples]
 
     @classmethod
     def from_model(
@@ -72,7 +73,8 @@ class AccuracyGuard:
 
     def judge(self, outputs: list[list[torch.Tensor]]) -> Verdict:
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for ref, out in zip(self.reference, outputs, strict=True):
+        masks = self.masks if len(self.masks) == len(outputs) else [None] * len(outputs)
+        for ref, out, mask in zip(self.reference, outputs, masks, strict=True):
             if len(ref) != len(out):
                 return Verdict(False, reason=f"output has {len(out)} tensors, reference {len(ref)}")
             for r, o in zip(ref, out, strict=True):
@@ -82,7 +84,8 @@ class AccuracyGuard:
                 if not r.is_floating_point() and not torch.equal(r, o.to(r.device)):
                     return Verdict(False, reason="integer output differs from the reference")
                 if r.is_floating_point():
-                    pairs.append((r.detach().float().cpu(), o.detach().float().cpu()))
+                    pairs.append(_unpadded(r.detach().float().cpu(), o.detach().float().cpu(),
+                                           mask))
         metrics = _metrics(pairs, classify=self.metric == "top1")
         return self._verdict(metrics)
 
@@ -111,6 +114,24 @@ class AccuracyGuard:
             checks.append(("rel", err <= max_rel, f"max rel error {err:.3g} > {max_rel}"))
         failed = [why for _, ok, why in checks if not ok]
         return Verdict(not failed, metrics, "; ".join(failed))
+
+
+def padding_mask(sample: Sample) -> torch.Tensor | None:
+    """The call's `attention_mask` ([batch, sequence], 1 for real tokens), if it has one."""
+    mask = sample[1].get("attention_mask") if isinstance(sample[1], dict) else None
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.detach().cpu() != 0
+    return None
+
+
+def _unpadded(ref: torch.Tensor, out: torch.Tensor, mask: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token outputs with padded positions zeroed in both: their values are undefined
+    (a handler masks them out), and INT8 moves them far more than the real tokens."""
+    if mask is None or ref.dim() < 2 or tuple(ref.shape[:2]) != tuple(mask.shape):
+        return ref, out
+    keep = mask.reshape(*mask.shape, *([1] * (ref.dim() - 2))).to(ref.dtype)
+    return ref * keep, out * keep
 
 
 def _metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]], classify: bool) -> dict[str, float]:

@@ -69,3 +69,21 @@ def test_nan_and_structure_changes_fail() -> None:
     assert not guard.judge([[torch.full((2, 4), float("nan"))]]).passed
     assert "shape" in guard.judge([[torch.randn(2, 5)]]).reason
     assert "tensors" in guard.judge([[ref, ref]]).reason
+
+
+def test_padded_token_positions_do_not_count() -> None:
+    # Two texts padded to 4 tokens: the second has 2 real ones. Per-token hidden states.
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    sample = ((), {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": mask})
+    ref = torch.randn(2, 4, 8)
+    config = AccuracyConfig()
+    guard = AccuracyGuard(config, [sample], [ref])
+    garbage = ref.clone()
+    garbage[1, 2:] = torch.randn(2, 8) * 100  # what padded positions may hold: anything
+    assert guard.metric == "cosine" and guard.judge([[garbage]]).passed
+    wrong = ref.clone()
+    wrong[1, 1] = -wrong[1, 1] * 10  # a real token that moved: still refused
+    verdict = guard.judge([[wrong]])
+    assert not verdict.passed and "cosine" in verdict.reason
+    unmasked = AccuracyGuard(config, [((ref,), {})], [ref])
+    assert not unmasked.judge([[garbage]]).passed
