@@ -7,11 +7,13 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from serving.handlers.service import HandlerService, WorkItem
 from serving.optimize.batching import Sample
-from serving.optimize.config import OptimizationConfig
+from serving.optimize.config import OptimizationConfig, OptimizationConfigError
+from serving.optimize.package import read_reference
 from serving.optimize.pipeline import build
 from serving.optimize.samples import capture_inputs, resolve_in_model_dir, samples_from_config
 
@@ -32,13 +34,21 @@ def optimize_handler(service: HandlerService, config: OptimizationConfig, model_
         log.warning("%s", note)
         return {"applied": [], "notes": [note]}
     notes: list[str] = []
-    samples = samples_from_config(config, model_dir)
+    samples, reference = None, None
+    stored = _package_reference(config, model_dir)
+    if stored is not None:
+        samples, reference = stored
+        notes.append(f"{len(samples)} example inputs and the fp32 reference outputs come from "
+                     "the package's build: warm-up requests are not run again")
+    if samples is None:
+        samples = samples_from_config(config, model_dir)
     if samples is None and config.warmup.requests:
         try:
             samples = capture_warmup_samples(service, model, config, model_dir, batch_size)
         except Exception as e:  # the model is still served, unoptimised, and describe says why
             notes.append(f"warm-up requests could not be captured: {e}")
-    optimized, report = build(model, config, samples, device, model_dir=model_dir)
+    optimized, report = build(model, config, samples, device, model_dir=model_dir,
+                              reference=reference)
     report.notes[:0] = notes
     setattr(instance, "model", optimized)  # noqa: B010 - any handler object
     summary = report.to_dict()
@@ -49,6 +59,17 @@ def optimize_handler(service: HandlerService, config: OptimizationConfig, model_
     if report.error:
         log.warning("optimisation failed, serving the model as loaded: %s", report.error)
     return summary
+
+
+def _package_reference(config: OptimizationConfig, model_dir: Path
+                       ) -> tuple[list[Sample], list[list[torch.Tensor]]] | None:
+    if not config.precompiled:
+        return None
+    try:
+        package = resolve_in_model_dir(model_dir, config.precompiled)
+    except OptimizationConfigError:
+        return None  # the pipeline says why when it looks for the package
+    return read_reference(package)
 
 
 def capture_warmup_samples(service: HandlerService, model: nn.Module, config: OptimizationConfig,

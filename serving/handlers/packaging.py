@@ -84,7 +84,8 @@ def archive_with_package(args: list[str], threads: int) -> dict[str, Any]:
         new_config = Path(tmp) / "model-config.yaml"
         new_config.write_text(yaml.safe_dump(config, sort_keys=False))
         extra = _option(args, "--extra-files")
-        package_files = [str(model_dir / PACKAGE_NAME), str(model_dir / (PACKAGE_NAME + ".json"))]
+        package_files = [str(model_dir / (PACKAGE_NAME + suffix))
+                         for suffix in ("", ".json", ".reference.pt")]
         extras = ",".join(filter(None, [extra, *package_files]))
         run_archiver([*_without(args, "--config-file", "--extra-files"),
                       "--config-file", str(new_config), "--extra-files", extras])

@@ -12,13 +12,19 @@ import torch
 from torch import nn
 
 from serving.optimize.accuracy import AccuracyGuard
-from serving.optimize.batching import DynamicDims, Sample, export_batched, prepare_inputs
+from serving.optimize.batching import (
+    DynamicDims,
+    Sample,
+    detach_sample,
+    export_batched,
+    prepare_inputs,
+)
 from serving.optimize.compilation import COMPILE_LOCK
 from serving.optimize.config import OptimizationConfigError
 from serving.optimize.hardware import cpu_arch, cpu_features
 from serving.optimize.report import PipelineReport, StepRecord, describe
 from serving.optimize.runner import OptimizedModel
-from serving.optimize.samples import resolve_in_model_dir
+from serving.optimize.samples import as_sample, resolve_in_model_dir
 from serving.optimize.steps import Variant
 
 SIDECAR_FORMAT = 1
@@ -76,6 +82,39 @@ class Sidecar:
 
 def sidecar_path(package: Path) -> Path:
     return package.with_name(package.name + ".json")
+
+
+def reference_path(package: Path) -> Path:
+    """The build's example inputs and fp32 outputs, shipped beside the package."""
+    return package.with_name(package.name + ".reference.pt")
+
+
+def write_reference(package: Path, samples: list[Sample], outputs: list[list[torch.Tensor]]
+                    ) -> Path:
+    """What the worker needs to guard the package without running the fp32 model or the
+    warm-up requests again: the captured inputs and the fp32 reference outputs of the
+    first len(outputs) of them."""
+    path = reference_path(package)
+    torch.save({"samples": [detach_sample(s) for s in samples],
+                "outputs": [[t.detach().cpu() for t in out] for out in outputs]}, path)
+    return path
+
+
+def read_reference(package: Path) -> tuple[list[Sample], list[list[torch.Tensor]]] | None:
+    """The stored inputs and reference outputs, or None (an older package, or unreadable:
+    the worker captures and computes them as for any model)."""
+    path = reference_path(package)
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        samples = [as_sample(item) for item in data["samples"]]
+        outputs = [list(out) for out in data["outputs"]]
+    except Exception:
+        return None
+    if not samples or not outputs or len(outputs) > len(samples):
+        return None
+    return samples, outputs
 
 
 def write_package(
@@ -139,10 +178,15 @@ def load_precompiled(
     if reason is not None:
         return None, reason
     try:
+        import torch._inductor.config as inductor_config
         from torch._inductor import aoti_load_package
 
         index = device.index if device.index is not None else -1
-        with COMPILE_LOCK:
+        # The sidecar matched this CPU's features, so the ISA the loader wants for its
+        # metadata is known: skip Inductor's probe, which compiles a test program per ISA
+        # (10 s on a cold cache, more than the rest of loading the package).
+        probe = {"cpp.vec_isa_ok": True} if device.type == "cpu" else {}
+        with COMPILE_LOCK, inductor_config.patch(probe):
             compiled = aoti_load_package(str(path), device_index=index)
     except Exception as exc:  # a corrupt or foreign package must not stop the worker
         return None, f"cannot load package: {describe(exc)}"

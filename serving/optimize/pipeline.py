@@ -59,9 +59,12 @@ def build(
     device: torch.device | str | None = None,
     *,
     model_dir: Path | str | None = None,
+    reference: list[list[torch.Tensor]] | None = None,
 ) -> tuple[nn.Module, PipelineReport]:
     """The optimised model for the handler to keep as `self.model`, and what was done.
 
+    `reference`: the fp32 outputs of the first samples, when known (a precompiled package
+    ships them), instead of running the model for them.
     Never raises for an optimisation: whatever fails is recorded and the last configuration
     that passed the accuracy guard is returned (at worst the model as it came in).
     """
@@ -69,7 +72,7 @@ def build(
     start = time.perf_counter()
     result: nn.Module = model
     try:
-        ctx = make_context(model, config, samples or [], device, model_dir, report)
+        ctx = make_context(model, config, samples or [], device, model_dir, report, reference)
         if ctx is not None:
             result = _run(ctx, model_dir, report)
     except Exception as exc:  # an optimisation must never take the worker down
@@ -85,6 +88,7 @@ def make_context(
     device: torch.device | str | None,
     model_dir: Path | str | None,
     report: PipelineReport,
+    reference: list[list[torch.Tensor]] | None = None,
 ) -> Context | None:
     dev = resolve_device(config.device, device)
     report.device = str(dev)
@@ -104,7 +108,11 @@ def make_context(
     static = config.quantization.mode == "static" or config.auto
     if dev.type in ("cpu", "xpu") and (config.compile.enabled or static):
         load_quantizer_passes(dev.type)
-    guard = AccuracyGuard.from_model(config.accuracy, OptimizedModel(base, device=dev), samples)
+    if reference:
+        guard = AccuracyGuard(config.accuracy, samples[: len(reference)], reference)
+    else:
+        guard = AccuracyGuard.from_model(config.accuracy, OptimizedModel(base, device=dev),
+                                         samples)
     report.metric, report.samples = guard.metric, len(guard.samples)
     calibration = (
         calibration_from_config(config, model_dir)

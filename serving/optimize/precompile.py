@@ -9,7 +9,7 @@ from torch import nn
 
 from serving.optimize.batching import Sample, varying_dims
 from serving.optimize.config import OptimizationConfig
-from serving.optimize.package import sidecar_path, write_package
+from serving.optimize.package import sidecar_path, write_package, write_reference
 from serving.optimize.pipeline import eager_steps, make_context, max_batch
 from serving.optimize.report import PipelineReport
 
@@ -28,7 +28,9 @@ def precompile(
     model_dir: Path | str | None = None,
 ) -> Path:
     """Write `out_path` (.pt2) and its sidecar (`<out_path>.json`) for this torch, CPU and
-    thread count, with dim 0 symbolic up to the largest bucket (or `compile.max_batch`).
+    thread count, with dim 0 symbolic up to the largest bucket (or `compile.max_batch`),
+    and the example inputs with their fp32 outputs (`<out_path>.reference.pt`) that let a
+    worker guard the package without running the fp32 model.
 
     The eager steps (fold, channels-last, INT8, autocast) run under the accuracy guard first,
     exactly as `build` runs them; refused steps are left out of the package.
@@ -60,5 +62,6 @@ def precompile_with_report(
                              dims)
     except Exception as exc:
         raise PrecompileError(f"export/AOT compile failed: {exc}") from exc
+    write_reference(path, samples, ctx.guard.reference)
     report.precompiled = str(sidecar_path(path))
     return path, report

@@ -202,12 +202,14 @@ def test_precompiled_package_loads_and_a_foreign_one_falls_back(server: ServerPr
     assert done.returncode == 0, done.stderr
     with zipfile.ZipFile(store / "packaged.mar") as zf:
         sidecar = json.loads(zf.read("model.pt2.json"))
-        assert {"model.pt2", "model-config.yaml"} <= set(zf.namelist())
+        assert {"model.pt2", "model.pt2.reference.pt", "model-config.yaml"} <= set(zf.namelist())
     assert sidecar["torch_version"] == torch.__version__
 
     server.management.post("/models", params={"url": "packaged.mar"}).raise_for_status()
     rep = report(server, "packaged")
     assert rep["applied"] == ["precompiled"] and rep["precompiled"].startswith("loaded")
+    # Guarded against the reference the build stored: the warm-up requests were not rerun.
+    assert any("come from the package's build" in note for note in rep["notes"]), rep["notes"]
     check_prediction(server, "packaged", conv_files)
 
     # The same archive claiming another torch build: the worker compiles instead, and says why.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from serving.optimize.config import OptimizationConfig
-from serving.optimize.package import load_precompiled, sidecar_path
+from serving.optimize.package import load_precompiled, read_reference, sidecar_path
 from serving.optimize.pipeline import build
 from serving.optimize.precompile import precompile
 from tests.unit.optimize.models import (
@@ -89,6 +89,33 @@ def test_build_serves_the_package_when_it_fits(package: tuple[Encoder, Path]) ->
     )
     optimized, report = build(model, config, vector_samples(), model_dir=path.parent)
     assert report.applied == ["precompiled"] and report.compile_seconds == 0.0
+    x = torch.randn(2, 16)
+    assert torch.allclose(optimized(x), model(x), atol=1e-4)
+
+
+def test_the_stored_reference_guards_the_package_without_running_the_model(
+    package: tuple[Encoder, Path],
+) -> None:
+    model, path = package
+    stored = read_reference(path)
+    assert stored is not None
+    samples, reference = stored
+    assert len(samples) == len(vector_samples()) and len(reference) == len(samples)
+    calls: list[int] = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "precompiled": path.name, "compile": {"mode": "default"}}
+    )
+    try:
+        optimized, report = build(model, config, samples, model_dir=path.parent,
+                                  reference=reference)
+        assert report.applied == ["precompiled"] and not calls  # no fp32 run for the guard
+        # A stored reference that disagrees with the package is refused like any other.
+        wrong = [[-t for t in out] for out in reference]
+        _, refused = build(model, config, samples, model_dir=path.parent, reference=wrong)
+        assert refused.step("precompiled").status == "refused"
+    finally:
+        hook.remove()
     x = torch.randn(2, 16)
     assert torch.allclose(optimized(x), model(x), atol=1e-4)
 
