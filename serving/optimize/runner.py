@@ -170,7 +170,8 @@ class OptimizedModel(nn.Module):
                 ) from exc
 
     def _graph_key(self, sample: Sample) -> tuple[tuple[Any, ...], list[int]]:
-        """The warmed graph a call needs (rows, structure, shapes, dtypes) and the sizes of
+        """The warmed graph a call needs (rows, structure, shapes, dtypes; strides and device
+        are fixed by `prepare_inputs`) and the sizes of
         its dynamic dims. A dynamic batch has two graphs: one row, and 2..max_batch rows.
         One flatten per call: this runs on every request."""
         leaves, spec = pytree.tree_flatten(sample)
@@ -191,7 +192,7 @@ class OptimizedModel(nn.Module):
             for d in free.get(i, ()):
                 sizes.append(shape[d])
                 shape[d] = -1
-            parts.append((tuple(shape), leaf.dtype))
+            parts.append((tuple(shape), leaf.dtype, leaf.requires_grad))
         return tuple(parts), sizes
 
     def _record_warmed(self, sample: Sample) -> None:
