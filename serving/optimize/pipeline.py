@@ -105,9 +105,6 @@ def make_context(
     prepare_eval(base, dev)
     if config.compile.threads is not None:
         configure_compile_env(compile_threads=config.compile.threads)
-    static = config.quantization.mode == "static" or config.auto
-    if dev.type in ("cpu", "xpu") and (config.compile.enabled or static):
-        load_quantizer_passes(dev.type)
     if reference:
         guard = AccuracyGuard(config.accuracy, samples[: len(reference)], reference)
     else:
@@ -121,6 +118,14 @@ def make_context(
     return Context(base, config, dev, guard, samples, calibration)
 
 
+def load_passes_for(config: OptimizationConfig, device: torch.device) -> None:
+    """The quantizer's Inductor passes, before anything this process compiles (a second
+    or so of import: a worker that serves a precompiled package never pays it)."""
+    static = config.quantization.mode == "static" or config.auto
+    if device.type in ("cpu", "xpu") and (config.compile.enabled or static):
+        load_quantizer_passes(device.type)
+
+
 def _run(ctx: Context, model_dir: Path | str | None, report: PipelineReport) -> nn.Module:
     if ctx.config.precompiled and model_dir is not None:
         loaded = serve_precompiled(
@@ -128,6 +133,7 @@ def _run(ctx: Context, model_dir: Path | str | None, report: PipelineReport) -> 
         )
         if loaded is not None:
             return loaded
+    load_passes_for(ctx.config, ctx.device)
     if ctx.config.auto:
         return candidates.choose(ctx.config, ctx.base, ctx.device, ctx.guard, report,
                                  lambda cfg, sub: pipeline(_with(ctx, cfg), sub))

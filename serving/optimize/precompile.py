@@ -10,7 +10,7 @@ from torch import nn
 from serving.optimize.batching import Sample, varying_dims
 from serving.optimize.config import OptimizationConfig
 from serving.optimize.package import sidecar_path, write_package, write_reference
-from serving.optimize.pipeline import eager_steps, make_context, max_batch
+from serving.optimize.pipeline import eager_steps, load_passes_for, make_context, max_batch
 from serving.optimize.report import PipelineReport
 
 
@@ -55,6 +55,7 @@ def precompile_with_report(
     ctx = make_context(model, config, samples, device, model_dir, report)
     if ctx is None:
         raise PrecompileError("; ".join(report.notes) or "model cannot be optimised")
+    load_passes_for(config, ctx.device)
     variant = eager_steps(ctx, report)
     try:
         dims = varying_dims(samples)  # sequence lengths: one package serves every length
