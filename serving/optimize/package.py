@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from serving.optimize.report import PipelineReport, StepRecord, describe
 from serving.optimize.runner import OptimizedModel
 from serving.optimize.samples import as_sample, resolve_in_model_dir
 from serving.optimize.steps import Variant
+
+log = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = 1
 
@@ -110,7 +113,9 @@ def read_reference(package: Path) -> tuple[list[Sample], list[list[torch.Tensor]
         data = torch.load(path, map_location="cpu", weights_only=True)
         samples = [as_sample(item) for item in data["samples"]]
         outputs = [list(out) for out in data["outputs"]]
-    except Exception:
+    except Exception as exc:
+        log.warning("ignoring %s, capturing example inputs instead: %s", path.name,
+                    describe(exc))
         return None
     if not samples or not outputs or len(outputs) > len(samples):
         return None
@@ -187,7 +192,13 @@ def load_precompiled(
         # (10 s on a cold cache, more than the rest of loading the package).
         probe = {"cpp.vec_isa_ok": True} if device.type == "cpu" else {}
         with COMPILE_LOCK, inductor_config.patch(probe):
-            compiled = aoti_load_package(str(path), device_index=index)
+            try:
+                compiled = aoti_load_package(str(path), device_index=index)
+            finally:
+                # The ISA list is cached: a later compile in this process must probe.
+                from torch._inductor import cpu_vec_isa
+
+                cpu_vec_isa.valid_vec_isa_list.cache_clear()
     except Exception as exc:  # a corrupt or foreign package must not stop the worker
         return None, f"cannot load package: {describe(exc)}"
     model = OptimizedModel(
