@@ -12,10 +12,14 @@ from torch import nn
 
 from serving.handlers.service import HandlerService, WorkItem
 from serving.optimize.batching import Sample
-from serving.optimize.config import OptimizationConfig, OptimizationConfigError
+from serving.optimize.config import (
+    OptimizationConfig,
+    OptimizationConfigError,
+    resolve_in_model_dir,
+)
 from serving.optimize.package import read_reference
 from serving.optimize.pipeline import build
-from serving.optimize.samples import capture_inputs, resolve_in_model_dir, samples_from_config
+from serving.optimize.samples import capture_inputs, samples_from_config
 
 log = logging.getLogger(__name__)
 

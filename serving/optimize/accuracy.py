@@ -73,8 +73,7 @@ class AccuracyGuard:
 
     def judge(self, outputs: list[list[torch.Tensor]]) -> Verdict:
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        masks = self.masks if len(self.masks) == len(outputs) else [None] * len(outputs)
-        for ref, out, mask in zip(self.reference, outputs, masks, strict=True):
+        for ref, out, mask in zip(self.reference, outputs, self.masks, strict=True):
             if len(ref) != len(out):
                 return Verdict(False, reason=f"output has {len(out)} tensors, reference {len(ref)}")
             for r, o in zip(ref, out, strict=True):

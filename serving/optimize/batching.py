@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils._pytree as pytree
@@ -137,7 +137,7 @@ DynamicDims = dict[tuple[Any, ...], dict[int, tuple[int, ...]]]
 
 def structure_key(leaves: list[Any], spec: Any) -> tuple[Any, ...]:
     """A call's structure without its sizes: containers, and each leaf's rank and dtype."""
-    parts: list[Any] = [str(spec)]
+    parts: list[Any] = [spec]  # a TreeSpec hashes and compares by structure
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append((leaf.dim(), leaf.dtype))
@@ -175,30 +175,43 @@ def varying_dims(samples: Sequence[Sample]) -> DynamicDims:
     return out
 
 
-def dynamic_sizes(sample: Sample, dynamic: DynamicDims) -> list[int]:
-    """The sizes of the call's dims that `dynamic` compiles dynamic, in a fixed order."""
-    if not dynamic:
-        return []
+class CallShape(NamedTuple):
+    """What selects a compiled graph for a call: its batch size, its `signature` (structure,
+    shapes without the batch and dynamic dims, dtypes, requires_grad) and the `sizes` of its
+    dynamic dims, in a fixed order."""
+
+    batch: int | None
+    signature: tuple[Any, ...]
+    sizes: list[int]
+
+
+def call_shape(sample: Sample, dynamic: DynamicDims | None = None) -> CallShape:
+    """The call's `CallShape`, in one walk: the runner computes it on every request, and
+    warm-up groups its inputs by it, so both agree on which graph a call needs."""
     leaves, spec = pytree.tree_flatten(sample)
-    dims = dynamic.get(structure_key(leaves, spec), {})
-    return [int(leaves[i].shape[d]) for i, ds in sorted(dims.items()) for d in ds]
+    n = next((int(t.shape[0]) for t in leaves
+              if isinstance(t, torch.Tensor) and t.dim() >= 1), None)
+    free = dynamic.get(structure_key(leaves, spec), {}) if dynamic else {}
+    parts: list[Any] = [spec]
+    sizes: list[int] = []
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            # Python values are guarded by value and type (True is not 1 there).
+            parts.append((type(leaf), repr(leaf)))
+            continue
+        shape: list[int | None] = list(leaf.shape)
+        if n is not None and _is_batched(leaf, n):
+            shape[0] = None
+        for d in free.get(i, ()):
+            sizes.append(int(leaf.shape[d]))
+            shape[d] = None
+        parts.append((tuple(shape), leaf.dtype, leaf.requires_grad))
+    return CallShape(n, tuple(parts), sizes)
 
 
 def shape_signature(sample: Sample, dynamic: DynamicDims | None = None) -> tuple[Any, ...]:
     """What a compiled graph specialises on apart from the batch size (and `dynamic` dims)."""
-    n = batch_size(sample)
-    leaves, spec = pytree.tree_flatten(sample)
-    free = (dynamic or {}).get(structure_key(leaves, spec), {})
-    parts: list[Any] = [str(spec)]
-    for i, leaf in enumerate(leaves):
-        if isinstance(leaf, torch.Tensor):
-            batched = n is not None and _is_batched(leaf, n)
-            shape = [None if d in free.get(i, ()) or (batched and d == 0) else int(size)
-                     for d, size in enumerate(leaf.shape)]
-            parts.append((tuple(shape), leaf.dtype))
-        else:
-            parts.append(repr(leaf))
-    return tuple(parts)
+    return call_shape(sample, dynamic).signature
 
 
 def first_device(tree: Any) -> torch.device | None:

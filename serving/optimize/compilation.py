@@ -13,9 +13,8 @@ from serving.optimize.batching import (
     DynamicDims,
     Sample,
     batch_size,
-    dynamic_sizes,
+    call_shape,
     resize_batch,
-    shape_signature,
 )
 from serving.optimize.config import CompileConfig
 from serving.optimize.runner import OptimizedModel
@@ -71,16 +70,15 @@ def warmup_inputs(
     `dynamic_dims` share their graphs; of those, the shortest and the longest run, so
     warm-up spans the sizes the graphs are known to serve.
     """
-    groups: dict[tuple[Any, ...], list[Sample]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[list[int], Sample]]] = {}
     for sample in samples:
-        groups.setdefault(shape_signature(sample, dynamic_dims), []).append(sample)
+        shape = call_shape(sample, dynamic_dims)
+        groups.setdefault(shape.signature, []).append((shape.sizes, sample))
     kept: list[Sample] = []
     for group in groups.values():
-        def size(s: Sample) -> list[int]:
-            return dynamic_sizes(s, dynamic_dims or {})
-
-        shortest, longest = min(group, key=size), max(group, key=size)
-        kept.extend([shortest, longest] if size(shortest) != size(longest) else [shortest])
+        shortest = min(group, key=lambda sized: sized[0])
+        longest = max(group, key=lambda sized: sized[0])
+        kept.extend([shortest[1], longest[1]] if shortest[0] != longest[0] else [shortest[1]])
     inputs: list[Sample] = []
     for sample in kept:
         n = batch_size(sample)

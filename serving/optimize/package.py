@@ -21,11 +21,11 @@ from serving.optimize.batching import (
     prepare_inputs,
 )
 from serving.optimize.compilation import COMPILE_LOCK
-from serving.optimize.config import OptimizationConfigError
+from serving.optimize.config import OptimizationConfigError, resolve_in_model_dir
 from serving.optimize.hardware import cpu_arch, cpu_features
 from serving.optimize.report import PipelineReport, StepRecord, describe
 from serving.optimize.runner import OptimizedModel
-from serving.optimize.samples import as_sample, resolve_in_model_dir
+from serving.optimize.samples import as_sample
 from serving.optimize.steps import Variant
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from serving.optimize.batching import (
     Sample,
     batch_size,
     bucket_for,
+    call_shape,
     first_device,
     iter_tensors,
     map_tensors,
@@ -28,7 +29,6 @@ from serving.optimize.batching import (
 from serving.optimize.steps import Variant
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-_SCALARS = (int, float, bool, str, bytes, type(None))
 
 
 class UnwarmedShape(BadRequest):
@@ -170,30 +170,13 @@ class OptimizedModel(nn.Module):
                 ) from exc
 
     def _graph_key(self, sample: Sample) -> tuple[tuple[Any, ...], list[int]]:
-        """The warmed graph a call needs (rows, structure, shapes, dtypes; strides and device
-        are fixed by `prepare_inputs`) and the sizes of
-        its dynamic dims. A dynamic batch has two graphs: one row, and 2..max_batch rows.
-        One flatten per call: this runs on every request."""
-        leaves, spec = pytree.tree_flatten(sample)
-        n = next((int(t.shape[0]) for t in leaves
-                  if isinstance(t, torch.Tensor) and t.dim() >= 1), None)
-        free = self.dynamic_dims.get(structure_key(leaves, spec), {}) if self.dynamic_dims else {}
-        symbolic_batch = self.dynamic_batch and n is not None and n >= 2
-        parts: list[Any] = ["2+" if symbolic_batch else n, spec]
-        sizes: list[int] = []
-        for i, leaf in enumerate(leaves):
-            if not isinstance(leaf, torch.Tensor):
-                # Python values are guarded by value and type (True is not 1 there).
-                parts.append((type(leaf), leaf if isinstance(leaf, _SCALARS) else repr(leaf)))
-                continue
-            shape = list(leaf.shape)
-            if symbolic_batch and shape and shape[0] == n:
-                shape[0] = -1
-            for d in free.get(i, ()):
-                sizes.append(shape[d])
-                shape[d] = -1
-            parts.append((tuple(shape), leaf.dtype, leaf.requires_grad))
-        return tuple(parts), sizes
+        """The warmed graph a call needs (`call_shape`; strides and device are fixed by
+        `prepare_inputs`) and the sizes of its dynamic dims. A dynamic batch has two
+        graphs: one row, and 2..max_batch rows."""
+        shape = call_shape(sample, self.dynamic_dims)
+        n = shape.batch
+        rows: Any = "2+" if self.dynamic_batch and n is not None and n >= 2 else n
+        return (rows, shape.signature), shape.sizes
 
     def _record_warmed(self, sample: Sample) -> None:
         if not self.warming:

@@ -16,8 +16,6 @@ from serving.optimize.config import (
     resolve_in_model_dir,
 )
 
-__all__ = ["resolve_in_model_dir"]  # re-exported: workers resolve archive paths from here
-
 
 def capture_inputs(model: nn.Module, run: Callable[[], object], limit: int) -> list[Sample]:
     """What `model.forward` receives while `run` drives the unmodified handler.
