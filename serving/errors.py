@@ -41,7 +41,7 @@ class BadRequest(ServingError):
 
 class Unauthorized(ServingError):
     code = 401
-    type_name = "TokenAuthorizationException"
+    type_name = "InvalidKeyException"  # TorchServe's name (it answers 400; 401 is HTTP's)
 
 
 class Forbidden(ServingError):

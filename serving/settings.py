@@ -25,7 +25,7 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers", "blacklist_env_vars",
     "disable_system_metrics", "system_metrics_cmd", "model_server_home", "preload_model",
     "metrics_mode", "ipex_enable", "ipex_gpu_enable", "max_response_size_in_mb",
-    "enable_grpc_ssl", "maxRetryTimeoutInSec", "token_expiration_min",
+    "enable_grpc_ssl", "maxRetryTimeoutInSec",
     "prefer_direct_buffer", "unregister_model_timeout", "use_env_allowed_urls",
     "model_metrics_auto_detect", "metric_time_interval", "cpp_log_config",
     "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
@@ -91,7 +91,8 @@ class Settings(BaseModel):
     max_response_size: int = Field(6553500, ge=1)
     allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
     enable_model_api: bool = False
-    disable_token_authorization: bool = True
+    disable_token_authorization: bool = False  # TorchServe 0.12: token authorization is on
+    token_expiration_min: float = Field(60.0, gt=0)  # minutes the management/inference keys live
     decode_input_request: bool = True
     limit_max_image_pixels: bool = True  # handlers see it as context.limit_max_image_pixels
     default_service_handler: str | None = None  # for archives without a manifest
@@ -141,15 +142,6 @@ class Settings(BaseModel):
                 value = json.loads(value)
             except json.JSONDecodeError as e:
                 raise ValueError(f"not valid JSON ({e.msg} at character {e.pos})") from e
-        return value
-
-    @field_validator("disable_token_authorization")
-    @classmethod
-    def _tokens(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("token authorization is not supported yet; set "
-                             "disable_token_authorization=true and protect the APIs "
-                             "with an authenticating proxy")
         return value
 
     @field_validator("log_level")

@@ -61,7 +61,8 @@ def test_torchserve_config_is_accepted(tmp_path: Path):
     ("inference_address=localhost\n", "http://host:port"),
     ("models={not json\n", "models: Value error, not valid JSON"),
     ("keystore=ks.p12\n", "TLS"),
-    ("disable_token_authorization=false\n", "token authorization is not supported"),
+    ("token_expiration_min=0\n", "token_expiration_min"),
+    ("token_expiration_min=soon\n", "token_expiration_min"),
     ("log_level=LOUD\n", "unknown log level"),
     ("model_store=/no/such/store\n", "model_store: no folder '/no/such/store'"),
     ("service_envelope=kservev2\n", "envelopes"),
@@ -76,3 +77,15 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, text: str, needle: str):
 def test_missing_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="cannot read"):
         build_settings(tmp_path / "absent.properties", {})
+
+
+def test_token_authorization_is_on_by_default_as_in_torchserve(tmp_path: Path):
+    s = build_settings(None, {})
+    assert (s.disable_token_authorization, s.token_expiration_min) == (False, 60.0)
+    s = build_settings(write(tmp_path, "disable_token_authorization=false\n"
+                                       "token_expiration_min=0.5\n"), {})
+    assert (s.disable_token_authorization, s.token_expiration_min) == (False, 0.5)
+    # The command line can only turn it off, as TorchServe's --disable-token-auth.
+    s = build_settings(write(tmp_path, "disable_token_authorization=false\n"),
+                       {"disable_token_authorization": True})
+    assert s.disable_token_authorization is True
