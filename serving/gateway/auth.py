@@ -143,4 +143,4 @@ class TokenAuthorization:
 
 def _instant(moment: datetime) -> str:
     """Java's `Instant.toString()`, as TorchServe writes it: `2024-02-16T21:12:24.801167Z`."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
