@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--management-address", help="e.g. http://127.0.0.1:8081")
     start.add_argument("--enable-model-api", action="store_true", default=None,
                        help="allow registering and unregistering models over the API")
+    start.add_argument("--disable-token-auth", action="store_true", default=None,
+                       dest="disable_token_authorization",
+                       help="serve without token authorization (TorchServe's flag); anyone "
+                            "who can reach the APIs can then call them")
     start.add_argument("--workers", type=int, dest="default_workers_per_model",
                        help="default workers per model")
     start.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
@@ -33,7 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)
     start.add_argument("--ncs", "--no-config-snapshots", action="store_true",
                        help=argparse.SUPPRESS)
-    start.add_argument("--disable-token-auth", action="store_true", help=argparse.SUPPRESS)
     archive = sub.add_parser(
         "archive", help="torch-model-archiver, optionally with a precompiled model inside",
         description="Takes torch-model-archiver's own arguments, plus --precompile.")
@@ -58,6 +61,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "inference_address": args.inference_address,
         "management_address": args.management_address,
         "enable_model_api": args.enable_model_api,
+        "disable_token_authorization": args.disable_token_authorization,
         "default_workers_per_model": args.default_workers_per_model,
         "log_level": args.log_level,
     }

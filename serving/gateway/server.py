@@ -18,6 +18,8 @@ from typing import Any
 import uvicorn
 
 from serving.errors import ConfigError, ServingError
+from serving.gateway.auth import KEY_FILE_NAME, TokenAuthorization, TokenKind
+from serving.gateway.guard import Guarded
 from serving.gateway.inference import InferenceApp
 from serving.gateway.management import create_management_app
 from serving.routing.manager import ModelManager, Registration
@@ -57,8 +59,11 @@ def bind(address: Address, what: str) -> socket.socket:
 class Server:
     """Everything one `serving start` runs, until `stop()`."""
 
-    def __init__(self, settings: Settings, work_dir: Path | None = None) -> None:
+    def __init__(self, settings: Settings, work_dir: Path | None = None,
+                 key_file: Path | None = None) -> None:
         self.settings = settings
+        # TorchServe writes key_file.json into the working directory it was started from.
+        self.key_file = key_file or Path.cwd() / KEY_FILE_NAME
         self._own_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="serving-"))
         self._stop = asyncio.Event()
@@ -88,6 +93,14 @@ class Server:
             log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
         manager = ModelManager(s, self.work_dir, listener, resources)
         apps: list[Any] = [InferenceApp(manager), create_management_app(manager)]
+        auth = None
+        if s.disable_token_authorization:
+            log.warning("Token authorization is disabled: anyone who can reach the APIs can "
+                        "call them")
+        else:
+            auth = TokenAuthorization(self.key_file, s.token_expiration_min)
+            apps = [Guarded(apps[0], auth, TokenKind.INFERENCE),
+                    Guarded(apps[1], auth, TokenKind.MANAGEMENT)]
         # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
         # Server header (it only advertises the stack).
         servers = [_Uvicorn(uvicorn.Config(app, http="httptools", lifespan="off",
@@ -103,6 +116,8 @@ class Server:
         watcher = asyncio.create_task(manager.watch_workers(s.worker_ping_interval,
                                                             s.worker_ping_timeout))
         try:
+            if auth is not None:
+                auth.start()
             await self._load_startup_models(manager, registrations)
             log.info("Server ready")
             stop_task = asyncio.create_task(self._stop.wait())
@@ -118,6 +133,8 @@ class Server:
                 srv.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
             await listener.close()
+            if auth is not None:
+                auth.remove_key_file()
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
             log.info("Stopped")
