@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from serving.errors import BadRequest, Forbidden
+from serving.errors import BadRequest, MethodNotAllowed
 from serving.gateway.errors import install_error_handlers
 from serving.gateway.params import Params
 from serving.routing.describe import describe, list_models
@@ -19,6 +19,8 @@ REGISTER_PARAMS = frozenset({
     "initial_workers", "synchronous", "response_timeout", "startup_timeout", "s3_sse_kms",
     "optimization"})
 SCALE_PARAMS = frozenset({"min_worker", "max_worker", "number_gpu", "synchronous", "timeout"})
+# Registering and unregistering need enable_model_api=true (--enable-model-api).
+MODEL_API_DISABLED = "Requested method is not allowed, please refer to API document."
 
 
 def status(message: str, code: int = 200) -> JSONResponse:
@@ -32,9 +34,9 @@ def create_management_app(manager: ModelManager) -> FastAPI:
     model_api = manager.settings.enable_model_api
 
     def require_model_api() -> None:
+        # TorchServe 0.12's answer, word for word: clients written for it match on the 405.
         if not model_api:
-            raise Forbidden("Model API disabled: start the server with enable_model_api=true "
-                            "(or --enable-model-api) to register or unregister models")
+            raise MethodNotAllowed(MODEL_API_DISABLED)
 
     @app.post("/models")
     async def register(request: Request) -> JSONResponse:

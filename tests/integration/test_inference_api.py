@@ -107,7 +107,7 @@ def test_model_api_disabled_by_default(store: Path, tmp_path: Path):
     with ServerProcess(tmp_path / "log", model_store=store, enable_model_api=False) as srv:
         srv.wait_ready()
         r = srv.management.post("/models", params={"url": "echo.mar"})
-        assert r.status_code == 403 and "Model API disabled" in r.json()["message"]
+        assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowedException"
         assert srv.management.get("/models").json() == {"models": []}
 
 
