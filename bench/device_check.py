@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.Popen(
             [sys.executable, "-m", "serving", "start", "--model-store", str(store),
              "--models", "resnet50-gpu.mar,resnet50-bf16.mar",
+             "--disable-token-auth",  # loopback only; no key file written into the checkout
              "--inference-address", f"http://127.0.0.1:{port}",
              "--management-address", f"http://127.0.0.1:{mport}"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

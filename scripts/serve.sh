@@ -5,4 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh models
 .venv/bin/python -m model_store.build --out model_store/build
-exec .venv/bin/python -m serving start --model-store model_store/build --models all "$@"
+# Token authorization (on by default, as in TorchServe 0.12) is turned off here on purpose:
+# this demo serves on loopback only (127.0.0.1:8080/8081), so the curl examples work without
+# a key. Anything that listens beyond loopback should keep it on (drop --disable-token-auth
+# and send `Authorization: Bearer <key>` from key_file.json); see docs/security-auth.md.
+exec .venv/bin/python -m serving start --model-store model_store/build --models all \
+    --disable-token-auth "$@"

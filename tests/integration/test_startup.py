@@ -67,8 +67,9 @@ def test_config_properties_load_models_and_models_json(default_store: Path, tmp_
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "serving", "start", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    # Token authorization off: a start that got far enough would write key_file.json in ROOT.
+    return subprocess.run([sys.executable, "-m", "serving", "start", "--disable-token-auth",
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_bad_config_stops_start_up_with_a_clear_message(tmp_path: Path):

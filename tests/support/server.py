@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -33,10 +34,22 @@ class ServerProcess:
 
     def __init__(self, log_path: Path, *args: str, model_store: Path | None = None,
                  ts_config: Path | None = None, env: dict[str, str] | None = None,
-                 enable_model_api: bool = True) -> None:
+                 enable_model_api: bool = True, token_auth: bool = False,
+                 cwd: Path | None = None) -> None:
+        """`token_auth=False` passes `--disable-token-auth`; True leaves TorchServe's default
+        (on) and runs the server in a folder of its own (`cwd`, or one next to the log),
+        where it writes `key_file.json`."""
         self.inference_port = free_port()
         self.management_port = free_port()
         self.log_path = log_path
+        self.token_auth = token_auth
+        self.cwd = cwd or (log_path.parent / f"{log_path.name}.cwd" if token_auth else ROOT)
+        env = dict(env or {})
+        if self.cwd != ROOT:
+            self.cwd.mkdir(parents=True, exist_ok=True)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(ROOT), env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
+                if p)
         cmd = [sys.executable, "-m", "serving", "start",
                "--inference-address", f"http://127.0.0.1:{self.inference_port}",
                "--management-address", f"http://127.0.0.1:{self.management_port}"]
@@ -46,10 +59,13 @@ class ServerProcess:
             cmd += ["--ts-config", str(ts_config)]
         if enable_model_api:
             cmd.append("--enable-model-api")
+        if not token_auth:
+            cmd.append("--disable-token-auth")
         cmd += list(args)
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, cwd=self.cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                     start_new_session=True)
         self.inference = httpx.Client(base_url=f"http://127.0.0.1:{self.inference_port}",
                                       timeout=120)
         self.management = httpx.Client(base_url=f"http://127.0.0.1:{self.management_port}",
@@ -62,14 +78,33 @@ class ServerProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
 
+    @property
+    def key_file(self) -> Path:
+        return self.cwd / "key_file.json"
+
+    def keys(self) -> dict[str, dict[str, str]]:
+        """The server's key_file.json: {"management"|"inference"|"API": {"key", ...}}."""
+        return dict(json.loads(self.key_file.read_text()))
+
+    def bearer(self, kind: str) -> dict[str, str]:
+        """The header that authorizes a call with the key of `kind` (as the file names it)."""
+        return {"Authorization": f"Bearer {self.keys()[kind]['key']}"}
+
+    def _auth(self, kind: str) -> dict[str, str]:
+        return self.bearer(kind) if self.token_auth else {}
+
     def wait_ready(self, models: tuple[str, ...] = (), timeout: float = 180) -> ServerProcess:
         """Wait until the APIs answer and each named model has all its workers READY."""
         deadline = time.monotonic() + timeout
         pending = list(models)
         while time.monotonic() < deadline:
             self.check_alive()
+            if self.token_auth and not self.key_file.exists():
+                time.sleep(0.2)
+                continue
             try:
-                if self.inference.get("/ping").status_code in (200, 500):
+                ping = self.inference.get("/ping", headers=self._auth("inference"))
+                if ping.status_code in (200, 500):
                     pending = [m for m in pending if not self._model_ready(m)]
                     if not pending:
                         return self
@@ -79,7 +114,7 @@ class ServerProcess:
         raise TimeoutError(f"server not ready (waiting for {pending}):\n{self.log()[-4000:]}")
 
     def _model_ready(self, name: str) -> bool:
-        r = self.management.get(f"/models/{name}")
+        r = self.management.get(f"/models/{name}", headers=self._auth("management"))
         if r.status_code != 200:
             return False
         workers = r.json()[0]["workers"]
