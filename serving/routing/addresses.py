@@ -88,8 +88,8 @@ def refusal(ip: IPAddress, allowed: tuple[IPNetwork, ...] = ()) -> str | None:
             reason = _refusal_one(inner, allowed)
             if reason is not None:
                 return f"{reason} (as {ip})"
-            if ip.ipv4_mapped is not None:
-                return None  # ::ffff:a.b.c.d is a.b.c.d itself
+            if ip.ipv4_mapped is not None or ip in NAT64:
+                return None  # the IPv4 address is the destination itself
     return _refusal_one(ip, allowed)
 
 

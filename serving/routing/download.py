@@ -65,7 +65,8 @@ def shown(url: str | httpx.URL) -> str:
 
 def archive_name(url: httpx.URL) -> str:
     """The store file name: the URL path's last segment, as TorchServe names downloads."""
-    name = url.path.rsplit("/", 1)[-1]
+    # The raw (still percent-encoded) path: decoding would turn `..%2F` into a separator.
+    name = url.raw_path.decode("ascii").split("?", 1)[0].rsplit("/", 1)[-1]
     if not _NAME.fullmatch(name) or not name.endswith(ARCHIVE_SUFFIXES):
         raise UrlNotAllowed(
             f"url: the last path segment of {shown(url)} must be an archive file name "
