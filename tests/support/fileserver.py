@@ -6,6 +6,7 @@ declare the length, whether to stall after the first bytes).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +32,7 @@ class FileServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 outer.requests.append((self.path, self.headers.get("Host")))
                 route = outer.routes.get(self.path)
                 if route is None:
@@ -48,12 +49,11 @@ class FileServer:
                     self.wfile.flush()
                     outer.stop_event.wait(120)
                     return
-                try:
+                # The client may stop reading (the size limit): expected.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(route.body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading (size limit): expected
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
