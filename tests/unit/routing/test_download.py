@@ -54,7 +54,8 @@ def test_defaults_are_torchserves_allowed_urls_and_no_internal_networks() -> Non
 def test_bad_network_or_pattern_stops_the_start(tmp_path: Path) -> None:
     cfg = tmp_path / "config.properties"
     cfg.write_text("allowed_url_networks=10.0.0.1/8\n")
-    with pytest.raises(ConfigError, match=re.escape("allowed_url_networks: '10.0.0.1/8' is not a network")):
+    with pytest.raises(ConfigError,
+                       match=re.escape("allowed_url_networks: '10.0.0.1/8' is not a network")):
         build_settings(cfg, {})
     cfg.write_text("allowed_urls=http://(\n")
     with pytest.raises(ConfigError, match="allowed_urls: 'http://\\(' is not a regular"):
@@ -128,7 +129,8 @@ def test_redirect_loop_stops(files: FileServer, tmp_path: Path) -> None:
 def test_redirect_outside_allowed_urls_is_refused(files: FileServer, tmp_path: Path) -> None:
     files.routes["/m/out.mar"] = Route(status=301, headers={"Location": "/private/x.mar"})
     settings = settings_for(tmp_path, allowed_urls=f"http://127[.]0[.]0[.]1:{files.port}/m/.*")
-    with pytest.raises(UrlNotAllowed, match=re.escape("/private/x.mar does not match any allowed URL")):
+    with pytest.raises(UrlNotAllowed,
+                       match=re.escape("/private/x.mar does not match any allowed URL")):
         fetch(f"{files.base}/m/out.mar", settings)
     assert [path for path, _ in files.requests] == ["/m/out.mar"]
 
@@ -137,7 +139,8 @@ def test_redirect_to_ipv4_mapped_metadata_address_is_refused(files: FileServer,
                                                              tmp_path: Path) -> None:
     files.routes["/m/v6.mar"] = Route(status=302, headers={
         "Location": "http://[::ffff:169.254.169.254]/latest/m.mar"})
-    with pytest.raises(UrlNotAllowed, match=re.escape("169.254.169.254 is a cloud metadata address")):
+    with pytest.raises(UrlNotAllowed,
+                       match=re.escape("169.254.169.254 is a cloud metadata address")):
         fetch(f"{files.base}/m/v6.mar", settings_for(tmp_path))
 
 
