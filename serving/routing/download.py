@@ -103,7 +103,7 @@ async def resolve(url: httpx.URL, networks: tuple[IPNetwork, ...]) -> list[IPAdd
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
-            url.host, port, type=socket.SOCK_STREAM)
+            url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM)  # IDNA-encoded
     except (socket.gaierror, UnicodeError) as e:
         raise DownloadFailed(f"Failed to download archive from: {shown(url)}: cannot resolve "
                              f"host {url.host!r} ({e})") from None

@@ -20,6 +20,7 @@ from serving.routing.download import (
     archive_name,
     check_url,
     download,
+    resolve,
 )
 from serving.settings import DEFAULT_ALLOWED_URLS, Settings, build_settings
 from tests.support.fileserver import FileServer, Route
@@ -168,3 +169,11 @@ def test_tls_certificates_are_verified(tmp_path: Path) -> None:
     with fs, pytest.raises(ServingError, match="CERTIFICATE_VERIFY_FAILED") as e:
         fetch(f"https://localhost:{fs.port}/m/tls.mar", settings_for(store))
     assert e.value.code == 400 and list(store.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["http://2130706433/m.mar", "http://0x7f.1/m.mar",
+                                 "http://127.1/m.mar", "http://[::ffff:7f00:1]/m.mar",
+                                 "http://localhost/m.mar"])
+def test_other_spellings_of_loopback_are_refused(url: str) -> None:
+    with pytest.raises(UrlNotAllowed, match="is a loopback address"):
+        asyncio.run(resolve(check_url(url, Settings()), ()))
