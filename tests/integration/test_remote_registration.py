@@ -136,6 +136,8 @@ def test_failed_download_leaves_nothing_in_the_store(opted_in: ServerProcess,
         assert f"model_download_timeout={TIMEOUT} s" in message
     elif path == "/models/missing.mar":
         assert "the server answered 404" in message
+    else:  # downloaded, then refused by the archive checks
+        assert r.json()["type"] == "InvalidModelArchiveException"
     name = path.rsplit("/", 1)[-1]
     assert not (store / name).exists() and leftovers(store) == []
     # The server is still whole: a good download works right after.
@@ -175,3 +177,20 @@ def test_loopback_is_refused_by_default(files: FileServer, store: Path,
         assert register(srv, "local.mar").status_code == 200
     assert len(files.requests) == before
     assert not (store / "fn.mar").exists()
+
+
+def test_load_models_at_start_by_url_and_file_kept_at_shutdown(
+        files: FileServer, mar_bytes: bytes, store: Path,
+        tmp_path_factory: pytest.TempPathFactory):
+    files.routes["/models/at-start.mar"] = Route(mar_bytes)
+    cfg = tmp_path_factory.mktemp("cfg") / "config.properties"
+    cfg.write_text("allowed_url_networks=127.0.0.1/32\n"
+                   f"load_models=started={files.base}/models/at-start.mar\n")
+    with ServerProcess(tmp_path_factory.mktemp("logs") / "log", model_store=store,
+                       ts_config=cfg) as srv:
+        srv.wait_ready(models=("started",))
+        r = srv.inference.post("/predictions/started", content=b"x")
+        assert r.status_code == 200 and r.json()["model"] == "started"
+    # TorchServe deletes a downloaded archive on unregister, not when it shuts down.
+    assert (store / "at-start.mar").read_bytes() == mar_bytes
+    (store / "at-start.mar").unlink()
