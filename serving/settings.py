@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serving.errors import ConfigError
 from serving.properties import read_properties
+from serving.routing.addresses import IPNetwork, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
     "ts_open_inference_protocol": "the Open Inference Protocol is not served yet",
 }
 
-DEFAULT_ALLOWED_URLS = ("file://.*",)
+# TorchServe's default: any http(s) URL passes this check; the address rules
+# (serving/routing/addresses.py) still refuse internal and metadata hosts.
+DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 
 
 class Address(BaseModel):
@@ -90,6 +94,11 @@ class Settings(BaseModel):
     max_request_size: int = Field(6553500, ge=1)
     max_response_size: int = Field(6553500, ge=1)
     allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
+    # Remote registration (`url=http(s)://...`): see docs/security-remote.md.
+    allowed_url_networks: tuple[IPNetwork, ...] = ()  # internal networks downloads may reach
+    max_model_download_size: int = Field(10 * 1024**3, ge=1)  # bytes
+    model_download_timeout: float = Field(900.0, gt=0)  # s for a whole download
+    model_download_connect_timeout: float = Field(10.0, gt=0)  # s for one TCP/TLS connect
     enable_model_api: bool = False
     disable_token_authorization: bool = False  # TorchServe 0.12: token authorization is on
     token_expiration_min: float = Field(60.0, gt=0)  # minutes the management/inference keys live
@@ -133,6 +142,21 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _allowed_url_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
+        return value
+
+    @field_validator("allowed_url_networks", mode="before")
+    @classmethod
+    def _allowed_url_networks(cls, value: Any) -> Any:
+        return parse_networks(value) if isinstance(value, str | list | tuple) else value
 
     @field_validator("models", mode="before")
     @classmethod

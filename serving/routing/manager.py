@@ -20,6 +20,7 @@ from serving.handlers.archive import UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
 from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher, Job
+from serving.routing.download import download, is_remote
 from serving.routing.registry import ModelSettings, ModelVersion, Registry
 from serving.routing.resources import Resources
 from serving.routing.scheduler import Scheduler
@@ -62,6 +63,8 @@ class ModelManager:
         self._work_dir = work_dir
         self._listener = listener
         self._tasks: set[asyncio.Task[None]] = set()
+        # Archives downloaded from a URL: deleted on unregister, as TorchServe does.
+        self._downloaded: dict[ModelVersion, Path] = {}
         self.accepting = True  # false once shutdown starts: new requests get 503
 
     # -- data plane -------------------------------------------------------------------
@@ -86,15 +89,24 @@ class ModelManager:
     async def prepare(self, reg: Registration, loaded_at_startup: bool = False
                       ) -> ModelVersion:
         """Unpack and validate an archive and add it to the registry, with no worker yet."""
-        source = self._resolve_url(reg.url)
+        downloaded = await download(reg.url, self.settings) if is_remote(reg.url) else None
+        source = downloaded or self._resolve_url(reg.url)
         loop = asyncio.get_running_loop()
-        archive = await loop.run_in_executor(None, unpack, source, self._work_dir / "models",
-                                             self.settings.default_service_handler)
         try:
-            return self._prepare(reg, archive, loaded_at_startup)
+            archive = await loop.run_in_executor(None, unpack, source, self._work_dir / "models",
+                                                 self.settings.default_service_handler)
+            try:
+                mv = self._prepare(reg, archive, loaded_at_startup)
+            except BaseException:
+                remove_extracted(archive)
+                raise
         except BaseException:
-            remove_extracted(archive)
+            if downloaded is not None:  # a retry must not find it "already exists"
+                downloaded.unlink(missing_ok=True)
             raise
+        if downloaded is not None:
+            self._downloaded[mv] = downloaded
+        return mv
 
     async def start(self, mv: ModelVersion, synchronous: bool) -> tuple[str, int]:
         """Start a prepared version's workers; returns (message, status)."""
@@ -111,9 +123,6 @@ class ModelManager:
 
     def _resolve_url(self, url: str) -> Path:
         store = self.settings.model_store
-        if "://" in url:
-            raise BadRequest(f"url: remote model URLs are not supported yet; put the archive "
-                             f"in the model store and register it by file name (got {url!r})")
         if not url or "/" in url or "\\" in url or url in (".", ".."):
             raise BadRequest(f"url: must be the name of an archive in the model store, without "
                              f"a path (got {url!r})")
@@ -274,6 +283,9 @@ class ModelManager:
         await mv.scheduler.drain(timeout=float(mv.settings.response_timeout))
         await mv.pool.close()
         remove_extracted(mv.archive)
+        downloaded = self._downloaded.pop(mv, None)
+        if downloaded is not None:
+            downloaded.unlink(missing_ok=True)
 
     async def watch_workers(self, interval: float = 10.0, timeout: float = 10.0) -> None:
         """Ping idle workers forever; one that stops answering is killed and replaced."""
@@ -304,6 +316,7 @@ class ModelManager:
         await mv.pool.close()
         self.registry.remove(mv)
         remove_extracted(mv.archive)
+        self._downloaded.pop(mv, None)  # kept in the store at shutdown, as TorchServe does
 
 
 def remove_extracted(archive: UnpackedArchive) -> None:
