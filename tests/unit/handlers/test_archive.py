@@ -15,6 +15,7 @@ import pytest
 
 from serving.errors import ArchiveError
 from serving.handlers.archive import ArchiveLimits, unpack
+from tests.support.hostile import path_max_link_chain, tar_member
 
 MANIFEST = {"createdOn": "01/01/2024 00:00:00", "runtime": "python", "archiverVersion": "0.12.0",
             "model": {"modelName": "m", "modelVersion": "2.0", "handler": "h.py"}}
@@ -171,13 +172,6 @@ def tar_with(path: Path, members: list[tarfile.TarInfo],
     return path
 
 
-def tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    return info
-
-
 @pytest.mark.parametrize("target", ["h.py", "../../../../etc/passwd", "/etc/passwd"])
 @pytest.mark.parametrize("maker", [make_zip, make_tar])
 def test_every_link_is_refused(tmp_path: Path, maker, target: str):
@@ -189,24 +183,10 @@ def test_every_link_is_refused(tmp_path: Path, maker, target: str):
 
 
 def test_tar_link_chain_longer_than_path_max(tmp_path: Path):
-    # CVE-2025-4517's pattern. Short links `a`, `a/b`, ... each name a 247-character folder,
-    # so the short path `a/b/.../p` is 4,000 characters on disk, more than PATH_MAX, and
-    # realpath() stops resolving it. A link under it going up 16 levels then looks like it
-    # stays inside while on disk it reaches the top, and `escape` (-> that link/../../outside)
-    # leads out. Python 3.11.7's tarfile "data" filter extracts escape/sentinel outside.
-    long, steps = "d" * 247, "abcdefghijklmnop"
-    members, real, short = [], "", ""
-    for step in steps:
-        members.append(tar_member(real + long, tarfile.DIRTYPE))
-        members.append(tar_member(short + step, tarfile.SYMTYPE, long))
-        real, short = real + long + "/", short + step + "/"
-    members.append(tar_member(short + "l" * 254, tarfile.SYMTYPE, "../" * len(steps)))
-    members.append(tar_member("escape", tarfile.SYMTYPE, short + "l" * 254 + "/../../outside"))
-    sentinel = tarfile.TarInfo("escape/sentinel")
-    sentinel.size = 5
-    members.append(sentinel)
+    # The extraction folder is work/<tmp>, so ../../outside is tmp_path/outside; the same
+    # archive extracted with tarfile's "data" filter on Python 3.11.7 writes the sentinel.
     (tmp_path / "outside").mkdir()
-    archive = tar_with(tmp_path / "chain.tar.gz", members)
+    archive = tar_with(tmp_path / "chain.tar.gz", path_max_link_chain("../../outside"))
     refused(tmp_path, archive, "a", "is a symbolic link (to 'ddd")
     assert not (tmp_path / "outside" / "sentinel").exists()
 
