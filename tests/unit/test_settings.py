@@ -76,3 +76,16 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, text: str, needle: str):
 def test_missing_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="cannot read"):
         build_settings(tmp_path / "absent.properties", {})
+
+
+def test_archive_limits(tmp_path: Path):
+    defaults = build_settings(None, {})
+    assert (defaults.max_archive_size, defaults.max_archive_entries,
+            defaults.max_archive_compression_ratio) == (20 * 1024**3, 10_000, 200.0)
+    cfg = write(tmp_path, "max_archive_size=1048576\nmax_archive_entries=50\n"
+                          "max_archive_compression_ratio=1000\n")
+    s = build_settings(cfg, {})
+    assert (s.max_archive_size, s.max_archive_entries, s.max_archive_compression_ratio) == (
+        1048576, 50, 1000.0)
+    with pytest.raises(ConfigError, match="max_archive_entries"):
+        build_settings(write(tmp_path, "max_archive_entries=0\n"), {})

@@ -15,6 +15,7 @@ import pytest
 
 from serving.errors import ArchiveError
 from serving.handlers.archive import ArchiveLimits, unpack
+from serving.handlers.modelconfig import read_model_yaml
 from tests.support.hostile import path_max_link_chain, tar_member
 
 MANIFEST = {"createdOn": "01/01/2024 00:00:00", "runtime": "python", "archiverVersion": "0.12.0",
@@ -421,3 +422,24 @@ def test_folder_limits(tmp_path: Path):
     refused(tmp_path, folder, ("MAR-INF", "MAR-INF/MANIFEST.json", "h.py", "w.bin"),
             "max_archive_entries (3 files and folders)", ArchiveLimits(max_entries=3))
     assert unpack(folder, tmp_path / "work", LIMITS).model_dir == folder
+
+
+@pytest.mark.parametrize("config_file", ["../secret.yaml", "/etc/passwd", "link.yaml"])
+def test_config_file_named_by_the_manifest_stays_inside(tmp_path: Path, config_file: str):
+    # A parse error quotes the file, so reading one outside would show it to the client.
+    (tmp_path / "secret.yaml").write_text("password: [hunter2\n")
+    model_dir = make_folder(tmp_path)
+    (model_dir / "link.yaml").symlink_to(tmp_path / "secret.yaml")
+    with pytest.raises(ArchiveError, match="not in the archive"):
+        read_model_yaml(model_dir, config_file)
+    (model_dir / "model-config.yaml").write_text("batchSize: 4\n")
+    assert read_model_yaml(model_dir, "model-config.yaml") == {"batchSize": 4}
+
+
+def test_oversized_manifest_is_refused(tmp_path: Path):
+    manifest = {**MANIFEST, "padding": "x" * (2 * 1024 * 1024)}
+    archive = make_zip(tmp_path / "fat.mar", {"MAR-INF/MANIFEST.json": json.dumps(manifest)
+                                              .encode(), "h.py": b""})
+    with pytest.raises(ArchiveError, match=r"MANIFEST\.json in 'fat\.mar' is larger than"):
+        unpack(archive, tmp_path / "work", LIMITS)
+    assert list((tmp_path / "work").iterdir()) == []
