@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from serving.errors import ArchiveError
-from serving.handlers.archive import ArchiveLimits, unpack
+from serving.handlers.archive import MANIFEST_PATH, ArchiveLimits, unpack
 from serving.handlers.modelconfig import read_model_yaml
 from tests.support.hostile import path_max_link_chain, tar_member
 
@@ -61,10 +61,19 @@ def test_zip_archive(tmp_path: Path):
     assert out.extracted_to is not None and out.model_dir.is_relative_to(tmp_path / "work")
 
 
-def test_tar_gz_with_top_folder(tmp_path: Path):
-    entries = {f"m/{k}": v for k, v in good_entries().items()}
-    out = unpack(make_tar(tmp_path / "m.tar.gz", entries), tmp_path / "work", LIMITS)
-    assert out.manifest.handler == "h.py" and (out.model_dir / "h.py").exists()
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz", "w"])
+def test_tar_with_top_folder(tmp_path: Path, mode: str):
+    archive = tmp_path / "m.tar.gz"
+    with tarfile.open(archive, mode) as tf:
+        for name, data in good_entries().items():
+            info = tarfile.TarInfo(f"m/{name}")
+            info.size = len(data)
+            info.mode = 0o755 if name == "h.py" else 0o600
+            tf.addfile(info, io.BytesIO(data))
+    out = unpack(archive, tmp_path / "work", LIMITS)
+    assert out.manifest.handler == "h.py" and (out.model_dir / "h.py").read_text() == "x = 1\n"
+    assert (out.model_dir / "h.py").stat().st_mode & stat.S_IXUSR  # the owner's x bit kept
+    assert not (out.model_dir / MANIFEST_PATH).stat().st_mode & stat.S_IXUSR
 
 
 def test_unpacked_folder_is_used_in_place(tmp_path: Path):
