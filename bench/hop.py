@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.archive import build_mar
-from serving.handlers.archive import unpack
+from serving.handlers.archive import ArchiveLimits, unpack
 from serving.types import InferenceRequest
 from serving.workers.listener import WorkerListener
 from serving.workers.process import Worker, WorkerSpec
@@ -33,7 +33,8 @@ def handle(data, context):
 async def measure(n: int, workdir: Path, worker_cpu: int | None) -> dict[str, float]:
     handler = workdir / "empty_handler.py"
     handler.write_text(EMPTY_HANDLER)
-    archive = unpack(build_mar("empty", handler, workdir / "store"), workdir / "models")
+    archive = unpack(build_mar("empty", handler, workdir / "store"), workdir / "models",
+                     ArchiveLimits())
     listener = WorkerListener(workdir / "w.sock")
     await listener.start()
     load = {"model_name": "empty", "model_dir": str(archive.model_dir),

@@ -105,6 +105,10 @@ class Settings(BaseModel):
     decode_input_request: bool = True
     limit_max_image_pixels: bool = True  # handlers see it as context.limit_max_image_pixels
     default_service_handler: str | None = None  # for archives without a manifest
+    # Bounds on what one archive or model folder may unpack to (docs/security-archive.md).
+    max_archive_size: int = Field(20 * 1024**3, ge=1)  # bytes, all entries together
+    max_archive_entries: int = Field(10_000, ge=1)  # files and folders
+    max_archive_compression_ratio: float = Field(200.0, ge=1)  # per zip entry; tar: whole
     cpu_launcher_enable: bool = False
     cpu_launcher_args: str = ""
     number_of_gpu: int | None = Field(None, ge=0)

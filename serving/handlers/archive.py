@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import stat
-import tarfile
 import tempfile
 import zipfile
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from serving.errors import ArchiveError
+from serving.handlers.archive_formats import ENTRY_ERRORS, check_folder, extract_tar, extract_zip
+from serving.handlers.extraction import ArchiveLimits
+
+__all__ = ["ArchiveLimits", "Manifest", "UnpackedArchive", "unpack"]
 
 MANIFEST_PATH = "MAR-INF/MANIFEST.json"
 DEFAULT_VERSION = "1.0"
+MAX_CONFIG_SIZE = 1 << 20  # bytes of MANIFEST.json the gateway parses
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,19 @@ class UnpackedArchive:
     extracted_to: Path | None = None  # the folder to delete on unregister; None if in place
 
 
-def unpack(source: Path, work_dir: Path, default_handler: str | None = None) -> UnpackedArchive:
+def unpack(source: Path, work_dir: Path, limits: ArchiveLimits,
+           default_handler: str | None = None) -> UnpackedArchive:
     """Extract `source` into a new folder under `work_dir` and read its manifest.
 
-    Entries with absolute paths, `..` components, or links leading outside are rejected
-    before anything is written. An unpacked folder is used in place, not copied.
+    Links, special files, absolute paths, `..` components and duplicate names are refused
+    before anything is written, and `limits` is enforced on the bytes really written. An
+    unpacked folder is used in place, not copied, once it holds no link or special file.
     """
     if source.is_dir():
+        try:
+            check_folder(source, limits)
+        except OSError as e:
+            raise ArchiveError(f"model folder {source.name!r} cannot be read: {e}") from None
         return _with_manifest(source, source, default_handler)
     if not source.is_file():
         raise ArchiveError(f"model archive {source.name!r} does not exist")
@@ -81,16 +88,11 @@ def unpack(source: Path, work_dir: Path, default_handler: str | None = None) -> 
     try:
         try:
             if zipfile.is_zipfile(source):
-                _extract_zip(source, dest)
-            elif tarfile.is_tarfile(source):
-                _extract_tar(source, dest)
+                extract_zip(source, dest, limits)
             else:
-                raise ArchiveError(f"{source.name!r} is neither a zip (.mar) nor a tar.gz "
-                                   "archive")
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, UnicodeDecodeError,
-                OSError, zlib.error) as e:
-            # A corrupt or truncated archive, or entries that collide on disk: the client's
-            # archive is at fault, not the server.
+                extract_tar(source, dest, limits)
+        except ENTRY_ERRORS as e:
+            # A corrupt or truncated archive: the client's archive is at fault, not the server.
             raise ArchiveError(f"{source.name!r} cannot be extracted: {e}") from None
         unpacked = _with_manifest(_model_root(dest), source, default_handler)
         return UnpackedArchive(unpacked.manifest, unpacked.model_dir, source, extracted_to=dest)
@@ -110,6 +112,9 @@ def _stem(source: Path) -> str:
 def _with_manifest(model_dir: Path, source: Path, default_handler: str | None) -> UnpackedArchive:
     manifest_file = model_dir / MANIFEST_PATH
     if manifest_file.is_file():
+        if manifest_file.stat().st_size > MAX_CONFIG_SIZE:
+            raise ArchiveError(f"{MANIFEST_PATH} in {source.name!r} is larger than "
+                               f"{MAX_CONFIG_SIZE} bytes")
         try:
             data = json.loads(manifest_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
@@ -133,84 +138,3 @@ def _model_root(dest: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
     return dest
-
-
-def _check_name(name: str, archive: str) -> PurePosixPath:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
-        raise ArchiveError(f"{archive!r} holds an absolute path {name!r}; refusing to extract")
-    if ".." in path.parts:
-        raise ArchiveError(f"{archive!r} holds a path leaving the archive {name!r}; "
-                           "refusing to extract")
-    return path
-
-
-def _check_link(member: PurePosixPath, target: str, archive: str) -> None:
-    if target.startswith("/") or ".." in _resolve(member.parent / target).parts:
-        raise ArchiveError(f"{archive!r} holds a link {str(member)!r} -> {target!r} pointing "
-                           "outside the archive; refusing to extract")
-
-
-def _resolve(path: PurePosixPath) -> PurePosixPath:
-    """Normalise `a/b/../c` lexically; a leading `..` survives and marks an escape."""
-    parts: list[str] = []
-    for part in path.parts:
-        if part == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            else:
-                parts.append(part)
-        elif part != ".":
-            parts.append(part)
-    return PurePosixPath(*parts)
-
-
-def _extract_zip(source: Path, dest: Path) -> None:
-    with zipfile.ZipFile(source) as zf:
-        infos = zf.infolist()
-        links: dict[str, str] = {}
-        paths: dict[str, PurePosixPath] = {}
-        for info in infos:
-            path = paths[info.filename] = _check_name(info.filename, source.name)
-            if stat.S_ISLNK(info.external_attr >> 16):
-                target = zf.read(info).decode("utf-8")
-                _check_link(path, target, source.name)
-                links[info.filename] = target
-        # A link's target is checked as a path inside the archive, which only holds when no
-        # entry is reached through another link (`a -> .` then `a/a/b -> ../x` escapes).
-        link_paths = {_resolve(paths[name]) for name in links}
-        for info in infos:
-            path = _resolve(paths[info.filename])
-            through = next((p for p in path.parents if p in link_paths), None)
-            if through is not None:
-                raise ArchiveError(f"{source.name!r} holds {info.filename!r} inside the link "
-                                   f"{str(through)!r}; refusing to extract")
-        for info in infos:
-            if info.filename in links:
-                continue
-            zf.extract(info, dest)
-        root = os.path.realpath(dest)
-        for name, target in links.items():
-            link = dest / name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            where = os.path.realpath(os.path.join(link.parent, target))
-            if os.path.commonpath([root, where]) != root:  # a second line of defence
-                raise ArchiveError(f"{source.name!r} holds a link {name!r} -> {target!r} "
-                                   "pointing outside the archive; refusing to extract")
-            os.symlink(target, link)
-
-
-def _extract_tar(source: Path, dest: Path) -> None:
-    with tarfile.open(source) as tf:
-        members = tf.getmembers()
-        for member in members:
-            path = _check_name(member.name, source.name)
-            if member.issym():
-                _check_link(path, member.linkname, source.name)
-            elif member.islnk():
-                _check_name(member.linkname, source.name)
-            elif not (member.isfile() or member.isdir()):
-                raise ArchiveError(f"{source.name!r} holds a special file {member.name!r}; "
-                                   "refusing to extract")
-        # The "data" filter re-checks every member as a second line of defence.
-        tf.extractall(dest, members=members, filter="data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.errors import ArchiveError
+
+MAX_CONFIG_SIZE = 1 << 20  # bytes; a model-config.yaml is a few hundred
 
 # TorchServe's frontend keys; every other top-level key belongs to the handler
 # (`context.model_yaml_config`) and is passed through untouched.
@@ -55,9 +58,14 @@ def read_model_yaml(model_dir: Path, config_file: str | None) -> dict[str, Any]:
     if not config_file:
         return {}
     path = model_dir / config_file
-    if not path.is_file():
+    # The manifest is the archive's own: its configFile must not reach outside the model
+    # folder (a parse error would echo another file's lines to the client).
+    inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(model_dir))
+    if not inside or not path.is_file():
         raise ArchiveError(f"the manifest names config file {config_file!r}, which is "
                            "not in the archive")
+    if path.stat().st_size > MAX_CONFIG_SIZE:
+        raise ArchiveError(f"{config_file}: larger than {MAX_CONFIG_SIZE} bytes")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

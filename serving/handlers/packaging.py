@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from serving.handlers.archive_formats import extract_zip
+from serving.handlers.extraction import ArchiveLimits
+
 PACKAGE_NAME = "model.pt2"
 
 
@@ -97,8 +100,9 @@ def precompile_archive(mar: Path, out: Path, threads: int) -> dict[str, Any]:
     sidecar, and `optimization.precompiled` set in its model-config.yaml."""
     with tempfile.TemporaryDirectory(prefix="precompile-") as tmp:
         model_dir = Path(tmp) / "model"
-        with zipfile.ZipFile(mar) as zf:
-            zf.extractall(model_dir)
+        # The archive is checked and unpacked as the server would (default limits).
+        model_dir.mkdir()
+        extract_zip(mar, model_dir, ArchiveLimits())
         manifest = json.loads((model_dir / "MAR-INF/MANIFEST.json").read_text())
         config_name = manifest["model"].get("configFile")
         if not config_name:
@@ -144,7 +148,7 @@ def _precompile_in_this_process(model_dir: Path, package: str) -> dict[str, Any]
     from serving.optimize.precompile import precompile_with_report
     from serving.optimize.samples import samples_from_config
 
-    archive = unpack(model_dir, model_dir)
+    archive = unpack(model_dir, model_dir, ArchiveLimits())
     model_yaml = read_model_yaml(model_dir, archive.manifest.config_file)
     config = from_model_yaml(model_yaml)
     if config is None:

@@ -16,7 +16,7 @@ from serving.errors import (
     ServiceUnavailable,
     ServingError,
 )
-from serving.handlers.archive import UnpackedArchive, unpack
+from serving.handlers.archive import ArchiveLimits, UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
 from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher, Job
@@ -92,9 +92,12 @@ class ModelManager:
         downloaded = await download(reg.url, self.settings) if is_remote(reg.url) else None
         source = downloaded or self._resolve_url(reg.url)
         loop = asyncio.get_running_loop()
+        limits = ArchiveLimits(max_size=self.settings.max_archive_size,
+                               max_entries=self.settings.max_archive_entries,
+                               max_compression_ratio=self.settings.max_archive_compression_ratio)
         try:
             archive = await loop.run_in_executor(None, unpack, source, self._work_dir / "models",
-                                                 self.settings.default_service_handler)
+                                                 limits, self.settings.default_service_handler)
             try:
                 mv = self._prepare(reg, archive, loaded_at_startup)
             except BaseException:

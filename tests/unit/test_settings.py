@@ -89,3 +89,16 @@ def test_token_authorization_is_on_by_default_as_in_torchserve(tmp_path: Path):
     s = build_settings(write(tmp_path, "disable_token_authorization=false\n"),
                        {"disable_token_authorization": True})
     assert s.disable_token_authorization is True
+
+
+def test_archive_limits(tmp_path: Path):
+    defaults = build_settings(None, {})
+    assert (defaults.max_archive_size, defaults.max_archive_entries,
+            defaults.max_archive_compression_ratio) == (20 * 1024**3, 10_000, 200.0)
+    cfg = write(tmp_path, "max_archive_size=1048576\nmax_archive_entries=50\n"
+                          "max_archive_compression_ratio=1000\n")
+    s = build_settings(cfg, {})
+    assert (s.max_archive_size, s.max_archive_entries, s.max_archive_compression_ratio) == (
+        1048576, 50, 1000.0)
+    with pytest.raises(ConfigError, match="max_archive_entries"):
+        build_settings(write(tmp_path, "max_archive_entries=0\n"), {})
