@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from serving.errors import BadRequest, MethodNotAllowed, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
+from serving.gateway.openapi import install_openapi
+from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
     PredictionEndpoint,
     Receive,
@@ -65,6 +67,7 @@ def create_inference_api(manager: ModelManager) -> FastAPI:
     app = FastAPI(title="Inference API", version="0.12", openapi_url="/api-description",
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    install_openapi(app, INFERENCE)
     limit = manager.settings.max_request_size
 
     @app.get("/ping")

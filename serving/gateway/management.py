@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 
 from serving.errors import BadRequest, MethodNotAllowed
 from serving.gateway.errors import install_error_handlers
+from serving.gateway.openapi import install_openapi
+from serving.gateway.operations import MANAGEMENT
 from serving.gateway.params import Params
 from serving.routing.describe import describe, list_models
 from serving.routing.manager import ModelManager, Registration
@@ -31,6 +33,7 @@ def create_management_app(manager: ModelManager) -> FastAPI:
     app = FastAPI(title="Management API", version="0.12", openapi_url="/api-description",
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    install_openapi(app, MANAGEMENT)
     model_api = manager.settings.enable_model_api
 
     def require_model_api() -> None:

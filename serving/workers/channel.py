@@ -8,7 +8,15 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from serving.workers.ipc import Blob, FrameBuffer, Kind, Message, decode_body, encode
+from serving.workers.ipc import (
+    Blob,
+    FrameBuffer,
+    Kind,
+    Message,
+    ProtocolError,
+    decode_body,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,15 @@ class WorkerConnection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        for msg in self._frames.feed(data):
+        try:
+            messages = self._frames.feed(data)
+        except ProtocolError as e:
+            # The stream cannot be resynchronised: drop the worker (its requests get 502 and
+            # it is replaced) rather than let the event loop log a fatal protocol error.
+            log.error("malformed frame from a worker (%s); closing its connection", e)
+            self.close()
+            return
+        for msg in messages:
             if self._on_hello is not None:
                 if msg.kind != Kind.HELLO:
                     self.close()

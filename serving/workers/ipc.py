@@ -50,14 +50,36 @@ def encode(kind: Kind, meta: dict[str, Any], blobs: Sequence[Blob] = ()) -> list
     return [HEADER.pack(body_len, kind, len(raw)), raw, *blobs]
 
 
+class ProtocolError(ValueError):
+    """Bytes that are not a frame of this format: a bug or a corrupt stream on the other end."""
+
+
 def decode_body(body: memoryview) -> Message:
-    """Parse one frame body (everything after the length field)."""
-    kind = Kind(body[0])
-    meta_len = int.from_bytes(body[1:5], "little")
-    meta: dict[str, Any] = json.loads(body[5:5 + meta_len].tobytes())
+    """Parse one frame body (everything after the length field); ProtocolError if malformed."""
+    if len(body) < 5:
+        raise ProtocolError(f"frame body of {len(body)} bytes is shorter than its header")
+    try:
+        kind = Kind(body[0])
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {body[0]}") from None
+    meta_end = 5 + int.from_bytes(body[1:5], "little")
+    if meta_end > len(body):
+        raise ProtocolError(f"metadata runs past the end of a {len(body)}-byte frame")
+    try:
+        meta = json.loads(body[5:meta_end].tobytes())
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8; nesting too deep
+        raise ProtocolError(f"metadata is not JSON: {type(e).__name__}") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"metadata is a JSON {type(meta).__name__}, not an object")
+    sizes = meta.pop("_b", ())
+    if not isinstance(sizes, list | tuple) or not all(
+            type(size) is int and size >= 0 for size in sizes):
+        raise ProtocolError(f"blob lengths are not a list of sizes: {sizes!r:.100}")
+    if meta_end + sum(sizes) != len(body):
+        raise ProtocolError(f"blob lengths {sizes!r:.100} do not fill a {len(body)}-byte frame")
     blobs: list[Blob] = []
-    offset = 5 + meta_len
-    for size in meta.pop("_b", ()):
+    offset = meta_end
+    for size in sizes:
         blobs.append(body[offset:offset + size])
         offset += size
     return Message(kind, meta, blobs)
