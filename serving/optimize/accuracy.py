@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from serving.optimize.batching import Sample, tensor_leaves
+from serving.optimize.batching import Sample, batch_size, resize_batch, tensor_leaves
 from serving.optimize.config import AccuracyConfig
 
 
@@ -18,6 +18,8 @@ class Verdict:
     passed: bool
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    # Metrics of each batch size the candidate was also run at (`check(batch_sizes=...)`).
+    per_batch: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 # The budget of `max_abs` when `auto` picked it and the config gives none: the largest
@@ -64,16 +66,46 @@ class AccuracyGuard:
             reference = [model(*args, **kwargs) for args, kwargs in samples]
         return cls(config, samples, reference)
 
-    def check(self, candidate: Callable[..., Any]) -> Verdict:
+    def check(self, candidate: Callable[..., Any], batch_sizes: Sequence[int] = ()) -> Verdict:
+        """Judge `candidate` on the samples as captured, then on every sample resized to each
+        of `batch_sizes` (rows repeated or cut), against the reference rows resized the same
+        way: every compiled graph (one per batch bucket) is compared, not only those the
+        samples' own sizes reach. A model's rows are independent in eval mode, which padded
+        batches already rely on."""
+        verdict = self._check_at(candidate, None)
+        if not verdict.passed:
+            return verdict
+        per_batch: dict[int, dict[str, float]] = {}
+        for size in batch_sizes:
+            if all(batch_size(s) in (None, size) for s in self.samples):
+                per_batch[size] = verdict.metrics  # what the first pass ran
+                continue
+            at_size = self._check_at(candidate, size)
+            per_batch[size] = at_size.metrics
+            if not at_size.passed:
+                return Verdict(False, at_size.metrics, f"batch {size}: {at_size.reason}",
+                               per_batch)
+        return Verdict(True, verdict.metrics, "", per_batch)
+
+    def _check_at(self, candidate: Callable[..., Any], size: int | None) -> Verdict:
+        samples, references = self.samples, self.reference
+        if size is not None:
+            resized = [_resized(s, r, size) for s, r in zip(samples, references, strict=True)]
+            samples = [s for s, _ in resized]
+            references = [r for _, r in resized]
         outputs = []
-        for args, kwargs in self.samples:
+        for args, kwargs in samples:
             with torch.inference_mode():
                 outputs.append(tensor_leaves(candidate(*args, **kwargs)))
-        return self.judge(outputs)
+        return self._judge(references, outputs, [padding_mask(s) for s in samples])
 
     def judge(self, outputs: list[list[torch.Tensor]]) -> Verdict:
+        return self._judge(self.reference, outputs, self.masks)
+
+    def _judge(self, references: list[list[torch.Tensor]], outputs: list[list[torch.Tensor]],
+               masks: list[torch.Tensor | None]) -> Verdict:
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for ref, out, mask in zip(self.reference, outputs, self.masks, strict=True):
+        for ref, out, mask in zip(references, outputs, masks, strict=True):
             if len(ref) != len(out):
                 return Verdict(False, reason=f"output has {len(out)} tensors, reference {len(ref)}")
             for r, o in zip(ref, out, strict=True):
@@ -90,8 +122,12 @@ class AccuracyGuard:
 
     def _verdict(self, metrics: dict[str, float]) -> Verdict:
         cfg = self.config
-        if any(math.isnan(v) for v in metrics.values()) or metrics.get("finite", 1.0) < 1.0:
-            return Verdict(False, metrics, "non-finite outputs where the reference is finite")
+        bad = metrics.get("non_finite", 0.0)
+        if bad > 0:
+            return Verdict(False, metrics,
+                           f"{int(bad)} NaN/inf output value(s) where the reference is finite")
+        if any(math.isnan(v) for v in metrics.values()):
+            return Verdict(False, metrics, "an accuracy metric is NaN")
         checks: list[tuple[str, bool, str]] = []
         if self.metric == "top1":
             agree = metrics["top1_agreement"]
@@ -115,6 +151,16 @@ class AccuracyGuard:
         return Verdict(not failed, metrics, "; ".join(failed))
 
 
+def _resized(sample: Sample, reference: list[torch.Tensor], size: int
+             ) -> tuple[Sample, list[torch.Tensor]]:
+    """`sample` with `size` rows and the reference outputs those rows must give."""
+    n = batch_size(sample)
+    if n is None or n == size:
+        return sample, reference
+    rows: Sample = ((*reference,), {})
+    return resize_batch(sample, n, size), list(resize_batch(rows, n, size)[0])
+
+
 def padding_mask(sample: Sample) -> torch.Tensor | None:
     """The call's `attention_mask` ([batch, sequence], 1 for real tokens), if it has one."""
     mask = sample[1].get("attention_mask") if isinstance(sample[1], dict) else None
@@ -129,8 +175,9 @@ def _unpadded(ref: torch.Tensor, out: torch.Tensor, mask: torch.Tensor | None
     (a handler masks them out), and INT8 moves them far more than the real tokens."""
     if mask is None or ref.dim() < 2 or tuple(ref.shape[:2]) != tuple(mask.shape):
         return ref, out
-    keep = mask.reshape(*mask.shape, *([1] * (ref.dim() - 2))).to(ref.dtype)
-    return ref * keep, out * keep
+    keep = mask.reshape(*mask.shape, *([1] * (ref.dim() - 2)))
+    # `where`, not a product: a NaN at a padded position times zero would still be NaN.
+    return torch.where(keep, ref, 0.0), torch.where(keep, out, 0.0)
 
 
 def _metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]], classify: bool) -> dict[str, float]:
@@ -139,12 +186,18 @@ def _metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]], classify: bool) -> 
     max_abs = 0.0
     max_rel = 0.0
     min_cos = 1.0
-    finite = 1.0
+    non_finite = 0
     agree = total = 0
     for ref, out in pairs:
-        if bool(torch.isfinite(ref).all()) and not bool(torch.isfinite(out).all()):
-            finite = 0.0
-            continue
+        # Where the reference itself is NaN/inf (a log of zero, an overflow in fp32) the
+        # candidate may hold anything; everywhere else it must be finite.
+        ref_ok = torch.isfinite(ref)
+        bad = int((ref_ok & ~torch.isfinite(out)).sum())
+        if bad:
+            non_finite += bad
+            continue  # judged by the count alone: its differences would be NaN/inf
+        if not bool(ref_ok.all()):
+            ref, out = torch.where(ref_ok, ref, 0.0), torch.where(ref_ok, out, 0.0)
         diff = (ref - out).abs().max().item() if ref.numel() else 0.0
         max_abs = max(max_abs, diff)
         scale = ref.abs().max().item() if ref.numel() else 0.0
@@ -154,7 +207,7 @@ def _metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]], classify: bool) -> 
             agree += int((ref.argmax(dim=-1) == out.argmax(dim=-1)).sum())
             total += ref.shape[0]
     metrics = {"max_abs_error": max_abs, "max_rel_error": max_rel, "min_cosine": min_cos,
-               "finite": finite}
+               "non_finite": float(non_finite)}
     if classify:
         metrics["top1_agreement"] = agree / total if total else 1.0
     return metrics

@@ -9,12 +9,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import BadRequest
+from serving.optimize.inductor_options import check_inductor_options
 
 Device = Literal["auto", "cpu", "xpu", "cuda"]
 CompileMode = Literal[
     "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
 ]
 Candidate = Literal["eager", "compile", "bf16", "int8"]
+# Backends that ship with torch and run nothing from outside it; a name from a plugin
+# (openvino, tensorrt, ...) would load and run third-party code chosen by the caller.
+Backend = Literal["inductor", "eager", "aot_eager", "cudagraphs"]
 
 
 class _Strict(BaseModel):
@@ -30,7 +34,7 @@ class QuantizationConfig(_Strict):
 
 class CompileConfig(_Strict):
     mode: CompileMode = "off"
-    backend: str = "inductor"
+    backend: Backend = "inductor"
     batch_sizes: list[int] | None = None
     dynamic: bool = False
     max_batch: int | None = Field(default=None, ge=1)
@@ -48,6 +52,11 @@ class CompileConfig(_Strict):
             raise ValueError("batch_sizes must be a non-empty list of positive integers")
         return sorted(set(value))
 
+    @field_validator("options")
+    @classmethod
+    def _allowed_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_inductor_options(value)
+
     @model_validator(mode="after")
     def _one_batching_scheme(self) -> CompileConfig:
         if self.dynamic and self.batch_sizes is not None:
@@ -56,6 +65,8 @@ class CompileConfig(_Strict):
             raise ValueError("max_batch bounds a dynamic batch (buckets: the largest is the max)")
         if self.dynamic and self.max_batch == 1:
             raise ValueError("a dynamic batch needs max_batch >= 2 (one row: batch_sizes [1])")
+        if self.options and self.backend != "inductor":
+            raise ValueError(f"options are Inductor settings; backend {self.backend} takes none")
         return self
 
     @property
@@ -117,7 +128,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "optimization") 
             allowed = _allowed_keys(loc[:-1])
             parts.append(f"{where}: unknown key (allowed: {', '.join(allowed)})")
         else:
-            parts.append(f"{where}: {err['msg']}")
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 

@@ -21,8 +21,13 @@ from serving.optimize.batching import (
     prepare_inputs,
 )
 from serving.optimize.compilation import COMPILE_LOCK
-from serving.optimize.config import OptimizationConfigError, resolve_in_model_dir
+from serving.optimize.config import (
+    OptimizationConfig,
+    OptimizationConfigError,
+    resolve_in_model_dir,
+)
 from serving.optimize.hardware import cpu_arch, cpu_features
+from serving.optimize.provenance import package_settings, settings_override, weights_mismatch
 from serving.optimize.report import PipelineReport, StepRecord, describe
 from serving.optimize.runner import OptimizedModel
 from serving.optimize.samples import as_sample
@@ -30,7 +35,8 @@ from serving.optimize.steps import Variant
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = 1
+# 2: the sidecar records the weights' sha256 and the settings the package was built with.
+SIDECAR_FORMAT = 2
 
 
 @dataclass
@@ -47,6 +53,8 @@ class Sidecar:
     upcast: bool = False
     applied: list[str] = field(default_factory=list)
     created: str = ""
+    weights_sha256: str | None = None
+    settings: dict[str, Any] | None = None
     format: int = SIDECAR_FORMAT
 
     @classmethod
@@ -129,9 +137,13 @@ def write_package(
     device: torch.device,
     max_batch: int | None,
     dynamic: DynamicDims | None = None,
+    *,
+    weights: str | None,
+    config: OptimizationConfig,
 ) -> Path:
     """Export `variant` with a symbolic batch (and `dynamic` dims), AOT-compile it to
-    `out_path`, write the sidecar."""
+    `out_path`, write the sidecar: what it was built for, from which weights (`weights`,
+    their sha256) and with which settings of `config`."""
     from torch._inductor import aoti_compile_and_package
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +161,8 @@ def write_package(
         upcast=variant.autocast is not None,
         applied=[*variant.applied, "aot_inductor"],
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        weights_sha256=weights,
+        settings=package_settings(config),
     )
     sidecar_path(out_path).write_text(json.dumps(asdict(sidecar), indent=2))
     return out_path
@@ -163,15 +177,29 @@ def load_precompiled(
     path: Path | str,
     device: torch.device | str | None = None,
     *,
+    weights: str | None,
     threads: int | None = None,
     original: nn.Module | None = None,
 ) -> tuple[OptimizedModel | None, str]:
     """The package as a callable model, or None and the reason it cannot be used here.
 
+    `weights`: the sha256 (`provenance.weights_sha256`) of the model the handler loaded; a
+    package built from other weights, or whose sidecar records none, is not loaded.
     A None is not an error: the caller compiles instead (slower start, same result).
     """
     path = Path(path)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    sidecar, reason = usable_sidecar(path, device, weights, threads)
+    if sidecar is None:
+        return None, reason
+    return _load(path, sidecar, device, original)
+
+
+def usable_sidecar(
+    path: Path, device: torch.device, weights: str | None, threads: int | None = None
+) -> tuple[Sidecar | None, str]:
+    """The package's sidecar when the package may serve here (this torch, device, CPU,
+    thread count, and `weights`), else None and why; nothing is loaded."""
     threads = threads if threads is not None else torch.get_num_threads()
     if not path.is_file():
         return None, f"no package at {path}"
@@ -179,9 +207,12 @@ def load_precompiled(
         sidecar = read_sidecar(path)
     except (OSError, ValueError, TypeError) as exc:
         return None, f"unreadable sidecar {sidecar_path(path).name}: {describe(exc)}"
-    reason = sidecar.mismatch(device, threads)
-    if reason is not None:
-        return None, reason
+    reason = weights_mismatch(sidecar.weights_sha256, weights) or sidecar.mismatch(device, threads)
+    return (None, reason) if reason is not None else (sidecar, "")
+
+
+def _load(path: Path, sidecar: Sidecar, device: torch.device, original: nn.Module | None
+          ) -> tuple[OptimizedModel | None, str]:
     try:
         import torch._inductor.config as inductor_config
         from torch._inductor import aoti_load_package
@@ -213,15 +244,27 @@ def load_precompiled(
     return model, f"loaded {path.name} ({built})"
 
 
+def recorded_weights(model_dir: Path, relative: str) -> str | None:
+    """The weights hash the package's sidecar records, or None (none recorded, no package,
+    unreadable sidecar)."""
+    try:
+        return read_sidecar(resolve_in_model_dir(model_dir, relative)).weights_sha256
+    except (OptimizationConfigError, OSError, ValueError, TypeError):
+        return None
+
+
 def serve_precompiled(
     model_dir: Path,
-    relative: str,
+    config: OptimizationConfig,
     device: torch.device,
     guard: AccuracyGuard,
     original: nn.Module,
     report: PipelineReport,
+    weights: str | None,
 ) -> OptimizedModel | None:
-    """The archive's AOTInductor package, if it was built for this process and still passes."""
+    """The archive's AOTInductor package (`config.precompiled`), if it was built for this
+    process, from these `weights` and with the settings `config` asks for, and still passes."""
+    relative = config.precompiled or ""
     record = report.record(StepRecord("precompiled", "skipped"))
     try:
         path = resolve_in_model_dir(model_dir, relative)
@@ -230,7 +273,17 @@ def serve_precompiled(
         report.precompiled = exc.message
         return None
     start = time.perf_counter()
-    loaded, reason = load_precompiled(path, device, original=original)
+    sidecar, reason = usable_sidecar(path, device, weights)
+    override = _override(path, config)
+    if override is not None:
+        report.package_override = override
+        if sidecar is not None:
+            asked = ", ".join(f"{k} {v}" for k, v in override["asked"].items())
+            built = ", ".join(f"{k} {v}" for k, v in override["package"].items())
+            sidecar, reason = None, f"the config asks {asked}; the package was built with {built}"
+    loaded = None
+    if sidecar is not None:
+        loaded, reason = _load(path, sidecar, device, original)
     record.seconds = time.perf_counter() - start
     report.precompiled = reason
     if loaded is None:
@@ -243,3 +296,18 @@ def serve_precompiled(
         return None
     record.status, record.reason = "applied", reason
     return loaded
+
+
+def _override(path: Path, config: OptimizationConfig) -> dict[str, Any] | None:
+    """The settings `config` asks that the package was not built with, for describe."""
+    try:
+        sidecar = read_sidecar(path)
+    except (OSError, ValueError, TypeError):
+        return None  # load_precompiled says why the sidecar is unusable
+    differences = settings_override(sidecar.settings, sidecar.max_batch, config)
+    if differences is None:
+        return None
+    return {**differences, "served": "asked",
+            "reason": "the registration call or model-config.yaml asks for settings the "
+                      "package was not built with; the package is not used and the pipeline "
+                      "applies what was asked"}

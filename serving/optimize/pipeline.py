@@ -24,7 +24,8 @@ from serving.optimize.cache import configure_compile_env
 from serving.optimize.compilation import compile_module, compile_options, warm_up, warmup_inputs
 from serving.optimize.config import OptimizationConfig
 from serving.optimize.hardware import resolve_device
-from serving.optimize.package import serve_precompiled
+from serving.optimize.package import recorded_weights, serve_precompiled
+from serving.optimize.provenance import try_weights_sha256
 from serving.optimize.quantize import load_quantizer_passes, static_int8, torchao_int8
 from serving.optimize.report import PipelineReport, StepRecord, describe
 from serving.optimize.runner import OptimizedModel
@@ -50,6 +51,8 @@ class Context:
     guard: AccuracyGuard
     samples: list[Sample]
     calibration: list[Sample]
+    # sha256 of the handler's weights, when a precompiled package must be matched to them.
+    weights: str | None = None
 
 
 def build(
@@ -105,6 +108,17 @@ def make_context(
     prepare_eval(base, dev)
     if config.compile.threads is not None:
         configure_compile_env(compile_threads=config.compile.threads)
+    weights = None
+    if config.precompiled:
+        weights, why = try_weights_sha256(base)
+        if why:
+            report.notes.append(why)
+        if reference and not _same_weights(model_dir, config.precompiled, weights):
+            # The package's stored outputs came from other weights: they would approve the
+            # stale package and refuse every correct step.
+            report.notes.append("the package's stored fp32 outputs are not from this model's "
+                                "weights: the reference is computed from the model")
+            reference = None
     if reference:
         guard = AccuracyGuard(config.accuracy, samples[: len(reference)], reference)
     else:
@@ -115,7 +129,13 @@ def make_context(
         calibration_from_config(config, model_dir)
         or samples[: config.quantization.calibration_batches]
     )
-    return Context(base, config, dev, guard, samples, calibration)
+    return Context(base, config, dev, guard, samples, calibration, weights)
+
+
+def _same_weights(model_dir: Path | str | None, package: str, weights: str | None) -> bool:
+    if model_dir is None or weights is None:
+        return False
+    return recorded_weights(Path(model_dir), package) == weights
 
 
 def load_passes_for(config: OptimizationConfig, device: torch.device) -> None:
@@ -129,7 +149,7 @@ def load_passes_for(config: OptimizationConfig, device: torch.device) -> None:
 def _run(ctx: Context, model_dir: Path | str | None, report: PipelineReport) -> nn.Module:
     if ctx.config.precompiled and model_dir is not None:
         loaded = serve_precompiled(
-            Path(model_dir), ctx.config.precompiled, ctx.device, ctx.guard, ctx.base, report
+            Path(model_dir), ctx.config, ctx.device, ctx.guard, ctx.base, report, ctx.weights
         )
         if loaded is not None:
             return loaded
@@ -141,7 +161,8 @@ def _run(ctx: Context, model_dir: Path | str | None, report: PipelineReport) -> 
 
 
 def _with(ctx: Context, config: OptimizationConfig) -> Context:
-    return Context(ctx.base, config, ctx.device, ctx.guard, ctx.samples, ctx.calibration)
+    return Context(ctx.base, config, ctx.device, ctx.guard, ctx.samples, ctx.calibration,
+                   ctx.weights)
 
 
 def pipeline(ctx: Context, report: PipelineReport) -> nn.Module:
@@ -243,19 +264,26 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
         runner.dynamic_dims = dims
         options = compile_options(cfg, ctx.device) if cfg.backend == "inductor" else {}
         report.compile_seconds, report.warmup_seconds = warm_up(runner, inputs, options)
-        verdict = ctx.guard.check(runner)
+        verdict = ctx.guard.check(runner, guarded_batches(buckets, cfg.dynamic))
     except Exception as exc:
         record.status, record.reason = "failed", describe(exc)
         return _uncompiled(ctx, variant, report)
     finally:
         record.seconds = time.perf_counter() - start
     record.accuracy = verdict.metrics
+    record.per_batch = {str(size): metrics for size, metrics in verdict.per_batch.items()}
     if not verdict.passed:
         record.status, record.reason = "refused", verdict.reason
         return _uncompiled(ctx, variant, report)
     report.buckets, report.dynamic_batch = list(buckets), cfg.dynamic
     report.dynamic_dims = _describe_dims(ctx.samples, dims)
     return runner
+
+
+def guarded_batches(buckets: list[int], dynamic: bool) -> list[int]:
+    """The batch sizes the guard runs besides the samples' own: every bucket (one graph
+    each), or for a dynamic batch its two graphs, one row and two or more rows."""
+    return [1, 2] if dynamic else list(buckets)
 
 
 def _describe_dims(samples: list[Sample], dims: DynamicDims) -> list[str]:

@@ -11,6 +11,7 @@ from serving.optimize.batching import Sample, varying_dims
 from serving.optimize.config import OptimizationConfig
 from serving.optimize.package import sidecar_path, write_package, write_reference
 from serving.optimize.pipeline import eager_steps, load_passes_for, make_context, max_batch
+from serving.optimize.provenance import try_weights_sha256
 from serving.optimize.report import PipelineReport
 
 
@@ -55,12 +56,17 @@ def precompile_with_report(
     ctx = make_context(model, config, samples, device, model_dir, report)
     if ctx is None:
         raise PrecompileError("; ".join(report.notes) or "model cannot be optimised")
+    # Hashed before any step runs: the weights as the handler loaded them, as a worker sees
+    # them when it decides whether this package may serve its model.
+    weights, why = try_weights_sha256(ctx.base)
+    if why:
+        report.notes.append(f"{why}: no worker will load this package")
     load_passes_for(config, ctx.device)
     variant = eager_steps(ctx, report)
     try:
         dims = varying_dims(samples)  # sequence lengths: one package serves every length
         path = write_package(variant, samples[0], Path(out_path), ctx.device, max_batch(ctx),
-                             dims)
+                             dims, weights=weights, config=config)
     except Exception as exc:
         raise PrecompileError(f"export/AOT compile failed: {exc}") from exc
     write_reference(path, samples, ctx.guard.reference)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ class StepRecord:
     reason: str = ""
     accuracy: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # The metrics of every batch size the guard also ran (each compiled bucket), by size.
+    per_batch: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,6 +48,9 @@ class PipelineReport:
     candidates: list[CandidateRecord] = field(default_factory=list)
     chosen: str | None = None
     precompiled: str | None = None
+    # Settings asked for (registration or model-config.yaml) that the package was not
+    # built with: {"package": {...}, "asked": {...}, "served": ..., "reason": ...}.
+    package_override: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -70,7 +76,14 @@ class PipelineReport:
             data[key] = round(data[key], 3)
         for step in data["steps"]:
             step["seconds"] = round(step["seconds"], 3)
+            step["accuracy"] = json_safe(step["accuracy"])
+            step["per_batch"] = {k: json_safe(v) for k, v in step["per_batch"].items()}
         return data
+
+
+def json_safe(metrics: dict[str, float]) -> dict[str, float | str]:
+    """Metrics for describe, whose JSON has no NaN or Infinity: those become "nan", "inf"."""
+    return {k: v if math.isfinite(v) else str(v) for k, v in metrics.items()}
 
 
 def describe(exc: BaseException, limit: int = 400) -> str:

@@ -3,6 +3,7 @@ TorchServe's pt2 key, auto, and precompiled packages (with their fallback)."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -85,6 +86,30 @@ def test_invalid_optimization_block_is_refused_at_registration(server: ServerPro
         '"quantization": {"calibration_file": "../x.pt"}}'})
     assert r.status_code == 400 and "outside the model dir" in r.json()["message"]
     assert server.management.get("/models/nofile").status_code == 404
+
+
+def test_compile_options_outside_the_allowlist_are_refused_at_registration(
+        server: ServerProcess, store: Path, conv_files: Path):
+    conv_mar(store, conv_files, "cxx", "pt2:\n  compile:\n    enable: true\n"
+             "    options: {cpp.cxx: /tmp/evil-cc}\n")
+    r = server.management.post("/models", params={"url": "cxx.mar"})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == 400 and body["type"] == "BadRequestException"
+    assert "Inductor option(s) 'cpp.cxx' not allowed" in body["message"]
+    assert "allowed: aggressive_fusion" in body["message"]
+    assert server.management.get("/models/cxx").status_code == 404
+    conv_mar(store, conv_files, "opts", "optimization:\n  compile: {mode: off}\n")
+    for override, needle in [
+        ('{"compile": {"mode": "default", "options": {"debug": true}}}', "'debug' not allowed"),
+        ('{"compile": {"mode": "default", "options": {"freezing": "yes"}}}',
+         "freezing must be true or false"),
+        ('{"compile": {"mode": "default", "backend": "tvm"}}', "optimization.compile.backend"),
+    ]:
+        r = server.management.post("/models", params={"url": "opts.mar",
+                                                      "optimization": override})
+        assert r.status_code == 400 and needle in r.json()["message"], r.text
+    assert server.management.get("/models/opts").status_code == 404
 
 
 def test_eager_steps_applied_and_reported(server: ServerProcess, store: Path,
@@ -228,3 +253,43 @@ def test_precompiled_package_loads_and_a_foreign_one_falls_back(server: ServerPr
     rep = report(server, "foreign")
     assert "2.0.0" in rep["precompiled"] and "compile" in rep["applied"]
     check_prediction(server, "foreign", conv_files)
+
+    # A registration that asks other settings than the package was built with: served as
+    # asked, and describe shows both.
+    server.management.post("/models", params={
+        "url": "packaged.mar", "model_name": "unfolded",
+        "optimization": '{"fold": false, "compile": {"mode": "off"}}'}).raise_for_status()
+    rep = report(server, "unfolded")
+    assert rep["package_override"]["package"] == {"fold": True}
+    assert rep["package_override"]["asked"] == {"fold": False}
+    assert "precompiled" not in rep["applied"] and "fold" not in rep["applied"]
+
+    # The same package next to retrained weights: it still holds the old ones as
+    # constants, so it is refused and the worker compiles the new weights.
+    retrained = TinyConvNet().eval()
+    retrained.load_state_dict(torch.load(conv_files / "conv.pt"))
+    with torch.no_grad():
+        retrained.head.bias.add_(1.0)
+    stale = store / "stale.mar"
+    weights = io.BytesIO()
+    torch.save(retrained.state_dict(), weights)
+    with zipfile.ZipFile(store / "packaged.mar") as src, zipfile.ZipFile(stale, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "conv.pt":
+                data = weights.getvalue()
+            if item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = "stale"
+                data = json.dumps(manifest).encode()
+            dst.writestr(item, data)
+    server.management.post("/models", params={"url": "stale.mar"}).raise_for_status()
+    rep = report(server, "stale")
+    assert rep["precompiled"].startswith("built from other weights"), rep["precompiled"]
+    assert "compile" in rep["applied"] and "precompiled" not in rep["applied"]
+    body = json.loads((conv_files / "warm1.json").read_text())
+    r = server.inference.post("/predictions/stale", json=body)
+    assert r.status_code == 200, r.text
+    with torch.no_grad():
+        expected = retrained(torch.tensor([body])).tolist()[0]
+    assert r.json()["logits"] == pytest.approx(expected, abs=1e-4)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import torch
 import torch.nn.functional as F
 
 from serving.optimize.accuracy import AccuracyGuard, choose_metric
 from serving.optimize.config import AccuracyConfig
+from serving.optimize.report import PipelineReport, StepRecord
 
 
 def _guard(reference: list[torch.Tensor], **config: object) -> AccuracyGuard:
@@ -87,3 +91,75 @@ def test_padded_token_positions_do_not_count() -> None:
     assert not verdict.passed and "cosine" in verdict.reason
     unmasked = AccuracyGuard(config, [((ref,), {})], [ref])
     assert not unmasked.judge([[garbage]]).passed
+
+
+def test_one_non_finite_value_where_the_reference_is_finite_fails() -> None:
+    ref = torch.randn(4, 10)
+    for metric in ("top1", "cosine", "max_abs"):
+        guard = _guard([ref], metric=metric, max_abs_error=1.0)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            out = ref.clone()
+            out[2, 7] = bad
+            verdict = guard.judge([[out]])
+            assert not verdict.passed, (metric, bad)
+            assert verdict.reason == "1 NaN/inf output value(s) where the reference is finite"
+            assert verdict.metrics["non_finite"] == 1.0
+
+
+def test_where_the_reference_is_non_finite_the_candidate_is_not_judged() -> None:
+    ref = torch.randn(4, 10)
+    ref[0, 3] = float("nan")
+    ref[1, 1] = float("inf")
+    guard = _guard([ref], metric="cosine")
+    same = ref.clone()
+    assert guard.judge([[same]]).passed
+    finite_there = ref.clone()
+    finite_there[0, 3], finite_there[1, 1] = 0.5, 1e30
+    assert guard.judge([[finite_there]]).passed
+    # A reference with a NaN somewhere must not excuse NaNs anywhere else.
+    elsewhere = ref.clone()
+    elsewhere[3, 9] = float("nan")
+    verdict = guard.judge([[elsewhere]])
+    assert not verdict.passed and "NaN/inf" in verdict.reason
+
+
+def test_padded_token_positions_may_even_hold_nan() -> None:
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    sample = ((), {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": mask})
+    ref = torch.randn(2, 4, 8)
+    guard = AccuracyGuard(AccuracyConfig(), [sample], [ref])
+    out = ref.clone()
+    out[1, 3] = float("nan")
+    assert guard.judge([[out]]).passed
+    out[0, 3, 0] = float("nan")  # a real token
+    assert not guard.judge([[out]]).passed
+
+
+def test_the_report_of_non_finite_metrics_is_valid_json() -> None:
+    report = PipelineReport()
+    report.record(StepRecord("compile", "refused", accuracy={
+        "max_rel_error": math.inf, "min_cosine": math.nan, "non_finite": 3.0}))
+    step = json.loads(json.dumps(report.to_dict(), allow_nan=False))["steps"][0]
+    assert step["accuracy"] == {"max_rel_error": "inf", "min_cosine": "nan", "non_finite": 3.0}
+
+
+def test_every_batch_size_asked_for_is_run_and_reported() -> None:
+    seen: list[int] = []
+
+    def doubles(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return x * 2
+
+    samples = [((torch.randn(2, 3),), {}) for _ in range(2)]
+    reference = [args[0] * 2 for args, _ in samples]
+    guard = AccuracyGuard(AccuracyConfig(metric="cosine"), samples, reference)
+    verdict = guard.check(doubles, batch_sizes=[1, 2, 4, 8])
+    assert verdict.passed and sorted(verdict.per_batch) == [1, 2, 4, 8]
+    assert seen == [2, 2, 1, 1, 4, 4, 8, 8]  # batch 2 is the samples' own: run once
+
+    def wrong_at_eight(x: torch.Tensor) -> torch.Tensor:
+        return -x * 2 if x.shape[0] == 8 else x * 2
+
+    verdict = guard.check(wrong_at_eight, batch_sizes=[1, 4, 8])
+    assert not verdict.passed and verdict.reason.startswith("batch 8: cosine similarity")
+    assert sorted(verdict.per_batch) == [1, 4, 8]

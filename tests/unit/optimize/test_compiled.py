@@ -185,3 +185,37 @@ def test_auto_keeps_the_fastest_candidate_that_passes() -> None:
     cos = torch.nn.functional.cosine_similarity(optimized(x), model(x)).min()
     assert cos > 0.99
     assert report.to_dict()["candidates"][0]["latency_ms"] is not None
+
+
+class WrongAtEight(nn.Module):
+    """Right at every batch size but 8: what a miscompiled bucket looks like to a client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x)
+        return y.flip(-1) if x.shape[0] == 8 else y
+
+
+def test_every_compiled_bucket_is_guarded_and_listed() -> None:
+    # Dynamo with the eager backend: one graph per bucket as with Inductor, in a fraction
+    # of the time. The samples have one row, so only bucket 1 is their own size.
+    samples = vector_samples(count=3, batch=1)
+    config = _config(compile={"mode": "default", "backend": "eager", "batch_sizes": [1, 4, 8]})
+    _, report = build(seeded(Encoder), config, samples)
+    step = report.step("compile")
+    assert step is not None and step.status == "applied", step
+    assert sorted(step.per_batch) == ["1", "4", "8"]
+    assert all(m["min_cosine"] > 0.999 for m in step.per_batch.values())
+
+    model = seeded(WrongAtEight)
+    optimized, report = build(model, config, samples)
+    step = report.step("compile")
+    assert step is not None and step.status == "refused"
+    assert step.reason.startswith("batch 8: top-1 agreement")
+    assert sorted(step.per_batch) == ["1", "4", "8"]
+    assert report.buckets == []  # served uncompiled: no bucket padding
+    x = torch.randn(3, 16)
+    assert torch.equal(optimized(x), model(x))

@@ -14,6 +14,7 @@ from serving.optimize.config import OptimizationConfig
 from serving.optimize.package import load_precompiled, read_reference, sidecar_path
 from serving.optimize.pipeline import build
 from serving.optimize.precompile import precompile
+from serving.optimize.provenance import weights_sha256
 from tests.unit.optimize.models import (
     Encoder,
     TokenEncoder,
@@ -48,7 +49,7 @@ def test_round_trip(package: tuple[Encoder, Path]) -> None:
     sidecar = json.loads(sidecar_path(path).read_text())
     assert sidecar["torch_version"] == torch.__version__
     assert sidecar["threads"] == torch.get_num_threads() and sidecar["max_batch"] == 4
-    loaded, reason = load_precompiled(path, "cpu")
+    loaded, reason = load_precompiled(path, "cpu", weights=weights_sha256(model))
     assert loaded is not None, reason
     assert "loaded" in reason
     for batch in (1, 3, 4, 6):
@@ -68,17 +69,19 @@ def test_round_trip(package: tuple[Encoder, Path]) -> None:
 def test_a_package_built_for_something_else_is_refused(
     package: tuple[Encoder, Path], tmp_path: Path, changes: dict[str, Any], expected: str
 ) -> None:
-    _, path = package
-    loaded, reason = load_precompiled(_copy_with_sidecar(path, tmp_path, **changes), "cpu")
+    model, path = package
+    loaded, reason = load_precompiled(_copy_with_sidecar(path, tmp_path, **changes), "cpu",
+                                      weights=weights_sha256(model))
     assert loaded is None
     assert expected in reason
 
 
 def test_missing_package_or_sidecar(package: tuple[Encoder, Path], tmp_path: Path) -> None:
-    _, path = package
-    assert load_precompiled(tmp_path / "nope.pt2")[1].startswith("no package")
+    model, path = package
+    weights = weights_sha256(model)
+    assert load_precompiled(tmp_path / "nope.pt2", weights=weights)[1].startswith("no package")
     shutil.copy(path, tmp_path / "lonely.pt2")
-    loaded, reason = load_precompiled(tmp_path / "lonely.pt2")
+    loaded, reason = load_precompiled(tmp_path / "lonely.pt2", weights=weights)
     assert loaded is None and "sidecar" in reason
 
 
@@ -141,8 +144,95 @@ def test_a_text_model_package_serves_every_length(tmp_path: Path) -> None:
         {"device": "cpu", "compile": {"mode": "default", "batch_sizes": [4]}}
     )
     path = precompile(model, config, token_samples(), tmp_path / "text.pt2", "cpu")
-    loaded, reason = load_precompiled(path, "cpu", original=model)
+    loaded, reason = load_precompiled(path, "cpu", weights=weights_sha256(model),
+                                      original=model)
     assert loaded is not None, reason
     for batch, length in ((1, 2), (3, 7), (4, 20), (4, TokenEncoder.MAX_LENGTH)):
         args, kwargs = token_inputs(batch, length, seed=length)
         assert torch.allclose(loaded(*args, **kwargs), model(*args, **kwargs), atol=1e-5)
+
+
+def test_the_sidecar_records_the_weights_and_the_build_settings(
+    package: tuple[Encoder, Path],
+) -> None:
+    model, path = package
+    sidecar = json.loads(sidecar_path(path).read_text())
+    assert sidecar["weights_sha256"] == weights_sha256(model)
+    assert sidecar["settings"] == {"dtype": "fp32", "quantization": "none", "fold": True,
+                                   "channels_last": "auto"}
+
+
+def test_a_package_of_other_weights_is_refused_and_the_model_compiled_from_its_own(
+    package: tuple[Encoder, Path],
+) -> None:
+    _, path = package
+    changed = seeded(Encoder)
+    with torch.no_grad():
+        changed.l2.bias.add_(0.5)  # retrained: the package still holds the old weights
+    loaded, reason = load_precompiled(path, "cpu", weights=weights_sha256(changed))
+    assert loaded is None and reason.startswith("built from other weights (sha256 ")
+
+    stored = read_reference(path)
+    assert stored is not None
+    samples, reference = stored
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "precompiled": path.name, "compile": {"mode": "off"}}
+    )
+    optimized, report = build(changed, config, samples, model_dir=path.parent,
+                              reference=reference)
+    step = report.step("precompiled")
+    assert step is not None and step.status == "skipped"
+    assert "built from other weights" in step.reason and "compiling instead" in step.reason
+    # The stored outputs came from the old weights: the guard must not use them.
+    assert any("not from this model's weights" in note for note in report.notes)
+    assert report.samples == len(samples)
+    x = torch.randn(2, 16)
+    assert torch.allclose(optimized(x), changed(x), atol=1e-6)
+
+
+def test_a_sidecar_without_a_weights_hash_is_refused(
+    package: tuple[Encoder, Path], tmp_path: Path
+) -> None:
+    model, path = package
+    old = _copy_with_sidecar(path, tmp_path, format=1)
+    data = json.loads(sidecar_path(old).read_text())
+    del data["weights_sha256"], data["settings"]
+    sidecar_path(old).write_text(json.dumps(data))
+    loaded, reason = load_precompiled(old, "cpu", weights=weights_sha256(model))
+    assert loaded is None and "records no weights hash" in reason
+
+
+@pytest.mark.parametrize(
+    ("asked", "package_has", "wanted"),
+    [
+        ({"dtype": "bf16"}, {"dtype": "fp32"}, {"dtype": "bf16"}),
+        ({"quantization": {"mode": "dynamic"}, "fold": False},
+         {"quantization": "none", "fold": True}, {"quantization": "dynamic", "fold": False}),
+        ({"compile": {"mode": "default", "backend": "eager", "batch_sizes": [1, 8]}},
+         {"max_batch": 4},
+         {"max_batch": 8}),
+    ],
+)
+def test_an_override_of_the_package_settings_is_reported_and_what_was_asked_served(
+    package: tuple[Encoder, Path], asked: dict[str, Any], package_has: dict[str, Any],
+    wanted: dict[str, Any],
+) -> None:
+    model, path = package
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "precompiled": path.name, **asked})
+    _, report = build(model, config, vector_samples(), model_dir=path.parent)
+    override = report.to_dict()["package_override"]
+    assert override["package"] == package_has and override["asked"] == wanted
+    assert override["served"] == "asked" and "not built with" in override["reason"]
+    step = report.step("precompiled")
+    assert step is not None and step.status == "skipped"
+    assert "the config asks" in step.reason and "compiling instead" in step.reason
+
+
+def test_the_same_settings_are_no_override(package: tuple[Encoder, Path]) -> None:
+    model, path = package
+    config = OptimizationConfig.model_validate(
+        {"device": "cpu", "precompiled": path.name, "dtype": "fp32",
+         "compile": {"mode": "default", "batch_sizes": [2, 4]}})
+    _, report = build(model, config, vector_samples(), model_dir=path.parent)
+    assert report.package_override is None and report.applied == ["precompiled"]
