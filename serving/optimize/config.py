@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,10 @@ Candidate = Literal["eager", "compile", "bf16", "int8"]
 # Backends that ship with torch and run nothing from outside it; a name from a plugin
 # (openvino, tensorrt, ...) would load and run third-party code chosen by the caller.
 Backend = Literal["inductor", "eager", "aot_eager", "cudagraphs"]
+# Bounds on what a registration call can make a worker compile or allocate at start-up.
+MAX_BATCH = 4096
+MAX_BUCKETS = 16
+MAX_WARMUP_ELEMENTS = 64 * 1024 * 1024  # 256 MiB of float32 per warm-up input
 
 
 class _Strict(BaseModel):
@@ -29,7 +34,7 @@ class _Strict(BaseModel):
 class QuantizationConfig(_Strict):
     mode: Literal["none", "static", "dynamic", "weight_only"] = "none"
     calibration_file: str | None = None
-    calibration_batches: int = Field(default=32, ge=1)
+    calibration_batches: int = Field(default=32, ge=1, le=10_000)
 
 
 class CompileConfig(_Strict):
@@ -37,11 +42,11 @@ class CompileConfig(_Strict):
     backend: Backend = "inductor"
     batch_sizes: list[int] | None = None
     dynamic: bool = False
-    max_batch: int | None = Field(default=None, ge=1)
+    max_batch: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     cpp_wrapper: bool = False
     fullgraph: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
-    threads: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -50,6 +55,9 @@ class CompileConfig(_Strict):
             return None
         if not value or any(b < 1 for b in value):
             raise ValueError("batch_sizes must be a non-empty list of positive integers")
+        if len(set(value)) > MAX_BUCKETS or max(value) > MAX_BATCH:
+            raise ValueError(f"batch_sizes: at most {MAX_BUCKETS} buckets of at most "
+                             f"{MAX_BATCH} rows (each bucket is compiled and checked)")
         return sorted(set(value))
 
     @field_validator("options")
@@ -82,7 +90,24 @@ class WarmupConfig(_Strict):
     shapes: list[list[int]] | None = None
     dtype: str | list[str] = "float32"
     int_range: tuple[int, int] = (0, 2)
-    count: int = Field(default=4, ge=1)
+    count: int = Field(default=4, ge=1, le=1024)
+
+    @field_validator("shapes")
+    @classmethod
+    def _bounded_shapes(cls, value: list[list[int]] | None) -> list[list[int]] | None:
+        # Random warm-up tensors are allocated in the worker: a registration call must not be
+        # able to ask for more memory than a real input could take.
+        if value is None:
+            return None
+        if len(value) > 64:
+            raise ValueError("shapes: at most 64 warm-up inputs")
+        for shape in value:
+            if not shape or len(shape) > 8 or any(d < 1 for d in shape):
+                raise ValueError(f"shapes: {shape} is not 1 to 8 positive sizes")
+            if math.prod(shape) > MAX_WARMUP_ELEMENTS:
+                raise ValueError(f"shapes: {shape} has more than {MAX_WARMUP_ELEMENTS:,} "
+                                 "elements")
+        return value
 
 
 class AccuracyConfig(_Strict):
@@ -91,7 +116,7 @@ class AccuracyConfig(_Strict):
     min_cosine: float = Field(default=0.99, ge=-1.0, le=1.0)
     max_abs_error: float | None = Field(default=None, ge=0.0)
     max_rel_error: float | None = Field(default=None, ge=0.0)
-    samples: int = Field(default=16, ge=1)
+    samples: int = Field(default=16, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _budget_given(self) -> AccuracyConfig:

@@ -125,3 +125,30 @@ def test_overrides_merge_key_by_key() -> None:
 def test_overrides_are_validated_too() -> None:
     with pytest.raises(OptimizationConfigError, match=r"optimization\.devise"):
         from_model_yaml({}, overrides={"devise": "cpu"})
+
+
+@pytest.mark.parametrize(("block", "named"), [
+    ({"compile": {"mode": "default", "batch_sizes": [1, 100_000]}}, "batch_sizes"),
+    ({"compile": {"mode": "default", "batch_sizes": list(range(1, 40))}}, "batch_sizes"),
+    ({"compile": {"mode": "default", "dynamic": True, "max_batch": 10**9}}, "max_batch"),
+    ({"compile": {"mode": "default", "threads": 100_000}}, "threads"),
+    ({"warmup": {"shapes": [[100_000, 100_000]]}}, "shapes"),
+    ({"warmup": {"shapes": [[3, 224, 224]] * 65}}, "shapes"),
+    ({"warmup": {"shapes": [[1, 0]]}}, "shapes"),
+    ({"warmup": {"count": 10**6}}, "count"),
+    ({"accuracy": {"samples": 10**6}}, "samples"),
+    ({"quantization": {"mode": "dynamic", "calibration_batches": 10**6}}, "calibration_batches"),
+])
+def test_sizes_a_registration_can_ask_a_worker_for_are_bounded(
+        block: dict[str, object], named: str) -> None:
+    # The registration call may override the block: it must not make a worker compile
+    # thousands of graphs or allocate terabytes of warm-up data.
+    with pytest.raises(OptimizationConfigError, match=named):
+        from_model_yaml({"optimization": block})
+
+
+def test_real_sizes_stay_allowed() -> None:
+    config = from_model_yaml({"optimization": {
+        "compile": {"mode": "default", "batch_sizes": [1, 2, 4, 8, 16, 32, 64]},
+        "warmup": {"shapes": [[3, 224, 224], [1, 512]], "count": 8}}})
+    assert config is not None and config.compile.batch_sizes == [1, 2, 4, 8, 16, 32, 64]
