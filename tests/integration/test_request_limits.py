@@ -3,6 +3,7 @@ ids, KServe v1 instance counts, management bodies; and handlers that try to end 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -45,10 +46,9 @@ def assert_served_by(server: ServerProcess, pid: int) -> None:
 def raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send bytes as they are and read the answer until the server closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        try:
+        # the server may answer and stop reading before the request is all sent
+        with contextlib.suppress(OSError):
             sock.sendall(request)
-        except OSError:
-            pass  # the server may answer and stop reading before the request is all sent
         data = b""
         while True:
             try:
