@@ -77,6 +77,16 @@ class PayloadTooLarge(ServingError):
     type_name = "RequestEntityTooLargeException"
 
 
+class UriTooLong(ServingError):
+    code = 414
+    type_name = "UriTooLongException"
+
+
+class HeadersTooLarge(ServingError):
+    code = 431
+    type_name = "RequestHeaderFieldsTooLargeException"
+
+
 class InternalError(ServingError):
     code = 500
     type_name = "InternalServerException"

@@ -93,6 +93,12 @@ class Settings(BaseModel):
     default_startup_timeout: int = Field(120, ge=1)
     max_request_size: int = Field(6553500, ge=1)
     max_response_size: int = Field(6553500, ge=1)
+    max_json_depth: int = Field(100, ge=1)  # nesting of JSON bodies; deeper: 400
+    max_header_size: int = Field(65536, ge=1024)  # bytes of all request headers; more: 431
+    max_headers: int = Field(100, ge=1)  # request headers; more: 431
+    max_request_line: int = Field(8192, ge=64)  # bytes of the URL (path and query); more: 414
+    max_kserve_instances: int = Field(1000, ge=1)  # KServe v1 instances per request
+    max_management_request_size: int = Field(1048576, ge=1)  # management bodies; more: 413
     allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
     # Remote registration (`url=http(s)://...`): see docs/security-remote.md.
     allowed_url_networks: tuple[IPNetwork, ...] = ()  # internal networks downloads may reach

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
-
 from serving.errors import BadRequest, PayloadTooLarge
+from serving.gateway.jsondepth import check_json_depth
+from serving.gateway.multipart import multipart_inputs
 from serving.types import Input
 
 Receive = Any
@@ -22,11 +20,12 @@ def mime_type(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+async def read_body(receive: Receive, declared: str | None, limit: int,
+                    setting: str = "max_request_size") -> bytes:
     """The whole body; 413 before reading when Content-Length (`declared`) says it is too
-    big, or as soon as a chunked body passes the limit."""
+    big, or as soon as a chunked body passes the limit (`setting` names it in the message)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds max_request_size "
+        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds {setting} "
                               f"({limit} bytes)")
     chunks: list[bytes] = []
     size = 0
@@ -38,18 +37,26 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
+                raise PayloadTooLarge(f"Request body exceeds {setting} ({limit} bytes)")
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def body_inputs(body: bytes, content_type: str | None) -> list[Input]:
-    """Form fields become one input each, named by the field; any other body is `body`."""
+def body_inputs(body: bytes, content_type: str | None, max_json_depth: int) -> list[Input]:
+    """Form fields become one input each, named by the field; any other body is `body`.
+
+    Whatever the worker will parse as JSON is checked against `max_json_depth` here (400),
+    so that no worker ever parses a body nested deep enough to exhaust its stack.
+    """
     mime = mime_type(content_type)
     if mime == "multipart/form-data":
-        return await _multipart(body, content_type or "")
+        inputs = multipart_inputs(body, content_type or "")
+        for item in inputs:
+            if item.content_type == "application/json":
+                check_json_depth(item.value, max_json_depth)
+        return inputs
     if mime == "application/x-www-form-urlencoded":
         try:
             fields = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
@@ -57,25 +64,6 @@ async def body_inputs(body: bytes, content_type: str | None) -> list[Input]:
             raise BadRequest("form body is not valid UTF-8") from None
         # TorchServe sends form attributes without a content type: the handler gets bytes.
         return [Input(name, "", value.encode("utf-8")) for name, value in fields]
+    if mime == "application/json":
+        check_json_depth(body, max_json_depth)
     return [Input("body", mime, body)]
-
-
-async def _multipart(body: bytes, content_type: str) -> list[Input]:
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
-
-    parser = MultiPartParser(Headers({"content-type": content_type}), stream(),
-                             max_files=1000, max_fields=1000, max_part_size=len(body) + 1)
-    try:
-        form = await parser.parse()
-    except MultiPartException as e:
-        raise BadRequest(f"malformed multipart body: {e.message}") from None
-    inputs = []
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            data = await value.read()
-            inputs.append(Input(name, mime_type(value.content_type), data))
-        else:
-            inputs.append(Input(name, "", value.encode("utf-8")))
-    await form.close()
-    return inputs

@@ -18,19 +18,20 @@ from serving.errors import (
     ServingError,
     http_status,
 )
-from serving.gateway.requestids import new_request_id
+from serving.gateway.requestids import scope_request_id
 from serving.gateway.responses import error_body, error_headers
 
 log = logging.getLogger(__name__)
 
 
 def error_response(error: ServingError, request_id: str) -> Response:
-    headers = {k.decode(): v.decode() for k, v in error_headers(error, request_id)}
+    headers = {k.decode("latin-1"): v.decode("latin-1")
+               for k, v in error_headers(error, request_id)}
     return Response(error_body(error), status_code=http_status(error.code), headers=headers)
 
 
 def _request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or new_request_id()
+    return scope_request_id(request.scope)
 
 
 def install_error_handlers(app: FastAPI) -> None:

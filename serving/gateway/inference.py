@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from serving.errors import BadRequest, MethodNotAllowed, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
+from serving.gateway.jsondepth import loads
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
@@ -23,7 +24,7 @@ from serving.gateway.predictions import (
     handler_headers,
     infer,
 )
-from serving.gateway.requestids import request_id_of
+from serving.gateway.requestids import request_id_of, scope_request_id
 from serving.gateway.responses import send_error
 from serving.routing.manager import ModelManager
 from serving.types import InferenceRequest, InferenceResponse, Input
@@ -68,7 +69,8 @@ def create_inference_api(manager: ModelManager) -> FastAPI:
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
     install_openapi(app, INFERENCE)
-    limit = manager.settings.max_request_size
+    settings = manager.settings
+    limit = settings.max_request_size
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
@@ -82,8 +84,17 @@ def create_inference_api(manager: ModelManager) -> FastAPI:
     async def kserve_v1_predict(model_name: str, request: Request) -> Response:
         """KServe v1: each instance is its own request to the handler, so they batch."""
         body = await read_body(request.receive, request.headers.get("content-length"), limit)
-        instances = _instances(body)
-        request_id = request_id_of(request.headers)
+        instances = _instances(body, settings.max_json_depth)
+        # Each instance takes a place in the model's queue: a request that cannot fit is
+        # refused whole rather than answered 503 for the instances beyond the queue.
+        queue = manager.registry.get(model_name, None).settings.job_queue_size
+        most = min(settings.max_kserve_instances, queue)
+        if len(instances) > most:
+            why = ("max_kserve_instances" if most == settings.max_kserve_instances
+                   else f"the job queue of model {model_name}")
+            raise BadRequest(f"KServe v1 request has {len(instances)} instances; at most "
+                             f"{most} are accepted per request ({why})")
+        request_id = scope_request_id(request.scope)
         visible = handler_headers(request.scope)
         answers = await asyncio.gather(*(
             infer(manager, model_name, None,
@@ -104,11 +115,9 @@ def create_inference_api(manager: ModelManager) -> FastAPI:
     return app
 
 
-def _instances(body: bytes) -> list[Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise BadRequest("KServe v1 request body must be JSON: {\"instances\": [...]}") from None
+def _instances(body: bytes, max_json_depth: int) -> list[Any]:
+    payload = loads(body, max_json_depth,
+                    "KServe v1 request body must be JSON: {\"instances\": [...]}")
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise BadRequest("KServe v1 request needs a non-empty \"instances\" list")

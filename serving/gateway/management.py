@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from serving.errors import BadRequest, MethodNotAllowed
+from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
+from serving.gateway.jsondepth import loads
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import MANAGEMENT
 from serving.gateway.params import Params
@@ -45,12 +46,12 @@ def create_management_app(manager: ModelManager) -> FastAPI:
     async def register(request: Request) -> JSONResponse:
         require_model_api()
         values: dict[str, Any] = dict(request.query_params)
-        body = await request.body()
+        settings = manager.settings
+        body = await read_body(request.receive, request.headers.get("content-length"),
+                               settings.max_management_request_size,
+                               "max_management_request_size")
         if body.strip():
-            try:
-                extra = json.loads(body)
-            except ValueError:
-                raise BadRequest("request body must be JSON when present") from None
+            extra = loads(body, settings.max_json_depth, "request body must be JSON when present")
             if not isinstance(extra, dict):
                 raise BadRequest("request body must be a JSON object")
             values.update(extra)

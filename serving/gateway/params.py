@@ -53,7 +53,7 @@ class Params:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise BadRequest(f"{name}: expected a JSON object, got {value!r}") from None
         if not isinstance(value, dict):
             raise BadRequest(f"{name}: expected a JSON object, got {value!r}")

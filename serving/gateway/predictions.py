@@ -57,6 +57,7 @@ class PredictionEndpoint:
         self._manager = manager
         self._limit = max_request_size
         self._response_limit = manager.settings.max_response_size
+        self._max_json_depth = manager.settings.max_json_depth
         self._explain = explain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,7 +66,7 @@ class PredictionEndpoint:
         request_id = request_id_of(visible)
         try:
             body = await read_body(receive, visible.get("content-length"), self._limit)
-            inputs = await body_inputs(body, visible.get("content-type"))
+            inputs = body_inputs(body, visible.get("content-type"), self._max_json_depth)
             if self._explain:
                 visible["explain"] = "True"
             if params.get("url_path"):

@@ -20,6 +20,7 @@ import uvicorn
 from serving.errors import ConfigError, ServingError
 from serving.gateway.auth import KEY_FILE_NAME, TokenAuthorization, TokenKind
 from serving.gateway.guard import Guarded
+from serving.gateway.httplimits import limited_protocol
 from serving.gateway.inference import InferenceApp
 from serving.gateway.management import create_management_app
 from serving.routing.manager import ModelManager, Registration
@@ -103,7 +104,9 @@ class Server:
                     Guarded(apps[1], auth, TokenKind.MANAGEMENT)]
         # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
         # Server header (it only advertises the stack).
-        servers = [_Uvicorn(uvicorn.Config(app, http="httptools", lifespan="off",
+        # httptools, with limits on the request line and headers (see httplimits.py).
+        http = limited_protocol(s)
+        servers = [_Uvicorn(uvicorn.Config(app, http=http, lifespan="off",
                                            access_log=False, log_config=None,
                                            proxy_headers=False, server_header=False,
                                            timeout_graceful_shutdown=5))

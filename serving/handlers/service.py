@@ -78,6 +78,9 @@ class HandlerService:
         except Exception:
             log.exception("the handler raised")
             return PredictionFailed("Prediction failed")
+        except BaseException:  # sys.exit(), KeyboardInterrupt: the batch fails, not the worker
+            log.exception("the handler raised a BaseException; the worker keeps serving")
+            return PredictionFailed("Prediction failed")
         if not isinstance(outputs, list):
             log.warning("handler returned %s, not a list", type(outputs).__name__)
             return PredictionFailed("Invalid model predict output")
@@ -89,7 +92,7 @@ class HandlerService:
                            round((time.perf_counter() - start) * 1000, 2))
         try:
             return [self._result(i, out) for i, out in enumerate(outputs)]
-        except Exception:  # unserialisable output, a circular structure, a status not a number
+        except BaseException:  # unserialisable output, a circular structure, a bad status
             log.warning("handler output cannot be serialised", exc_info=True)
             return PredictionFailed("Unsupported model output data type.")
 
@@ -143,7 +146,7 @@ def decode_value(content_type: str, value: Any, decode: bool = True) -> Any:
     if content_type == "application/json":
         try:
             return json.loads(raw)
-        except ValueError:
+        except Exception:  # not JSON, or nested past the stack (RecursionError): the bytes
             return raw
     if content_type.startswith("text"):
         try:

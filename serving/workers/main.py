@@ -17,10 +17,10 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.errors import InsufficientStorage, ServingError
+from serving.errors import InsufficientStorage, InternalError, ServingError
 from serving.workers import pinning
 from serving.workers.channel import BlockingChannel
-from serving.workers.ipc import Kind, Message
+from serving.workers.ipc import Blob, Kind, Message
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
 
 if TYPE_CHECKING:
@@ -160,17 +160,28 @@ def _raised_in_handler(exc: BaseException) -> bool:
 
 
 def _serve(channel: BlockingChannel, service: HandlerService) -> int:
-    from serving.workers.batch import run_batch
-
     while True:
         msg = channel.recv()
         if msg is None or msg.kind == Kind.SHUTDOWN:
             return 0
         if msg.kind == Kind.PREDICT:
-            meta, blobs = run_batch(service, msg)
+            meta, blobs = _run(service, msg)
             channel.send(Kind.RESULT, meta, blobs)
         elif msg.kind == Kind.PING:
             channel.send(Kind.PONG, _pong(msg.meta))
+
+
+def _run(service: HandlerService, msg: Message) -> tuple[dict[str, Any], list[Blob]]:
+    """One batch; whatever goes wrong fails that batch only: no request makes a worker exit
+    (the handler's own errors are answered inside `run_batch`, this is the last resort)."""
+    from serving.workers.batch import run_batch
+
+    try:
+        return run_batch(service, msg)
+    except BaseException as e:
+        log.exception("a batch could not be run; the worker keeps serving")
+        error = InternalError(f"Worker could not run the batch: {type(e).__name__}")
+        return {"batch": msg.meta.get("batch"), "error": error.to_dict()}, []
 
 
 def _overlap_depth(service: HandlerService) -> int:

@@ -1,0 +1,153 @@
+"""Size limits on a request's head (URL and headers), enforced in uvicorn's httptools protocol.
+
+httptools (llhttp) bounds neither: it buffers a header value of any size, any number of
+headers, and a URL up to its parser's 64 KiB offset limit. The protocol below refuses a head
+past `max_request_line` (414) or `max_header_size` / `max_headers` (431) with TorchServe's
+JSON error body and closes the connection. A normal request costs a few attribute updates
+per read: the exact sizes are only added up when the bytes read could exceed the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from serving.errors import HeadersTooLarge, ServingError, UriTooLong, http_status
+from serving.gateway.requestids import new_request_id
+from serving.gateway.responses import error_body
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Seconds a refused connection keeps reading (and dropping) what the client still sends.
+LINGER_S = 2.0
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head that is over a limit."""
+
+    def __init__(self, error: ServingError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with limits on the request line and the headers."""
+
+    max_request_line = 8192
+    max_header_size = 65536
+    max_headers = 100
+    # What a head within all three limits can take on the wire, with its separators.
+    head_budget = 8192 + 65536 + 4 * 100 + 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = False  # between the first byte of a request and its blank line
+        self._heads = 0  # heads completed on this connection
+        self._head_bytes = 0  # bytes of reads that began and ended inside the current head
+        self._read = 0  # size of the read being parsed
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: drop the rest of the request
+        began_in_head, heads = self._in_head, self._heads
+        self._read = len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgrade()
+            return
+        except httptools.HttpParserError as e:
+            if isinstance(e.__context__, HeadTooLarge):
+                self._refuse(e.__context__.error)
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        if began_in_head and heads == self._heads:
+            # The whole read belonged to one unfinished head: httptools holds it until the
+            # head ends (a header value is only handed over whole), so count it here.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.head_budget:
+                self._refuse(self._too_large_so_far())
+
+    def _upgrade(self) -> None:
+        if self._should_upgrade():
+            self.handle_websocket_upgrade()
+        else:
+            self._unsupported_upgrade_warning()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads += 1
+        if len(self.url) > self.max_request_line:
+            raise HeadTooLarge(self._url_too_long())
+        if len(self.headers) > self.max_headers:
+            raise HeadTooLarge(HeadersTooLarge(
+                f"Request has {len(self.headers)} headers; at most {self.max_headers} are "
+                f"accepted (max_headers)"))
+        if self._head_bytes + self._read > self.max_header_size:
+            size = sum(len(name) + len(value) for name, value in self.headers)
+            if size > self.max_header_size:
+                raise HeadTooLarge(self._headers_too_large())
+        super().on_headers_complete()
+
+    def _too_large_so_far(self) -> ServingError:
+        if len(self.url) > self.max_request_line:
+            return self._url_too_long()
+        return self._headers_too_large()
+
+    def _url_too_long(self) -> ServingError:
+        return UriTooLong(f"Request URL exceeds max_request_line ({self.max_request_line} "
+                          f"bytes)")
+
+    def _headers_too_large(self) -> ServingError:
+        return HeadersTooLarge(f"Request headers exceed max_header_size "
+                               f"({self.max_header_size} bytes)")
+
+    def _refuse(self, error: ServingError) -> None:
+        """Answer with TorchServe's error body and end the connection: the parser cannot
+        go on."""
+        log.warning("refused a request from %s: %s", _client(self.client), error.message)
+        body = error_body(error)
+        head = [STATUS_LINE[http_status(error.code)]]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head += [b"content-type: application/json\r\n",
+                 b"content-length: " + str(len(body)).encode() + b"\r\n",
+                 b"x-request-id: " + new_request_id().encode() + b"\r\n",
+                 b"connection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        # Half-close and keep reading for a moment: closing with unread bytes in the socket
+        # makes the kernel reset the connection, which can destroy the answer on its way.
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def _client(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "an unknown client"
+
+
+def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...), carrying the settings' limits."""
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {
+        "max_request_line": settings.max_request_line,
+        "max_header_size": settings.max_header_size,
+        "max_headers": settings.max_headers,
+        "head_budget": (settings.max_request_line + settings.max_header_size
+                        + 4 * settings.max_headers + 64),
+    })
