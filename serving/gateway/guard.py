@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 from serving.errors import BadRequest, ServingError, http_status
 from serving.gateway.auth import TokenAuthorization, TokenKind
-from serving.gateway.requestids import new_request_id
+from serving.gateway.requestids import scope_request_id
 from serving.gateway.responses import JSON, error_body, error_headers
 
 Scope = MutableMapping[str, Any]
@@ -69,7 +69,7 @@ class Guarded:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", JSON),
                                 (b"content-length", str(len(body)).encode()),
-                                (b"x-request-id", _request_id(scope).encode("latin-1"))]})
+                                (b"x-request-id", scope_request_id(scope).encode("latin-1"))]})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -85,14 +85,9 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _request_id(scope: Scope) -> str:
-    given = _header(scope, b"x-request-id")
-    return given.decode("latin-1") if given else new_request_id()
-
-
 async def _send_error(scope: Scope, send: Send, error: ServingError) -> None:
     body = error_body(error)
-    headers = [*error_headers(error, _request_id(scope)),
+    headers = [*error_headers(error, scope_request_id(scope)),
                (b"content-length", str(len(body)).encode())]
     if error.code == 401:
         headers.append((b"www-authenticate", b'Bearer realm="serving"'))
