@@ -7,22 +7,17 @@ import asyncio
 import logging
 import shutil
 import tempfile
-import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import uvloop
 
 from serving.errors import ServingError
-from serving.types import InferenceRequest, InferenceResponse, Input
-from serving.workers.listener import WorkerListener
-from serving.workers.process import Worker, WorkerSpec, WorkerState
-
-ROOT = Path(__file__).resolve().parents[3]
-Result = list[InferenceResponse] | ServingError
+from serving.types import InferenceRequest, Input
+from serving.workers.process import WorkerState
+from tests.support.stub_worker import stub
 
 
 @pytest.fixture
@@ -31,58 +26,6 @@ def short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="wf-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-class Stub:
-    """A started Worker whose process is tests/unit/workers/stub_worker.py."""
-
-    def __init__(self, worker: Worker, exits: list[Worker], log: Path) -> None:
-        self.worker = worker
-        self.exits = exits
-        self.log = log
-
-    def lines(self) -> list[str]:
-        return self.log.read_text().split() if self.log.exists() else []
-
-    async def run(self, requests: list[InferenceRequest], timeout: float | None = None
-                  ) -> tuple[Result, list[Result]]:
-        """Send one batch; its result, and every call of its callback so far."""
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        calls: list[Result] = []
-
-        def done(result: Result) -> None:
-            calls.append(result)
-            if not fut.done():
-                fut.set_result(result)
-
-        self.worker.run(requests, done, timeout)
-        return await asyncio.wait_for(fut, 30), calls
-
-    async def wait(self, predicate: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 30
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.01)
-
-
-@asynccontextmanager
-async def stub(folder: Path, mode: str, env: dict[str, str] | None = None,
-               max_response_size: int | None = None) -> AsyncIterator[Stub]:
-    listener = WorkerListener(folder / "w.sock")
-    await listener.start()
-    log = folder / "stub.log"
-    env = {"STUB_MODE": mode, "PYTHONPATH": str(ROOT), "STUB_LOG": str(log), **(env or {})}
-    spec = WorkerSpec(load={}, env=env, module="tests.unit.workers.stub_worker",
-                      max_response_size=max_response_size)
-    exits: list[Worker] = []
-    worker = Worker("9999", 0, spec, listener, on_idle=lambda w: None, on_exit=exits.append)
-    try:
-        await worker.start(timeout=60)
-        yield Stub(worker, exits, log)
-    finally:
-        worker.kill()
-        await listener.close()
 
 
 def requests(n: int, size: int = 8) -> list[InferenceRequest]:
@@ -118,7 +61,7 @@ def test_a_worker_of_another_protocol_version_is_refused(short_dir: Path,
     with caplog.at_level(logging.ERROR, logger="serving.workers.listener"):
         uvloop.run(body())
     assert "speaks worker protocol 2, this server speaks 1; refusing it" in caplog.text
-    assert not (short_dir / "stub.log").exists()  # it was sent nothing
+    assert not (short_dir / "w.log").exists()  # it was sent nothing
 
 
 @pytest.mark.parametrize("runner", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])

@@ -1,5 +1,6 @@
 """A worker program for tests: speaks the real protocol through the real BlockingChannel, and
-misbehaves the way STUB_MODE says once it gets a batch. Run as `python -m` in its place.
+misbehaves the way STUB_MODE says once it gets a batch. `stub()` starts a real gateway-side
+Worker (and its listener) on it, in place of `python -m serving.workers.main`.
 
 Modes: echo (answers correctly), version (says HELLO with another protocol version), garbage,
 bad-json, unknown-id, wrong-count, missing-status, other-batch, gateway-kind, huge (declares a
@@ -10,14 +11,25 @@ written to STUB_LOG, one kind name a line, when that is set.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+from serving.errors import ServingError
+from serving.types import InferenceRequest, InferenceResponse
 from serving.workers.channel import BlockingChannel, send_buffers
 from serving.workers.ipc import HEADER, PROTOCOL_VERSION, Kind, Message, encode
+from serving.workers.listener import WorkerListener
+from serving.workers.process import Worker, WorkerSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+Result = list[InferenceResponse] | ServingError
 
 
 def main() -> int:
@@ -83,6 +95,61 @@ def answer(sock: socket.socket, channel: BlockingChannel, mode: str, msg: Messag
             meta["batch"] += 100
         kind = Kind.PREDICT if mode == "gateway-kind" else Kind.RESULT
         send_buffers(sock, encode(kind, meta, blobs))
+
+
+class Stub:
+    """A started Worker whose process is this program."""
+
+    def __init__(self, worker: Worker, exits: list[Worker], log: Path) -> None:
+        self.worker = worker
+        self.exits = exits
+        self.log = log
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().split() if self.log.exists() else []
+
+    async def run(self, requests: list[InferenceRequest], timeout: float | None = None
+                  ) -> tuple[Result, list[Result]]:
+        """Send one batch; its result, and every call of its callback so far."""
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        calls: list[Result] = []
+
+        def done(result: Result) -> None:
+            calls.append(result)
+            if not fut.done():
+                fut.set_result(result)
+
+        self.worker.run(requests, done, timeout)
+        return await asyncio.wait_for(fut, 30), calls
+
+    async def wait(self, predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def stub(folder: Path, mode: str, env: dict[str, str] | None = None,
+               max_response_size: int | None = None, worker_class: type[Worker] = Worker,
+               name: str = "w") -> AsyncIterator[Stub]:
+    listener = WorkerListener(folder / f"{name}.sock")
+    await listener.start()
+    log = folder / f"{name}.log"
+    env = {"STUB_MODE": mode, "PYTHONPATH": str(ROOT), "STUB_LOG": str(log), **(env or {})}
+    spec = WorkerSpec(load={}, env=env, module="tests.support.stub_worker",
+                      max_response_size=max_response_size)
+    exits: list[Worker] = []
+    worker = worker_class(f"stub-{name}", 0, spec, listener, on_idle=lambda w: None,
+                          on_exit=exits.append)
+    try:
+        await worker.start(timeout=60)
+        yield Stub(worker, exits, log)
+    finally:
+        worker.kill()
+        await listener.close()
+
 
 
 if __name__ == "__main__":
