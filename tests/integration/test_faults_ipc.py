@@ -1,4 +1,4 @@
-"""Worker protocol limits on a real server: answers over max_response_size, a 2,000-request batch."""
+"""Worker protocol limits, real server: answers over max_response_size, 2,000-request batches."""
 
 from __future__ import annotations
 
