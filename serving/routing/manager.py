@@ -227,7 +227,8 @@ class ModelManager:
             env.update(pinning.env_for(placement))
             env[PLACEMENT_ENV] = json.dumps(placement.to_dict())
         return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
-                          device=device.describe(), max_inflight=s.max_inflight_batches)
+                          device=device.describe(), max_inflight=s.max_inflight_batches,
+                          max_response_size=self.settings.max_response_size)
 
     async def _start_workers(self, mv: ModelVersion, n: int, raise_errors: bool = True) -> None:
         try:
@@ -291,12 +292,34 @@ class ModelManager:
             downloaded.unlink(missing_ok=True)
 
     async def watch_workers(self, interval: float = 10.0, timeout: float = 10.0) -> None:
-        """Ping idle workers forever; one that stops answering is killed and replaced."""
-        while True:
-            await asyncio.sleep(interval)
-            for mv in self.registry.all_versions():
-                for worker in list(mv.pool.workers.values()):
+        """Ping idle workers forever; one that stops answering is killed and replaced.
+
+        A failure in one round, or to ping one worker, is logged and the loop goes on: a hung
+        worker must never go unnoticed because another one misbehaved.
+        """
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    self._ping_idle_workers(timeout)
+                except Exception:
+                    log.exception("a round of worker pings failed; trying again in %g s",
+                                  interval)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.critical("the worker ping loop stopped: hung workers are no longer detected",
+                         exc_info=True)
+            raise
+
+    def _ping_idle_workers(self, timeout: float) -> None:
+        for mv in self.registry.all_versions():
+            for worker in list(mv.pool.workers.values()):
+                try:
                     worker.ping(timeout)
+                except Exception:
+                    log.exception("pinging worker %s of %s/%s failed", worker.id, mv.name,
+                                  mv.version)
 
     def healthy(self) -> bool:
         """TorchServe's /ping rule: every model has at least its minimum of workers."""

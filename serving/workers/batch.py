@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from serving.errors import ServingError
 from serving.types import InferenceRequest, InferenceResponse
-from serving.workers.ipc import Blob, Message
+from serving.workers.ipc import Blob, Message, ProtocolError
 
 if TYPE_CHECKING:
     from serving.handlers.service import HandlerService
@@ -36,19 +36,32 @@ def decode_result(msg: Message, requests: Sequence[InferenceRequest]
     """Gateway side: the answers of a RESULT message, or the error for the whole batch.
 
     Each answer must carry the id of the request at its position: an answer can never
-    reach another request's client.
+    reach another request's client. A message that is not such an answer (wrong count, ids or
+    types) raises ProtocolError: the worker that sent it cannot be trusted with more batches.
     """
     meta = msg.meta
     if "error" in meta:
-        return ServingError.from_dict(meta["error"])
-    items = meta["items"]
+        error = meta["error"]
+        if not isinstance(error, dict) or type(error.get("code", 500)) is not int:
+            raise ProtocolError(f"batch error is not an error object: {error!r:.100}")
+        return ServingError.from_dict(error)
+    items = meta.get("items")
+    if not isinstance(items, list):
+        raise ProtocolError("result carries neither items nor an error")
     if len(items) != len(requests) or len(msg.blobs) != len(requests):
-        return ServingError(f"worker answered {len(items)} items for a batch of "
-                            f"{len(requests)}")
-    if any(item["id"] != req.request_id for item, req in zip(items, requests, strict=True)):
-        return ServingError("worker answers do not match the batch's request ids")
-    return [InferenceResponse(bytes(blob), item["s"], item["ct"], item["h"])
-            for item, blob in zip(items, msg.blobs, strict=True)]
+        raise ProtocolError(f"{len(items)} answers and {len(msg.blobs)} bodies for a batch "
+                            f"of {len(requests)}")
+    answers = []
+    for item, req, blob in zip(items, requests, msg.blobs, strict=True):
+        if not isinstance(item, dict) or item.get("id") != req.request_id:
+            raise ProtocolError("answers do not match the batch's request ids")
+        status, ctype, headers = item.get("s"), item.get("ct"), item.get("h")
+        if type(status) is not int or not (ctype is None or isinstance(ctype, str)) or \
+                not isinstance(headers, dict) or \
+                not all(isinstance(v, str) for v in headers.values()):
+            raise ProtocolError(f"answer for request {req.request_id!r:.60} is malformed")
+        answers.append(InferenceResponse(bytes(blob), status, ctype, headers))
+    return answers
 
 
 def run_batch(service: HandlerService, msg: Message) -> tuple[dict[str, Any], list[Blob]]:

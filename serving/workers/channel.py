@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from serving.workers.ipc import (
     FrameBuffer,
     Kind,
     Message,
+    Oversize,
     ProtocolError,
     decode_body,
     encode,
@@ -21,6 +23,35 @@ from serving.workers.ipc import (
 log = logging.getLogger(__name__)
 
 SMALL_FRAME = 64 * 1024
+# A frame before the handshake is a HELLO of a few dozen bytes: nothing larger is read.
+HELLO_LIMIT = 64 * 1024
+
+
+def _iov_max() -> int:
+    try:
+        return max(16, os.sysconf("SC_IOV_MAX"))
+    except (ValueError, OSError):
+        return 1024
+
+
+# sendmsg refuses more buffers than this (EMSGSIZE): a batch of 1,023 answers is one more.
+IOV_MAX = _iov_max()
+
+
+def send_buffers(sock: socket.socket, buffers: Sequence[Blob]) -> None:
+    """Write every buffer with vectored writes of at most IOV_MAX buffers each, resuming
+    after short writes without joining (copying) the buffers."""
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    i = 0
+    while i < len(views):
+        sent = sock.sendmsg(views[i:i + IOV_MAX])
+        while sent:
+            size = len(views[i])
+            if sent < size:
+                views[i] = views[i][sent:]
+                break
+            sent -= size
+            i += 1
 
 
 class BlockingChannel:
@@ -31,13 +62,7 @@ class BlockingChannel:
         self._rfile = sock.makefile("rb", buffering=1 << 16)
 
     def send(self, kind: Kind, meta: dict[str, Any], blobs: Sequence[Blob] = ()) -> None:
-        buffers = encode(kind, meta, blobs)
-        total = sum(len(b) for b in buffers)
-        sent = self._sock.sendmsg(buffers)
-        if sent < total:
-            # A short write only happens for large frames: send the rest the plain way.
-            rest = b"".join(bytes(b) for b in buffers)[sent:]
-            self._sock.sendall(rest)
+        send_buffers(self._sock, encode(kind, meta, blobs))
 
     def recv(self) -> Message | None:
         """The next message, or None when the gateway closed the connection."""
@@ -59,10 +84,15 @@ class WorkerConnection(asyncio.Protocol):
     """The gateway's end of one worker's socket; hands each message to `on_message`."""
 
     def __init__(self, on_hello: Callable[[WorkerConnection, Message], None]) -> None:
-        self._frames = FrameBuffer()
+        self._frames = FrameBuffer(lambda kind: self.frame_limit(kind))
         self._on_hello: Callable[[WorkerConnection, Message], None] | None = on_hello
         self.on_message: Callable[[Message], None] = lambda msg: None
         self.on_lost: Callable[[Exception | None], None] = lambda exc: None
+        # The most body bytes a frame of a kind may declare; whoever owns the connection after
+        # the handshake sets its own.
+        self.frame_limit: Callable[[int], int] = lambda kind: HELLO_LIMIT
+        # A frame over the limit (its body is being skipped); by default the worker is dropped.
+        self.on_oversize: Callable[[Oversize], None] = self._drop_oversize
         # uvloop's transports are not asyncio.Transport instances, so only the methods count.
         self.transport: Any = None
         self.closed = False
@@ -71,28 +101,40 @@ class WorkerConnection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        try:
-            messages = self._frames.feed(data)
-        except ProtocolError as e:
-            # The stream cannot be resynchronised: drop the worker (its requests get 502 and
-            # it is replaced) rather than let the event loop log a fatal protocol error.
-            log.error("malformed frame from a worker (%s); closing its connection", e)
-            self.close()
-            return
-        for msg in messages:
+        frames = self._frames
+        frames.append(data)
+        while not self.closed:
+            try:
+                msg = frames.next()
+            except ProtocolError as e:
+                # The stream cannot be resynchronised: drop the worker (its requests get 502
+                # and it is replaced) rather than let the event loop log a fatal protocol error.
+                log.error("malformed frame from a worker (%s); closing its connection", e)
+                self.close()
+                return
+            if msg is None:
+                return
             if self._on_hello is not None:
-                if msg.kind != Kind.HELLO:
+                if not isinstance(msg, Message) or msg.kind != Kind.HELLO:
                     self.close()
                     return
                 hello, self._on_hello = self._on_hello, None
                 hello(self, msg)
                 continue
             try:
-                self.on_message(msg)
+                if isinstance(msg, Oversize):
+                    self.on_oversize(msg)
+                else:
+                    self.on_message(msg)
             except Exception:
                 # A bug in what handles a message must not look like a dead worker: the
                 # event loop would close this transport and every request on it would fail.
-                log.exception("error handling a %s message from a worker", msg.kind.name)
+                log.exception("error handling a message of kind %s from a worker", msg.kind)
+
+    def _drop_oversize(self, frame: Oversize) -> None:
+        log.error("a worker sent a frame of %d bytes (kind %d; at most %d expected); closing "
+                  "its connection", frame.size, frame.kind, frame.limit)
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -109,5 +151,7 @@ class WorkerConnection(asyncio.Protocol):
             self.transport.writelines(buffers)
 
     def close(self) -> None:
+        # Closed at once, not when the loop reports it: nothing more is sent or handled.
+        self.closed = True
         if self.transport is not None:
             self.transport.close()

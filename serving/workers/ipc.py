@@ -10,18 +10,21 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 HEADER = struct.Struct("<IBI")
 MAX_FRAME = 2**32 - 1
+# Sent in HELLO; the gateway refuses a worker that speaks another version (a worker started
+# from another installation of this package) instead of misreading its frames.
+PROTOCOL_VERSION = 1
 
 Blob = bytes | bytearray | memoryview
 
 
 class Kind(enum.IntEnum):
-    HELLO = 1      # worker -> gateway: {worker_id, pid}
+    HELLO = 1      # worker -> gateway: {worker_id, pid, protocol}
     LOAD = 2       # gateway -> worker: what to load and how
     LOADED = 3     # worker -> gateway: {ok: true, ...} or {ok: false, error: {...}}
     PREDICT = 4    # gateway -> worker: one batch
@@ -85,25 +88,67 @@ def decode_body(body: memoryview) -> Message:
     return Message(kind, meta, blobs)
 
 
+@dataclass(frozen=True, slots=True)
+class Oversize:
+    """A frame whose header declares more bytes than its reader allows: its body is skipped
+    as it arrives, never held in memory."""
+
+    kind: int  # the kind byte, which may not be a known Kind
+    size: int  # the declared body length
+    limit: int
+
+
 class FrameBuffer:
-    """Reassembles frames from a byte stream fed in arbitrary pieces (the asyncio side)."""
+    """Reassembles frames from a byte stream fed in arbitrary pieces (the asyncio side).
 
-    def __init__(self) -> None:
+    `limit(kind)` bounds the body of a frame of that kind; it is asked when the frame's header
+    arrives, before any of its body is kept, and a larger frame comes out as `Oversize` while
+    its bytes are discarded piece by piece.
+    """
+
+    def __init__(self, limit: Callable[[int], int] | None = None) -> None:
         self._buf = bytearray()
+        self._start = 0  # bytes of _buf already handed out
+        self._skip = 0  # bytes still to discard of an oversize frame
+        self.limit = limit
 
-    def feed(self, data: bytes) -> Iterator[Message]:
-        buf = self._buf
-        buf += data
-        start = 0
-        end = len(buf)
-        messages: list[Message] = []
-        while end - start >= 4:
-            body_len = int.from_bytes(buf[start:start + 4], "little")
-            if end - start - 4 < body_len:
-                break
-            body = bytes(buf[start + 4:start + 4 + body_len])
-            messages.append(decode_body(memoryview(body)))
-            start += 4 + body_len
-        if start:
-            del buf[:start]
-        return iter(messages)
+    def feed(self, data: bytes) -> Iterator[Message | Oversize]:
+        """Add bytes and take every complete frame (eagerly: `limit` is asked for each)."""
+        self.append(data)
+        return iter(list(iter(self.next, None)))
+
+    def append(self, data: bytes) -> None:
+        view = memoryview(data)
+        if self._skip:
+            dropped = min(self._skip, len(view))
+            self._skip -= dropped
+            view = view[dropped:]
+        if self._start:
+            del self._buf[:self._start]
+            self._start = 0
+        self._buf += view
+
+    def next(self) -> Message | Oversize | None:
+        """The next complete frame, None until more bytes arrive; ProtocolError if malformed."""
+        buf, start = self._buf, self._start
+        available = len(buf) - start
+        if available < 4:
+            return None
+        body_len = int.from_bytes(buf[start:start + 4], "little")
+        if self.limit is not None and available >= 5:
+            limit = self.limit(buf[start + 4])
+            if body_len > limit:
+                taken = min(available, 4 + body_len)
+                self._skip = 4 + body_len - taken
+                self._start += taken
+                return Oversize(buf[start + 4], body_len, limit)
+        elif self.limit is not None and body_len:
+            return None  # the kind byte decides the limit
+        if available - 4 < body_len:
+            return None
+        body = bytes(buf[start + 4:start + 4 + body_len])
+        self._start += 4 + body_len
+        if self._start == len(buf):
+            buf.clear()
+            self._start = 0
+        return decode_body(memoryview(body))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from pathlib import Path
 
+from serving.errors import ServingError
 from serving.workers.channel import WorkerConnection
-from serving.workers.ipc import Message
+from serving.workers.ipc import PROTOCOL_VERSION, Message
+
+log = logging.getLogger(__name__)
 
 
 class WorkerListener:
@@ -36,9 +40,22 @@ class WorkerListener:
         self._waiting.pop(worker_id, None)
 
     def _on_hello(self, conn: WorkerConnection, msg: Message) -> None:
-        fut = self._waiting.pop(str(msg.meta.get("worker_id")), None)
+        worker_id = str(msg.meta.get("worker_id"))
+        fut = self._waiting.pop(worker_id, None)
         if fut is None or fut.done():
             conn.close()  # nobody started a worker of that id: not ours
+            return
+        version = msg.meta.get("protocol")
+        if version != PROTOCOL_VERSION:
+            # Its frames could mean something else here: refuse it before it is sent anything.
+            log.error("worker %s (pid %s) speaks worker protocol %r, this server speaks %d; "
+                      "refusing it (is it started from another installation of serving?)",
+                      worker_id, msg.meta.get("pid"), version, PROTOCOL_VERSION)
+            conn.close()
+            fut.set_exception(ServingError(
+                f"worker {worker_id} speaks worker protocol {version!r:.20}, this server "
+                f"speaks {PROTOCOL_VERSION}: the worker and the gateway come from different "
+                "installations"))
             return
         fut.set_result(conn)
 

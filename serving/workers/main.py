@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from serving.errors import InsufficientStorage, InternalError, ServingError
 from serving.workers import pinning
 from serving.workers.channel import BlockingChannel
-from serving.workers.ipc import Blob, Kind, Message
+from serving.workers.ipc import PROTOCOL_VERSION, Blob, Kind, Message
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(args.socket)
     channel = BlockingChannel(sock)
-    channel.send(Kind.HELLO, {"worker_id": args.worker_id, "pid": os.getpid()})
+    channel.send(Kind.HELLO, {"worker_id": args.worker_id, "pid": os.getpid(),
+                              "protocol": PROTOCOL_VERSION})
     load = channel.recv()
     if load is None or load.kind != Kind.LOAD:
         return 1

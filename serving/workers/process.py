@@ -15,16 +15,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.errors import ResponseTimeout, ServingError, WorkerDied
+from serving.errors import InternalError, ResponseTimeout, ServingError, WorkerDied
 from serving.types import InferenceRequest, InferenceResponse
 from serving.workers.batch import decode_result, encode_batch
 from serving.workers.channel import WorkerConnection
-from serving.workers.ipc import Kind, Message
+from serving.workers.ipc import MAX_FRAME, Kind, Message, Oversize, ProtocolError
 from serving.workers.listener import WorkerListener
 
 log = logging.getLogger(__name__)
 
 BatchCallback = Callable[[list[InferenceResponse] | ServingError], None]
+
+# What a RESULT frame may carry beyond its bodies: the frame's and each answer's metadata.
+FRAME_META_ALLOWANCE = 64 * 1024
+ITEM_META_ALLOWANCE = 64 * 1024
+# Any other frame from a worker (LOADED, PONG) is small; a larger one is a broken worker.
+CONTROL_FRAME_LIMIT = 64 * 1024 * 1024
 
 
 class WorkerState(enum.Enum):
@@ -44,6 +50,8 @@ class WorkerSpec:
     log_level: str = "INFO"
     device: str = "cpu"  # what describe shows, e.g. "cuda:1"
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
+    max_response_size: int | None = None  # bytes of one answer's body; None: no limit
+    module: str = "serving.workers.main"  # the worker program (`python -m`)
 
 
 class Worker:
@@ -91,7 +99,7 @@ class Worker:
         hello = self._listener.expect(self.id)
         env = {**os.environ, **self.spec.env}
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "serving.workers.main", "--socket", self._listener.path,
+            sys.executable, "-m", self.spec.module, "--socket", self._listener.path,
             "--worker-id", self.id, "--log-level", self.spec.log_level,
             env=env, stdin=asyncio.subprocess.DEVNULL)
         self.pid = self._proc.pid
@@ -101,6 +109,8 @@ class Worker:
                 self._conn = await _first(hello, self._exited, "exited before connecting")
                 self._conn.on_message = self._on_message
                 self._conn.on_lost = self._on_lost
+                self._conn.frame_limit = self._frame_limit
+                self._conn.on_oversize = self._on_oversize
                 loop = asyncio.get_running_loop()
                 self._loaded = loop.create_future()
                 self._conn.send(Kind.LOAD, dict(self.spec.load))
@@ -158,25 +168,77 @@ class Worker:
                 self._ping_timer.cancel()
                 self._ping_timer = None
             return
-        if msg.kind != Kind.RESULT or not self._inflight:
+        if msg.kind == Kind.STREAM:
             return
-        head = self._inflight[0]
-        if msg.meta.get("batch") != head.batch_id:
-            return  # an answer to a batch already failed (timed out): dropped
-        self._inflight.popleft()
+        if msg.kind != Kind.RESULT:
+            self._broken(f"a {msg.kind.name} message, which only the gateway sends")
+            return
+        batch_id = msg.meta.get("batch")
+        head = self._inflight[0] if self._inflight else None
+        if head is None or batch_id != head.batch_id:
+            oldest = head.batch_id if head is not None else self._batch_id + 1
+            if type(batch_id) is int and 0 < batch_id < oldest:
+                return  # an answer to a batch already failed (timed out): dropped
+            self._broken(f"a result for batch {batch_id!r:.40}, which it was not running")
+            return
+        try:
+            result = decode_result(msg, head.requests)
+        except ProtocolError as e:
+            self._broken(f"a malformed result ({e})")
+            return
+        self._finish_head(result)
+
+    def _finish_head(self, result: list[InferenceResponse] | ServingError) -> None:
+        head = self._inflight.popleft()
         self._arm_deadline()
         if self.state == WorkerState.BUSY and not self._inflight:
             self.state = WorkerState.READY
-        head.done(decode_result(msg, head.requests))
+        head.done(result)
         if self.has_room:
             self._on_idle(self)
+
+    def _frame_limit(self, kind: int) -> int:
+        """The most body bytes the next frame of `kind` may declare: a RESULT carries the
+        answers of the oldest batch in flight, each up to max_response_size."""
+        limit = self.spec.max_response_size
+        if kind != Kind.RESULT or not self._inflight:
+            return CONTROL_FRAME_LIMIT
+        if limit is None:
+            return MAX_FRAME
+        n = len(self._inflight[0].requests)
+        return min(MAX_FRAME, n * (limit + ITEM_META_ALLOWANCE) + FRAME_META_ALLOWANCE)
+
+    def _on_oversize(self, frame: Oversize) -> None:
+        # The frame's bytes are skipped as they arrive; its batch is answered now.
+        if frame.kind != Kind.RESULT or not self._inflight:
+            self._broken(f"a frame of {frame.size} bytes (kind {frame.kind})")
+            return
+        n = len(self._inflight[0].requests)
+        log.warning("worker %s answered a batch of %d with %d bytes, more than "
+                    "max_response_size allows; its requests get 500", self.id, n, frame.size)
+        self._finish_head(InternalError(
+            f"Response of {frame.size} bytes for a batch of {n} exceeds max_response_size "
+            f"({self.spec.max_response_size} bytes per response)"))
+
+    def _broken(self, what: str) -> None:
+        """The worker sent something this protocol does not allow: whatever it holds can no
+        longer be matched to its answers, so its requests fail and it is replaced."""
+        log.error("worker %s (pid %s) sent %s; replacing it", self.id, self.pid, what)
+        self._fail_inflight(WorkerDied(f"worker {self.id} broke the worker protocol ({what}); "
+                                       "it was replaced"))
+        if self._conn is not None:
+            self._conn.close()
+        self.kill()
 
     def ping(self, timeout: float) -> None:
         """Ask an idle worker whether it still reads its socket; kill it if it does not
         answer within `timeout` (a hang outside any batch: busy ones have a deadline)."""
         if self.state != WorkerState.READY or self._conn is None or self._ping_timer:
             return
-        self._conn.send(Kind.PING, {})
+        try:
+            self._conn.send(Kind.PING, {})
+        except ConnectionError:
+            return  # its connection is gone: the death of the worker is on its way
         self._ping_timer = asyncio.get_running_loop().call_later(timeout, self._hung, timeout)
 
     def _hung(self, timeout: float) -> None:
