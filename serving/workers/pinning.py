@@ -106,6 +106,18 @@ def env_for(placement: WorkerPlacement) -> dict[str, str]:
     return env
 
 
+def spawn_env(inherited: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment: what the server inherited, with `extra` on top, except that an
+    `LD_PRELOAD` in `extra` (the allocator) goes in front of the inherited one instead of
+    replacing it (a profiler or sanitizer preloaded by the operator stays loaded)."""
+    env = {**inherited, **extra}
+    mine, theirs = extra.get("LD_PRELOAD"), inherited.get("LD_PRELOAD")
+    if mine and theirs:
+        kept = [lib for lib in theirs.replace(":", " ").split() if lib != mine]
+        env["LD_PRELOAD"] = " ".join([mine, *kept])
+    return env
+
+
 def apply(placement: WorkerPlacement, libnuma: str = "libnuma.so.1") -> list[str]:
     """Pin this process to its CPUs and memory node; call before importing torch. Returns log
     lines for the caller to log."""

@@ -21,6 +21,7 @@ from serving.workers.batch import decode_result, encode_batch
 from serving.workers.channel import WorkerConnection
 from serving.workers.ipc import Kind, Message
 from serving.workers.listener import WorkerListener
+from serving.workers.pinning import spawn_env
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Worker:
     async def start(self, timeout: float) -> None:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
         hello = self._listener.expect(self.id)
-        env = {**os.environ, **self.spec.env}
+        env = spawn_env(os.environ, self.spec.env)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "serving.workers.main", "--socket", self._listener.path,
             "--worker-id", self.id, "--log-level", self.spec.log_level,
