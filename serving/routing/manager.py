@@ -101,7 +101,8 @@ class ModelManager:
             try:
                 mv = self._prepare(reg, archive, loaded_at_startup)
             except BaseException:
-                remove_extracted(archive)
+                # Not awaited: a cancelled registration cannot wait; the thread still runs.
+                loop.run_in_executor(None, remove_extracted, archive)
                 raise
         except BaseException:
             if downloaded is not None:  # a retry must not find it "already exists"
@@ -285,7 +286,7 @@ class ModelManager:
         self.registry.remove(mv)
         await mv.scheduler.drain(timeout=float(mv.settings.response_timeout))
         await mv.pool.close()
-        remove_extracted(mv.archive)
+        await _remove_extracted(mv.archive)
         downloaded = self._downloaded.pop(mv, None)
         if downloaded is not None:
             downloaded.unlink(missing_ok=True)
@@ -318,7 +319,7 @@ class ModelManager:
         await mv.scheduler.drain(timeout)
         await mv.pool.close()
         self.registry.remove(mv)
-        remove_extracted(mv.archive)
+        await _remove_extracted(mv.archive)
         self._downloaded.pop(mv, None)  # kept in the store at shutdown, as TorchServe does
 
 
@@ -326,3 +327,8 @@ def remove_extracted(archive: UnpackedArchive) -> None:
     if archive.extracted_to is not None:
         shutil.rmtree(archive.extracted_to, ignore_errors=True)
 
+
+
+async def _remove_extracted(archive: UnpackedArchive) -> None:
+    """rmtree of a large model blocks for seconds: never on the event loop."""
+    await asyncio.get_running_loop().run_in_executor(None, remove_extracted, archive)
