@@ -110,7 +110,8 @@ class Worker:
             self.kill()
             raise ServingError(f"worker {self.id} did not load within {timeout:.0f} s "
                                "(startup_timeout)") from None
-        except ServingError:
+        except (ServingError, asyncio.CancelledError):
+            # Cancelled: the server stops while this worker loads; it must not outlive it.
             self.kill()
             raise
         finally:
@@ -239,6 +240,13 @@ class Worker:
         except TimeoutError:
             self.kill()
             await self._exited.wait()
+
+    def abandon(self, error: ServingError) -> None:
+        """Answer the batches it holds with `error` now and kill it (shutdown: past the
+        drain timeout nothing waits for a handler)."""
+        self.stop_requested = True
+        self._fail_inflight(error)
+        self.kill()
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:

@@ -142,9 +142,9 @@ class WorkerPool:
         log.info("%s: worker %s ready (pid %s)", self.label, worker.id, worker.pid)
         self._on_ready(worker)
 
-    async def _stop(self, worker: Worker) -> None:
+    async def _stop(self, worker: Worker, timeout: float | None = None) -> None:
         self._on_gone(worker)
-        await worker.stop(self._stop_timeout)
+        await worker.stop(self._stop_timeout if timeout is None else timeout)
         self.workers.pop(worker.id, None)
         self._free_slot(worker.slot)
 
@@ -196,13 +196,20 @@ class WorkerPool:
                 self._on_unavailable(e.message)
             self._schedule_replacement(slot)
 
-    async def close(self) -> None:
-        """Stop every worker (after its current batch) and cancel pending restarts."""
+    async def close(self, abandon: ServingError | None = None, grace: float | None = None
+                    ) -> None:
+        """Stop every worker (after its current batch) and cancel pending restarts. With
+        `abandon` (shutdown), busy workers answer their batches with it and are killed at
+        once, idle ones get `grace` seconds to exit."""
         self._closing = True
         self.target = 0
         for task in list(self._tasks):
             task.cancel()
         self._replacing.clear()
-        await asyncio.gather(*(self._stop(w) for w in list(self.workers.values())))
+        if abandon is not None:
+            for worker in self.workers.values():
+                if worker.busy or worker.state == WorkerState.STARTING:
+                    worker.abandon(abandon)
+        await asyncio.gather(*(self._stop(w, grace) for w in list(self.workers.values())))
         for slot in list(self._placements):
             self._free_slot(slot)
