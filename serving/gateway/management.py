@@ -119,6 +119,7 @@ def create_management_app(manager: ModelManager) -> FastAPI:
 
     @app.put("/models/{model_name}/{model_version}/set-default")
     async def set_default(model_name: str, model_version: str) -> JSONResponse:
+        manager.require_open()
         manager.registry.set_default(model_name, model_version)
         return status(f'Default version successfully updated for model "{model_name}" '
                       f'to "{model_version}"')

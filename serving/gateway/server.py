@@ -32,6 +32,8 @@ from serving.workers.pinning import format_cpulist
 log = logging.getLogger("serving")
 
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+# Once every request is answered, how long uvicorn waits for a slow client to read its answer.
+SHUTDOWN_GRACE_S = 2
 
 
 class _Uvicorn(uvicorn.Server):
@@ -109,7 +111,7 @@ class Server:
         servers = [_Uvicorn(uvicorn.Config(app, http=http, lifespan="off",
                                            access_log=False, log_config=None,
                                            proxy_headers=False, server_header=False,
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
                    for app in apps]
         tasks = [asyncio.create_task(srv.serve(sockets=[sock]))
                  for srv, (sock, _) in zip(servers, sockets, strict=True)]
@@ -118,15 +120,24 @@ class Server:
             log.info("%s listening on http://%s:%s", what, host, port)
         watcher = asyncio.create_task(manager.watch_workers(s.worker_ping_interval,
                                                             s.worker_ping_timeout))
+        stop_task = asyncio.create_task(self._stop.wait())
         try:
             if auth is not None:
                 auth.start()
-            await self._load_startup_models(manager, registrations)
-            log.info("Server ready")
-            stop_task = asyncio.create_task(self._stop.wait())
-            await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            stop_task.cancel()
+            # SIGTERM/SIGINT while the start-up models load abandons the load: their workers
+            # are killed and the shutdown below runs as after any stop.
+            loading = asyncio.create_task(self._load_startup_models(manager, registrations))
+            await asyncio.wait([stop_task, loading, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if loading.done():
+                loading.result()
+                log.info("Server ready")
+                await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            else:
+                log.info("Stopped while loading models: the load is abandoned")
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
         finally:
+            stop_task.cancel()
             log.info("Shutting down: finishing in-flight requests (up to %g s)",
                      s.drain_timeout)
             watcher.cancel()
@@ -138,6 +149,9 @@ class Server:
             await listener.close()
             if auth is not None:
                 auth.remove_key_file()
+            # An archive still being unpacked by an abandoned load writes into the work dir
+            # from a thread: wait for it before removing the folder.
+            await loop.shutdown_default_executor()
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
             log.info("Stopped")

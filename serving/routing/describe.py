@@ -70,6 +70,8 @@ def _placement(mv: ModelVersion, w: Worker) -> dict[str, Any]:
     if placement is not None:
         out.update(cores=format_cpulist(placement.cpus), numaNode=placement.node,
                    threads=placement.threads, pinned=not placement.shared)
+        if placement.reason:  # e.g. why it runs unpinned and how its threads were sized
+            out["placementNote"] = placement.reason
     return out
 
 

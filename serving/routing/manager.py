@@ -34,6 +34,9 @@ from serving.workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
 
+# At shutdown, after the drain: how long an idle worker may take to exit on its own.
+SHUTDOWN_GRACE_S = 2.0
+
 
 @dataclass
 class Registration:
@@ -79,6 +82,12 @@ class ModelManager:
         return mv.scheduler.submit(request)
 
     # -- control plane ----------------------------------------------------------------
+    def require_open(self) -> None:
+        """Changes to the models are refused once shutdown starts (describe still answers)."""
+        if not self.accepting:
+            raise ServiceUnavailable("Server is shutting down; models cannot be registered, "
+                                     "scaled or unregistered")
+
     async def register(self, reg: Registration, loaded_at_startup: bool = False
                        ) -> tuple[ModelVersion, str, int]:
         """Register an archive from the model store; returns (version, message, status)."""
@@ -89,6 +98,7 @@ class ModelManager:
     async def prepare(self, reg: Registration, loaded_at_startup: bool = False
                       ) -> ModelVersion:
         """Unpack and validate an archive and add it to the registry, with no worker yet."""
+        self.require_open()
         downloaded = await download(reg.url, self.settings) if is_remote(reg.url) else None
         source = downloaded or self._resolve_url(reg.url)
         loop = asyncio.get_running_loop()
@@ -101,7 +111,8 @@ class ModelManager:
             try:
                 mv = self._prepare(reg, archive, loaded_at_startup)
             except BaseException:
-                remove_extracted(archive)
+                # Not awaited: a cancelled registration cannot wait; the thread still runs.
+                loop.run_in_executor(None, remove_extracted, archive)
                 raise
         except BaseException:
             if downloaded is not None:  # a retry must not find it "already exists"
@@ -242,6 +253,7 @@ class ModelManager:
 
     async def scale(self, name: str, version: str | None, min_workers: int,
                     max_workers: int | None, synchronous: bool) -> tuple[str, int]:
+        self.require_open()
         mv = self.registry.get(name, version)
         max_w = (max_workers if max_workers is not None
                  else max(min_workers, mv.settings.max_workers))
@@ -273,6 +285,7 @@ class ModelManager:
                               max_workers=max(running, mv.settings.max_workers))
 
     async def unregister(self, name: str, version: str | None) -> str:
+        self.require_open()
         mv = self.registry.get(name, version)
         others = [v for v in self.registry.versions(name) if v is not mv]
         if others and self.registry.default_version(name) == mv.version:
@@ -286,7 +299,7 @@ class ModelManager:
         self.registry.remove(mv)
         await mv.scheduler.drain(timeout=float(mv.settings.response_timeout))
         await mv.pool.close()
-        remove_extracted(mv.archive)
+        await _remove_extracted(mv.archive)
         downloaded = self._downloaded.pop(mv, None)
         if downloaded is not None:
             downloaded.unlink(missing_ok=True)
@@ -331,7 +344,10 @@ class ModelManager:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self, drain_timeout: float) -> None:
-        """Shut down every model: let in-flight work finish, then stop the workers."""
+        """Shut down every model: queued and running requests get up to `drain_timeout` to
+        finish; what still runs then is answered 503 and its workers killed, so shutdown never
+        waits for a handler's response timeout."""
+        self.accepting = False
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(self._drop_for_shutdown(mv, drain_timeout)
@@ -339,9 +355,10 @@ class ModelManager:
 
     async def _drop_for_shutdown(self, mv: ModelVersion, timeout: float) -> None:
         await mv.scheduler.drain(timeout)
-        await mv.pool.close()
+        await mv.pool.close(abandon=ServiceUnavailable("Server is shutting down"),
+                            grace=SHUTDOWN_GRACE_S)
         self.registry.remove(mv)
-        remove_extracted(mv.archive)
+        await _remove_extracted(mv.archive)
         self._downloaded.pop(mv, None)  # kept in the store at shutdown, as TorchServe does
 
 
@@ -349,3 +366,8 @@ def remove_extracted(archive: UnpackedArchive) -> None:
     if archive.extracted_to is not None:
         shutil.rmtree(archive.extracted_to, ignore_errors=True)
 
+
+
+async def _remove_extracted(archive: UnpackedArchive) -> None:
+    """rmtree of a large model blocks for seconds: never on the event loop."""
+    await asyncio.get_running_loop().run_in_executor(None, remove_extracted, archive)

@@ -186,10 +186,17 @@ class CoreAllocator:
                   library: str | None, reason: str | None) -> list[WorkerPlacement]:
         cores = [c for node in nodes for c in self._cores[node]]
         units = sum(len(c) for c in cores) if policy.use_logical_cores else len(cores)
+        cpus = tuple(sorted(cpu for c in cores for cpu in c))
+        # Unpinned workers share the CPUs with every worker already running there (pinned
+        # ones run a thread per CPU they hold): only what those leave is split among the new
+        # ones, so the threads on these CPUs add up to at most their number (1 each at least).
+        taken = sum(h.placement.threads for h in self._held if set(h.placement.cpus) & set(cpus))
+        threads = max(1, (units - taken) // n)
+        sizing = (f"{threads} thread(s) per unpinned worker: {units} CPU(s), {taken} already "
+                  f"used by other workers, {n} new worker(s)")
         placements = [WorkerPlacement(
-            cpus=tuple(sorted(cpu for c in cores for cpu in c)), node=None,
-            threads=max(1, units // n), allocator=library,
-            flush_denormal=policy.flush_denormal, shared=True, reason=reason)
+            cpus=cpus, node=None, threads=threads, allocator=library,
+            flush_denormal=policy.flush_denormal, shared=True, reason=_join(reason, sizing))
             for _ in range(n)]
         self._held.extend(_Held(owner, p, ()) for p in placements)
         return placements

@@ -16,7 +16,7 @@ from serving.errors import ArchiveError, ConfigError
 from serving.routing.placement import CoreAllocator, PlacementPolicy, parse_launcher_args
 from serving.routing.topology import Topology, read_topology
 from serving.settings import Settings, format_validation_error
-from serving.workers.pinning import WorkerPlacement
+from serving.workers.pinning import WorkerPlacement, find_allocators
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,11 @@ class Resources:
     def __init__(self, settings: Settings, topology: Topology | None = None,
                  accelerators: Accelerators | None = None) -> None:
         self.topology = topology or read_topology(allowed=os.sched_getaffinity(0))
-        self.allocator = CoreAllocator(self.topology, settings.reserved_gateway_cores)
+        # Looked up once, here (the server builds Resources off its event loop): allocate()
+        # runs on the loop and must not stat library folders or run `ldconfig -p`.
+        libraries = find_allocators()
+        self.allocator = CoreAllocator(self.topology, settings.reserved_gateway_cores,
+                                       find_library=libraries.get)
         self.accelerators = accelerators or Accelerators.probe()
         if settings.number_of_gpu is not None:
             self.accelerators = Accelerators(self.accelerators.kind,

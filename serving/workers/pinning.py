@@ -67,7 +67,10 @@ def library_dirs() -> list[Path]:
 
 def find_allocator(name: str, search_dirs: Sequence[Path] | None = None,
                    ldconfig: bool = True) -> str | None:
-    """The path of the `jemalloc` or `tcmalloc` shared library, None if not installed."""
+    """The path of the `jemalloc` or `tcmalloc` shared library, None if not installed.
+
+    Blocks (file checks, maybe `ldconfig -p`): the server calls `find_allocators` once, off
+    its event loop, and looks the answers up from then on."""
     if name == "default":
         return None
     if name not in ALLOCATOR_FILES:
@@ -77,18 +80,33 @@ def find_allocator(name: str, search_dirs: Sequence[Path] | None = None,
         for folder in dirs:
             if (folder / filename).is_file():
                 return str(folder / filename)
-    return _ldconfig_lookup(ALLOCATOR_FILES[name]) if ldconfig else None
+    return _ldconfig_lookup(ALLOCATOR_FILES[name], _ldconfig_listing()) if ldconfig else None
 
 
-def _ldconfig_lookup(filenames: Sequence[str]) -> str | None:
+def find_allocators() -> dict[str, str | None]:
+    """Every known allocator's library (None: not installed), with `ldconfig -p` run at most
+    once for all of them."""
+    found = {name: find_allocator(name, ldconfig=False) for name in ALLOCATOR_FILES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        listing = _ldconfig_listing()
+        found.update({name: _ldconfig_lookup(ALLOCATOR_FILES[name], listing)
+                      for name in missing})
+    return found
+
+
+def _ldconfig_listing() -> str:
     exe = shutil.which("ldconfig") or next(
         (p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.path.exists(p)), None)
     if exe is None:
-        return None
+        return ""
     try:
-        listing = subprocess.run([exe, "-p"], capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run([exe, "-p"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
+        return ""
+
+
+def _ldconfig_lookup(filenames: Sequence[str], listing: str) -> str | None:
     found: dict[str, str] = {}
     for line in listing.splitlines():  # "\tlibjemalloc.so.2 (libc6,x86-64) => /usr/lib/..."
         soname, _, path = line.strip().partition(" => ")
@@ -103,6 +121,18 @@ def env_for(placement: WorkerPlacement) -> dict[str, str]:
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     if placement.allocator:
         env["LD_PRELOAD"] = placement.allocator
+    return env
+
+
+def spawn_env(inherited: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment: what the server inherited, with `extra` on top, except that an
+    `LD_PRELOAD` in `extra` (the allocator) goes in front of the inherited one instead of
+    replacing it (a profiler or sanitizer preloaded by the operator stays loaded)."""
+    env = {**inherited, **extra}
+    mine, theirs = extra.get("LD_PRELOAD"), inherited.get("LD_PRELOAD")
+    if mine and theirs:
+        kept = [lib for lib in theirs.replace(":", " ").split() if lib != mine]
+        env["LD_PRELOAD"] = " ".join([mine, *kept])
     return env
 
 

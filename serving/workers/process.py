@@ -21,6 +21,7 @@ from serving.workers.batch import decode_result, encode_batch
 from serving.workers.channel import WorkerConnection
 from serving.workers.ipc import MAX_FRAME, Kind, Message, Oversize, ProtocolError
 from serving.workers.listener import WorkerListener
+from serving.workers.pinning import spawn_env
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class Worker:
     async def start(self, timeout: float) -> None:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
         hello = self._listener.expect(self.id)
-        env = {**os.environ, **self.spec.env}
+        env = spawn_env(os.environ, self.spec.env)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.spec.module, "--socket", self._listener.path,
             "--worker-id", self.id, "--log-level", self.spec.log_level,
@@ -119,7 +120,8 @@ class Worker:
             self.kill()
             raise ServingError(f"worker {self.id} did not load within {timeout:.0f} s "
                                "(startup_timeout)") from None
-        except ServingError:
+        except (ServingError, asyncio.CancelledError):
+            # Cancelled: the server stops while this worker loads; it must not outlive it.
             self.kill()
             raise
         finally:
@@ -300,6 +302,13 @@ class Worker:
         except TimeoutError:
             self.kill()
             await self._exited.wait()
+
+    def abandon(self, error: ServingError) -> None:
+        """Answer the batches it holds with `error` now and kill it (shutdown: past the
+        drain timeout nothing waits for a handler)."""
+        self.stop_requested = True
+        self._fail_inflight(error)
+        self.kill()
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:

@@ -63,6 +63,9 @@ class WorkerPool:
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._replacing: set[int] = set()  # slots whose worker died and awaits its successor
+        # Slots placed by a scale() whose workers are not spawned yet: a concurrent scale()
+        # must count them and must not place the same slot (and cores) a second time.
+        self._starting: set[int] = set()
 
     @property
     def accepting(self) -> bool:
@@ -89,14 +92,19 @@ class WorkerPool:
         self.target = n
         live = [w for w in self.workers.values()
                 if w.state not in (WorkerState.STOPPING, WorkerState.DEAD)]
-        if len(live) < n:
-            slots = self._free_slots(n - len(live))
+        pending = len(self._starting - {w.slot for w in live})
+        if len(live) + pending < n:
+            slots = self._free_slots(n - len(live) - pending)
             if self._place is not None:
                 # All new workers are placed in one call, so `auto` sizes them together.
                 for slot, placement in zip(slots, self._place(len(slots)), strict=True):
                     self._placements[slot] = placement
-            results = await asyncio.gather(*(self._start(slot) for slot in slots),
-                                           return_exceptions=True)
+            self._starting.update(slots)
+            try:
+                results = await asyncio.gather(*(self._start(slot) for slot in slots),
+                                               return_exceptions=True)
+            finally:
+                self._starting.difference_update(slots)
             errors = [r for r in results if isinstance(r, BaseException)]
             for slot, result in zip(slots, results, strict=True):
                 if isinstance(result, BaseException):
@@ -113,7 +121,9 @@ class WorkerPool:
 
     def _free_slots(self, count: int) -> list[int]:
         used = {w.slot for w in self.workers.values() if w.state != WorkerState.DEAD}
-        used |= self._replacing
+        # A slot is free only once its placement is released: a stopped worker's slot is
+        # handed back by _stop after the process exits, not when it is marked DEAD.
+        used |= self._replacing | self._starting | set(self._placements)
         free = (s for s in itertools.count() if s not in used)
         return list(itertools.islice(free, count))
 
@@ -132,9 +142,9 @@ class WorkerPool:
         log.info("%s: worker %s ready (pid %s)", self.label, worker.id, worker.pid)
         self._on_ready(worker)
 
-    async def _stop(self, worker: Worker) -> None:
+    async def _stop(self, worker: Worker, timeout: float | None = None) -> None:
         self._on_gone(worker)
-        await worker.stop(self._stop_timeout)
+        await worker.stop(self._stop_timeout if timeout is None else timeout)
         self.workers.pop(worker.id, None)
         self._free_slot(worker.slot)
 
@@ -186,13 +196,20 @@ class WorkerPool:
                 self._on_unavailable(e.message)
             self._schedule_replacement(slot)
 
-    async def close(self) -> None:
-        """Stop every worker (after its current batch) and cancel pending restarts."""
+    async def close(self, abandon: ServingError | None = None, grace: float | None = None
+                    ) -> None:
+        """Stop every worker (after its current batch) and cancel pending restarts. With
+        `abandon` (shutdown), busy workers answer their batches with it and are killed at
+        once, idle ones get `grace` seconds to exit."""
         self._closing = True
         self.target = 0
         for task in list(self._tasks):
             task.cancel()
         self._replacing.clear()
-        await asyncio.gather(*(self._stop(w) for w in list(self.workers.values())))
+        if abandon is not None:
+            for worker in self.workers.values():
+                if worker.busy or worker.state == WorkerState.STARTING:
+                    worker.abandon(abandon)
+        await asyncio.gather(*(self._stop(w, grace) for w in list(self.workers.values())))
         for slot in list(self._placements):
             self._free_slot(slot)

@@ -196,9 +196,23 @@ def test_not_enough_cores_runs_unpinned_with_a_reason(tmp_path: Path) -> None:
 
 def test_unpinned_threads_split_the_physical_cores(tmp_path: Path) -> None:
     alloc = CoreAllocator(two_socket(tmp_path))
-    alloc.allocate("big", 2, AUTO)
-    placements = alloc.allocate("late", 4, AUTO)
+    placements = alloc.allocate("first", 4, PlacementPolicy(enabled=False))
     assert all(p.shared and p.threads == 55 // 4 for p in placements)
+
+
+def test_unpinned_workers_never_oversubscribe_the_cpus(tmp_path: Path) -> None:
+    alloc = CoreAllocator(one_socket_ht(tmp_path))  # 7 physical cores for workers
+    unpinned = PlacementPolicy(enabled=False)
+    pinned = alloc.allocate("p", 1, PlacementPolicy(cores_per_worker=3))
+    first = alloc.allocate("a", 2, unpinned)
+    assert [p.threads for p in first] == [2, 2]  # the 4 cores the pinned worker leaves
+    more = alloc.allocate("a", 1, unpinned)  # a scale-up of the same model
+    assert more[0].threads == 1 and "3 already used" not in (more[0].reason or "")
+    assert "1 thread(s) per unpinned worker: 7 CPU(s), 7 already used" in (more[0].reason or "")
+    assert sum(p.threads for p in pinned + first + more) == 8  # 7 CPUs, at least 1 each
+    for p in first:  # scaled down: their threads are free for the next one
+        alloc.release(p)
+    assert alloc.allocate("b", 1, unpinned)[0].threads == 3  # 7 - 3 pinned - 1 unpinned
 
 
 def test_not_enough_cores_strict_raises(tmp_path: Path) -> None:
@@ -212,7 +226,8 @@ def test_disabled_pinning_is_unpinned(tmp_path: Path) -> None:
     [worker] = CoreAllocator(one_socket_ht(tmp_path)).allocate(
         "m", 1, PlacementPolicy(enabled=False))
     assert worker.shared and worker.node is None and worker.threads == 7
-    assert worker.reason == "CPU pinning is disabled"
+    assert worker.reason == ("CPU pinning is disabled; 7 thread(s) per unpinned worker: "
+                             "7 CPU(s), 0 already used by other workers, 1 new worker(s)")
 
 
 def test_core_sharing_pins_onto_busy_cores_when_asked(tmp_path: Path) -> None:

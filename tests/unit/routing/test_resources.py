@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from serving.errors import ArchiveError, ConfigError
 from serving.routing.resources import Accelerators, Resources
 from serving.settings import Settings
+from serving.workers.pinning import find_allocator
 from tests.unit.routing.test_topology import (
     four_uneven_nodes,
     one_socket_ht,
@@ -97,3 +99,25 @@ def test_devices_round_robin_ids_and_isolation(tmp_path: Path):
     assert cpu_only.device_for(None, None, 0, isolate=False).kind == "cpu"
     with pytest.raises(ArchiveError, match="no accelerator"):
         cpu_only.device_for("gpu", None, 0, isolate=False)
+
+
+def test_allocator_libraries_are_looked_up_once_not_per_placement(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An `ldconfig` ahead of the real one on PATH that counts its runs and lists a jemalloc.
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    fake = bin_dir / "ldconfig"
+    fake.write_text(f"#!/bin/sh\necho run >> {calls}\n"
+                    "printf '\\tlibjemalloc.so.2 (libc6,x86-64) => /opt/je/libjemalloc.so.2\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    if find_allocator("jemalloc", ldconfig=False) or find_allocator("tcmalloc", ldconfig=False):
+        pytest.skip("an allocator is installed here: ldconfig is never asked")
+    res = Resources(Settings(), one_socket_ht(tmp_path / "sys"), NO_GPU)
+    runs = calls.read_text().count("run")
+    assert runs == 1  # one listing for both allocators
+    policy = res.policy_for({"placement": {"allocator": "jemalloc", "cores_per_worker": 1}})
+    for i in range(3):
+        [p] = res.place(f"m{i}", 1, policy)
+        assert p.allocator == "/opt/je/libjemalloc.so.2"
+    assert calls.read_text().count("run") == runs  # placing ran no ldconfig on the loop

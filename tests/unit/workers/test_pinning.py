@@ -14,7 +14,13 @@ import pytest
 
 from serving.routing.placement import CoreAllocator, PlacementPolicy
 from serving.routing.topology import read_topology
-from serving.workers.pinning import WorkerPlacement, env_for, find_allocator, library_dirs
+from serving.workers.pinning import (
+    WorkerPlacement,
+    env_for,
+    find_allocator,
+    library_dirs,
+    spawn_env,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -86,6 +92,31 @@ def test_env_for_spawn() -> None:
     with_je = WorkerPlacement(cpus=(4,), node=0, threads=1, allocator="/x/libjemalloc.so.2")
     assert env_for(with_je) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                                 "LD_PRELOAD": "/x/libjemalloc.so.2"}
+
+
+def test_allocator_preload_goes_before_the_inherited_one() -> None:
+    placement = WorkerPlacement(cpus=(0,), node=None, threads=1, allocator="/x/libjemalloc.so.2")
+    inherited = {"LD_PRELOAD": "/opt/libprofiler.so:/opt/libasan.so", "PATH": "/bin"}
+    env = spawn_env(inherited, env_for(placement))
+    assert env["LD_PRELOAD"] == "/x/libjemalloc.so.2 /opt/libprofiler.so /opt/libasan.so"
+    assert env["PATH"] == "/bin" and env["OMP_NUM_THREADS"] == "1"
+    assert spawn_env({"LD_PRELOAD": "/x/libjemalloc.so.2"}, env_for(placement))[
+        "LD_PRELOAD"] == "/x/libjemalloc.so.2"  # not twice
+    assert spawn_env({}, env_for(placement))["LD_PRELOAD"] == "/x/libjemalloc.so.2"
+    assert spawn_env(inherited, {})["LD_PRELOAD"] == inherited["LD_PRELOAD"]
+
+
+def test_both_preloads_reach_the_child() -> None:
+    libs = [next((d / name for d in library_dirs() if (d / name).exists()), None)
+            for name in ("libnuma.so.1", "libbz2.so.1")]
+    if None in libs:
+        pytest.skip("needs libnuma.so.1 and libbz2.so.1 to stand in for the preloads")
+    allocator, operators = (str(lib) for lib in libs)
+    placement = WorkerPlacement(cpus=(0,), node=None, threads=1, allocator=allocator)
+    env = spawn_env({**os.environ, "LD_PRELOAD": operators}, env_for(placement))
+    maps = subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"],
+                          env=env, capture_output=True, text=True, check=True).stdout
+    assert allocator in maps and operators in maps
 
 
 def test_find_allocator_in_library_dirs(tmp_path: Path) -> None:
