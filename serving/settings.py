@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from serving.errors import ConfigError
 from serving.properties import read_properties
@@ -89,6 +97,10 @@ class Settings(BaseModel):
     models: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     default_workers_per_model: int = Field(1, ge=0)
     job_queue_size: int = Field(100, ge=1)
+    # Bytes of request bodies one model version's queue may hold; beyond it, 503 at once.
+    job_queue_max_bytes: int = Field(256 * 1024**2, ge=1)
+    # Bound on minWorkers/maxWorkers/initial_workers/min_worker/max_worker of one model.
+    max_workers_per_model: int = Field(default_factory=lambda: default_max_workers(), ge=1)
     default_response_timeout: int = Field(120, ge=1)
     default_startup_timeout: int = Field(120, ge=1)
     max_request_size: int = Field(6553500, ge=1)
@@ -184,6 +196,18 @@ class Settings(BaseModel):
         if value.upper() not in logging.getLevelNamesMapping():
             raise ValueError(f"unknown log level {value!r}")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _workers_bounded(self) -> Settings:
+        if self.default_workers_per_model > self.max_workers_per_model:
+            raise ValueError(f"default_workers_per_model ({self.default_workers_per_model}) "
+                             f"is above max_workers_per_model ({self.max_workers_per_model})")
+        return self
+
+
+def default_max_workers() -> int:
+    """4 workers per CPU this process may run on, at least 8: more is a typo, not a plan."""
+    return max(8, 4 * len(os.sched_getaffinity(0)))
 
 
 def build_settings(properties_file: Path | None, overrides: dict[str, Any]) -> Settings:

@@ -14,8 +14,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving.errors import ServiceUnavailable
+from serving.errors import ResponseTimeout, ServiceUnavailable
 from serving.types import InferenceRequest, InferenceResponse
+
+# What a job that left the queue without running points at, so that its body is freed at once
+# even while the job itself still sits in the queue's deque or the deadline heap.
+RELEASED = InferenceRequest("", [])
 
 
 class JobState(enum.Enum):
@@ -25,7 +29,13 @@ class JobState(enum.Enum):
 
 
 class QueueFull(ServiceUnavailable):
-    """The model's job queue is at `job_queue_size`: answered at once, never waited on."""
+    """The model's job queue is at `job_queue_size` (or `job_queue_max_bytes`): answered at
+    once, never waited on."""
+
+
+class QueueTimeout(ResponseTimeout):
+    """A request waited in the queue past its deadline (`clientTimeoutInMills` or the
+    request's `x-request-timeout-ms`): 504, and it never reaches a worker."""
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +48,12 @@ class Job:
     state: JobState = JobState.QUEUED
     started: float = 0.0  # when it was handed to a worker (loop time)
     withdraw: Callable[[Job], None] | None = None  # set by the scheduler that queued it
+    size: int = 0  # body bytes, counted against the queue's byte bound while queued
+    deadline: float | None = None  # loop time after which it may no longer start
+
+    def release(self) -> None:
+        """Drop the request (and its body) of a job that will never run."""
+        self.request = RELEASED
 
     def cancel(self) -> None:
         """The client went away: never run it if still queued; drop its answer otherwise."""
@@ -58,14 +74,17 @@ class Job:
 class Batcher:
     """Futures in, batches out: a FIFO with a size bound and the batch-closing rule."""
 
-    def __init__(self, batch_size: int, max_delay: float, capacity: int) -> None:
+    def __init__(self, batch_size: int, max_delay: float, capacity: int,
+                 max_bytes: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.max_delay = max_delay
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._queue: deque[Job] = deque()
         self._pending = 0
+        self.queued_bytes = 0
 
     def __len__(self) -> int:
         return self._pending
@@ -78,15 +97,26 @@ class Batcher:
         if self._pending >= self.capacity:
             raise QueueFull(f"Model queue is full ({self.capacity} requests waiting); "
                             "retry later", retry_after=1)
+        # One request is always admitted to an empty queue (max_request_size bounds it), so
+        # that a bound below one body never turns into a 503 that no retry can pass.
+        if (self.max_bytes is not None and self._pending
+                and self.queued_bytes + job.size > self.max_bytes):
+            raise QueueFull(f"Model queue is full ({self.queued_bytes} bytes waiting, "
+                            f"job_queue_max_bytes is {self.max_bytes}); retry later",
+                            retry_after=1)
         self._queue.append(job)
         self._pending += 1
+        self.queued_bytes += job.size
 
     def discard(self, job: Job) -> bool:
-        """Withdraw a queued job (its client went away); it will never reach a worker."""
+        """Withdraw a queued job (its client went away, its deadline passed); it never
+        reaches a worker and its body is released now, not when the queue reaches it."""
         if job.state is not JobState.QUEUED:
             return False
         job.state = JobState.DONE
         self._pending -= 1
+        self.queued_bytes -= job.size
+        job.release()
         return True
 
     def deadline(self) -> float | None:
@@ -108,14 +138,18 @@ class Batcher:
             if job.state is JobState.QUEUED:
                 job.state = JobState.RUNNING
                 batch.append(job)
+                self.queued_bytes -= job.size
         self._pending -= len(batch)
         return batch
 
     def drain(self) -> list[Job]:
-        """Remove and return every waiting job (shutdown, unregister)."""
+        """Remove and return every waiting job (shutdown, unregister, no worker left)."""
         jobs = [j for j in self._queue if j.state is JobState.QUEUED]
         self._queue.clear()
         self._pending = 0
+        self.queued_bytes = 0
+        for job in jobs:
+            job.release()
         return jobs
 
     def _head(self) -> Job | None:

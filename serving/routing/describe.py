@@ -28,6 +28,7 @@ def describe_version(mv: ModelVersion) -> dict[str, Any]:
         "maxBatchDelay": s.max_batch_delay,
         "responseTimeout": s.response_timeout,
         "startupTimeout": s.startup_timeout,
+        "clientTimeoutInMills": s.client_timeout_ms or 0,
         "deviceType": _device_type(mv),
         "status": "Healthy" if healthy else "Unhealthy",
         "loadedAtStartup": mv.loaded_at_startup,

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import (
+    ArchiveError,
     BadRequest,
     Conflict,
+    InternalError,
     ServiceUnavailable,
     ServingError,
 )
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # At shutdown, after the drain: how long an idle worker may take to exit on its own.
 SHUTDOWN_GRACE_S = 2.0
+# A client's own bound on how long its request may wait for a worker, in ms (capped by the
+# model's clientTimeoutInMills). TorchServe has no such header.
+REQUEST_TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
 @dataclass
@@ -79,7 +84,8 @@ class ModelManager:
         if not mv.pool.accepting:
             detail = f" ({mv.pool.last_error})" if mv.pool.last_error else ""
             raise ServiceUnavailable(f"No worker is available to serve model: {name}{detail}")
-        return mv.scheduler.submit(request)
+        return mv.scheduler.submit(request, queue_timeout(mv.settings.client_timeout_ms,
+                                                          request.headers))
 
     # -- control plane ----------------------------------------------------------------
     def require_open(self) -> None:
@@ -158,11 +164,13 @@ class ModelManager:
             raise Conflict(f"Model version {version} for model {name} is already registered")
         model_yaml = read_model_yaml(archive.model_dir, manifest.config_file)
         settings = self._model_settings(reg, name, version, model_yaml)
+        check_sendable(model_yaml, manifest.config_file or "model-config.yaml")
         optimization = from_model_yaml(model_yaml, reg.optimization)
         if optimization is not None:
             check_named_files(optimization, archive.model_dir)
         scheduler = Scheduler(Batcher(settings.batch_size, settings.max_batch_delay / 1000,
-                                      settings.job_queue_size),
+                                      settings.job_queue_size,
+                                      max_bytes=self.settings.job_queue_max_bytes),
                               float(settings.response_timeout))
         handler = reg.handler or manifest.handler
         label = f"{name}/{version}"
@@ -173,7 +181,8 @@ class ModelManager:
             self._listener, on_ready=scheduler.add_worker, on_gone=scheduler.remove_worker,
             startup_timeout=float(settings.startup_timeout),
             on_unavailable=lambda reason: scheduler.fail_queued(
-                ServiceUnavailable(f"No worker could be started: {reason}")),
+                ServiceUnavailable(f"No worker is available to serve model: {name} "
+                                   f"({reason})")),
             # The policy is resolved when workers are placed: start-up sizing is known then.
             place=lambda n: self.resources.place(label, n, self.resources.policy_for(model_yaml)),
             release=self.resources.release,
@@ -202,6 +211,11 @@ class ModelManager:
             "min_workers": reg.initial_workers, "response_timeout": reg.response_timeout,
             "startup_timeout": reg.startup_timeout})
         cfg = explicit.merged_over(from_yaml)
+        self._check_worker_count("initial_workers", reg.initial_workers)
+        for key, value in (("minWorkers", from_yaml.min_workers),
+                           ("maxWorkers", from_yaml.max_workers)):
+            if reg.initial_workers is None or key == "maxWorkers":
+                self._check_worker_count(f"{key} (model config)", value, ArchiveError)
         default_workers = self.resources.launcher_instances or s.default_workers_per_model
         min_workers = cfg.min_workers if cfg.min_workers is not None else default_workers
         max_workers = max(cfg.max_workers if cfg.max_workers is not None else min_workers,
@@ -241,11 +255,25 @@ class ModelManager:
                           device=device.describe(), max_inflight=s.max_inflight_batches,
                           max_response_size=self.settings.max_response_size)
 
+    def _check_worker_count(self, parameter: str, value: int | None,
+                            error: type[ServingError] = BadRequest) -> None:
+        bound = self.settings.max_workers_per_model
+        if value is not None and value > bound:
+            raise error(f"{parameter}: must be at most {bound} (max_workers_per_model), "
+                        f"got {value}")
+
     async def _start_workers(self, mv: ModelVersion, n: int, raise_errors: bool = True) -> None:
         try:
             await mv.pool.scale(n)
-        except ServingError as e:
+        except Exception as e:  # any failure: the model must not stay half-registered
+            if not isinstance(e, ServingError):
+                log.exception("model %s version %s: starting its workers failed", mv.name,
+                              mv.version)
+                e = InternalError(f"{type(e).__name__}: {e}")
             log.error("model %s version %s failed to load: %s", mv.name, mv.version, e.message)
+            # What is queued would otherwise wait out the drain for workers that never come.
+            mv.scheduler.fail_queued(ServiceUnavailable(
+                f"Model {mv.name} version {mv.version} failed to load: {e.message}"))
             await self._drop(mv)
             if raise_errors:
                 raise ServingError(f'Failed to load model "{mv.name}" version {mv.version}: '
@@ -255,6 +283,8 @@ class ModelManager:
                     max_workers: int | None, synchronous: bool) -> tuple[str, int]:
         self.require_open()
         mv = self.registry.get(name, version)
+        self._check_worker_count("min_worker", min_workers)
+        self._check_worker_count("max_worker", max_workers)
         max_w = (max_workers if max_workers is not None
                  else max(min_workers, mv.settings.max_workers))
         if max_w < min_workers:
@@ -263,7 +293,7 @@ class ModelManager:
         if synchronous:
             try:
                 await mv.pool.scale(min_workers)
-            except ServingError:
+            except ServingError:  # the pool raises nothing else
                 self._settle_workers(mv)
                 raise
             return f"Workers scaled to {min_workers} for model: {name}", 200
@@ -273,7 +303,7 @@ class ModelManager:
     async def _scale_quietly(self, mv: ModelVersion, n: int) -> None:
         try:
             await mv.pool.scale(n)
-        except ServingError as e:
+        except ServingError as e:  # the pool raises nothing else
             self._settle_workers(mv)
             log.error("scaling %s/%s to %d failed: %s", mv.name, mv.version, n, e.message)
 
@@ -371,3 +401,40 @@ def remove_extracted(archive: UnpackedArchive) -> None:
 async def _remove_extracted(archive: UnpackedArchive) -> None:
     """rmtree of a large model blocks for seconds: never on the event loop."""
     await asyncio.get_running_loop().run_in_executor(None, remove_extracted, archive)
+
+
+def queue_timeout(client_timeout_ms: int | None, headers: dict[str, str]) -> float | None:
+    """Seconds a request may wait in the queue: the model's `clientTimeoutInMills` (0: no
+    bound, as in TorchServe), lowered by the request's own `x-request-timeout-ms`."""
+    bounds = [client_timeout_ms] if client_timeout_ms else []
+    raw = headers.get(REQUEST_TIMEOUT_HEADER)
+    if raw is not None:
+        try:
+            asked = int(raw)
+        except ValueError:
+            asked = 0
+        if asked < 1:
+            raise BadRequest(f"{REQUEST_TIMEOUT_HEADER}: expected a whole number of "
+                             f"milliseconds of at least 1, got {raw!r:.40}")
+        bounds.append(asked)
+    return min(bounds) / 1000 if bounds else None
+
+
+def check_sendable(model_yaml: dict[str, Any], source: str) -> None:
+    """The handler gets model-config.yaml as JSON data; a value YAML reads as something else
+    (an unquoted date, a timestamp, a set) is the archive's error, named by its key."""
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str | int | float | bool) and key is not None:
+                    raise ArchiveError(f"{source}: key {key!r} under {where or 'the top'} "
+                                       "is not a string or number")
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif not isinstance(value, str | int | float | bool) and value is not None:
+            raise ArchiveError(f"{source}: {where}: a {type(value).__name__} value "
+                               f"({value!s:.40}) cannot be passed to the handler; quote it "
+                               "to make it a string")
+    walk(model_yaml, "")

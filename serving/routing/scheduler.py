@@ -1,18 +1,21 @@
 """Dispatching one model version's batches to its idle workers, event-driven.
 
 No task polls the queue: a dispatch is attempted when a request arrives, when a worker
-becomes idle, and when the oldest waiting request's batch delay runs out (one timer).
+becomes idle, and when the oldest waiting request's batch delay runs out (one timer). Queue
+deadlines have a second timer, for the earliest one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections.abc import Sequence
 from functools import partial
 from typing import Protocol
 
 from serving.errors import ServiceUnavailable, ServingError
-from serving.routing.batcher import Batcher, Job
+from serving.routing.batcher import Batcher, Job, JobState, QueueTimeout
 from serving.types import InferenceRequest, InferenceResponse
 
 BatchResult = list[InferenceResponse] | ServingError
@@ -46,14 +49,28 @@ class Scheduler:
         self._timer_at = 0.0  # uvloop's timer handles do not tell when they fire
         self._settled = asyncio.Event()
         self._settled.set()
+        # Queued jobs with a deadline, earliest first; entries of jobs that left the queue are
+        # skipped when they reach the top and swept out when they outnumber the queue.
+        self._deadlines: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
 
-    def submit(self, request: InferenceRequest) -> Job:
-        """Queue a request; raises QueueFull or ServiceUnavailable instead of waiting."""
+    def submit(self, request: InferenceRequest, queue_timeout: float | None = None) -> Job:
+        """Queue a request; raises QueueFull or ServiceUnavailable instead of waiting.
+
+        `queue_timeout` (s): how long it may wait for a worker; past it, 504 and it never runs.
+        """
         if not self.accepting:
             raise ServiceUnavailable("Model is being unloaded; no new requests are accepted")
-        job = Job(request, self._loop.create_future(), self._loop.time(), withdraw=self.cancel)
+        now = self._loop.time()
+        job = Job(request, self._loop.create_future(), now, withdraw=self.cancel,
+                  size=sum(len(i.value) for i in request.inputs))
         self.batcher.put(job)
         self._settled.clear()
+        if queue_timeout is not None:
+            job.deadline = now + queue_timeout
+            self._add_deadline(job, job.deadline)
         self._dispatch()
         return job
 
@@ -104,6 +121,43 @@ class Scheduler:
         self._timer = self._loop.call_at(deadline, self._on_timer, deadline)
         self._timer_at = deadline
 
+    def _add_deadline(self, job: Job, deadline: float) -> None:
+        if len(self._deadlines) > 2 * len(self.batcher) + 64:
+            self._deadlines = [e for e in self._deadlines if e[2].state is JobState.QUEUED]
+            heapq.heapify(self._deadlines)
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), job))
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        heap = self._deadlines
+        while heap and heap[0][2].state is not JobState.QUEUED:
+            heapq.heappop(heap)
+        if not heap:
+            return
+        deadline = heap[0][0]
+        if self._expiry is not None:
+            if self._expiry_at <= deadline:
+                return
+            self._expiry.cancel()
+        self._expiry = self._loop.call_at(deadline, self._expire, deadline)
+        self._expiry_at = deadline
+
+    def _expire(self, deadline: float) -> None:
+        """Answer every queued job whose deadline has passed with 504; none of them runs."""
+        self._expiry = None
+        now = max(self._loop.time(), deadline)  # uvloop's millisecond clock, as in _on_timer
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            at, _, job = heapq.heappop(heap)
+            if self.batcher.discard(job):
+                waited = (now - job.arrival) * 1000
+                job.resolve(QueueTimeout(
+                    f"Request waited {waited:.0f} ms in the queue without a worker taking it "
+                    f"(deadline {(at - job.arrival) * 1000:.0f} ms: clientTimeoutInMills or "
+                    "x-request-timeout-ms)"))
+        self._check_settled()
+        self._arm_expiry()
+
     def _on_timer(self, deadline: float) -> None:
         self._timer = None
         # uvloop's clock ticks in milliseconds, so a timer can run while loop.time() still
@@ -141,6 +195,10 @@ class Scheduler:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._deadlines.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self._check_settled()
 
     def queued_jobs_state(self) -> tuple[int, int]:

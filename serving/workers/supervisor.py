@@ -8,7 +8,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from serving.errors import ServingError
+from serving.errors import InternalError, ServingError
+from serving.workers.backoff import Backoff
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import WorkerPlacement
 from serving.workers.process import Worker, WorkerSpec, WorkerState
@@ -17,11 +18,6 @@ log = logging.getLogger(__name__)
 
 # TorchServe numbers its workers from 9000; clients and dashboards have seen these ids.
 _worker_ids = itertools.count(9000)
-
-RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
-# A worker that served this long before it died was healthy: its successor starts after the
-# shortest delay again. One that dies sooner (loads, then crashes) backs off further each time.
-STABLE_UPTIME_S = 60.0
 
 Place = Callable[[int], list[WorkerPlacement]]
 
@@ -59,7 +55,7 @@ class WorkerPool:
         # How long a stopping worker may take to finish the batch it holds before it is
         # killed (scale-down must not cut a batch that is within its response timeout).
         self._stop_timeout = stop_timeout
-        self._failures = 0
+        self._backoff: dict[int, Backoff] = {}  # per slot: one flapping worker slows no other
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._replacing: set[int] = set()  # slots whose worker died and awaits its successor
@@ -88,17 +84,25 @@ class WorkerPool:
         return self._placements.get(slot)
 
     async def scale(self, n: int) -> None:
-        """Start or stop workers until `n` run; raises the first start-up failure."""
+        """Start or stop workers until `n` run; raises the first start-up failure (always a
+        ServingError), after which the target is what runs."""
         self.target = n
+        if n == 0:
+            # Nothing will ever take what is queued: answer it now, not after a timeout.
+            self._on_unavailable("the model is scaled to 0 workers")
         live = [w for w in self.workers.values()
                 if w.state not in (WorkerState.STOPPING, WorkerState.DEAD)]
         pending = len(self._starting - {w.slot for w in live})
         if len(live) + pending < n:
             slots = self._free_slots(n - len(live) - pending)
-            if self._place is not None:
-                # All new workers are placed in one call, so `auto` sizes them together.
-                for slot, placement in zip(slots, self._place(len(slots)), strict=True):
-                    self._placements[slot] = placement
+            try:
+                if self._place is not None:
+                    # All new workers are placed in one call, so `auto` sizes them together.
+                    for slot, placement in zip(slots, self._place(len(slots)), strict=True):
+                        self._placements[slot] = placement
+            except Exception as e:
+                self._settle_target()
+                raise _as_serving_error(e, "placing workers failed") from None
             self._starting.update(slots)
             try:
                 results = await asyncio.gather(*(self._start(slot) for slot in slots),
@@ -110,14 +114,23 @@ class WorkerPool:
                 if isinstance(result, BaseException):
                     self._free_slot(slot)
             if errors:
-                # What runs is the target now: nothing retries a start that failed outright,
-                # and health must not wait for workers that will never come.
-                self.target -= len(errors)
+                # Nothing retries a start that failed outright, and health must not wait for
+                # workers that will never come.
+                self._settle_target()
                 raise errors[0]
         elif len(live) > n:
-            # Idle workers go first, then the newest; a busy one finishes its batch first.
-            victims = sorted(live, key=lambda w: (w.busy, -w.start_time))[: len(live) - n]
+            # Starting workers go first (nothing runs on them), then idle ones, then the
+            # newest; a busy one finishes its batch first.
+            victims = sorted(live, key=lambda w: (w.state is not WorkerState.STARTING, w.busy,
+                                                  -w.start_time))[: len(live) - n]
             await asyncio.gather(*(self._stop(w) for w in victims))
+
+    def _settle_target(self) -> None:
+        """After a refused or failed scale-up the target is what runs or is on its way (a
+        scale-down meanwhile may have asked for fewer still: that stands)."""
+        coming = sum(1 for w in self.workers.values()
+                     if w.state not in (WorkerState.STOPPING, WorkerState.DEAD))
+        self.target = min(self.target, coming + len(self._replacing))
 
     def _free_slots(self, count: int) -> list[int]:
         used = {w.slot for w in self.workers.values() if w.state != WorkerState.DEAD}
@@ -128,22 +141,43 @@ class WorkerPool:
         return list(itertools.islice(free, count))
 
     async def _start(self, slot: int) -> None:
-        worker = Worker(str(next(_worker_ids)), slot,
-                        self._spec(slot, self._placements.get(slot)), self._listener,
+        """Start one worker; any failure (the handler's, a spawn that hits EMFILE, a LOAD
+        message that cannot be encoded) leaves no worker behind and raises a ServingError.
+        A worker stopped while it starts (a scale-down) is not a failure."""
+        try:
+            spec = self._spec(slot, self._placements.get(slot))
+        except Exception as e:
+            raise self._failed(_as_serving_error(e, "preparing a worker failed")) from None
+        worker = Worker(str(next(_worker_ids)), slot, spec, self._listener,
                         on_idle=self._on_ready, on_exit=self._exited)
         self.workers[worker.id] = worker
         try:
             await worker.start(self._startup_timeout)
-        except ServingError as e:
+        except Exception as e:
+            worker.kill()  # a process may run already: it must not outlive the failure
+            self._listener.forget(worker.id)  # a spawn that failed never got that far
             self.workers.pop(worker.id, None)
-            self.last_error = e.message
-            raise
+            if worker.stop_requested:
+                return
+            raise self._failed(_as_serving_error(e, "worker start failed")) from None
+        if worker.stop_requested:  # loaded just as a scale-down stopped it
+            worker.kill()
+            return
         self.last_error = None
         log.info("%s: worker %s ready (pid %s)", self.label, worker.id, worker.pid)
         self._on_ready(worker)
 
+    def _failed(self, error: ServingError) -> ServingError:
+        self.last_error = error.message
+        return error
+
     async def _stop(self, worker: Worker, timeout: float | None = None) -> None:
         self._on_gone(worker)
+        if worker.state is WorkerState.STARTING:
+            # Nothing runs on it yet: no batch to wait for, and it may not read SHUTDOWN
+            # before it has loaded.
+            worker.stop_requested = True
+            worker.kill()
         await worker.stop(self._stop_timeout if timeout is None else timeout)
         self.workers.pop(worker.id, None)
         self._free_slot(worker.slot)
@@ -163,8 +197,6 @@ class WorkerPool:
         if live >= self.target:
             self._free_slot(worker.slot)
             return
-        if time.time() - worker.start_time >= STABLE_UPTIME_S:
-            self._failures = 0
         self.restarts += 1
         self.slot_restarts[worker.slot] = self.slot_restarts.get(worker.slot, 0) + 1
         log.warning("%s: worker %s (pid %s, exit code %s) died; replacing it", self.label,
@@ -173,8 +205,7 @@ class WorkerPool:
 
     def _schedule_replacement(self, slot: int) -> None:
         self._replacing.add(slot)
-        delay = RESTART_BACKOFF[min(self._failures, len(RESTART_BACKOFF) - 1)]
-        self._failures += 1
+        delay = self._backoff.setdefault(slot, Backoff()).next_delay(time.monotonic())
         task = asyncio.get_running_loop().create_task(self._replace(slot, delay))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -188,7 +219,7 @@ class WorkerPool:
             return
         try:
             await self._start(slot)
-        except ServingError as e:
+        except ServingError as e:  # _start raises nothing else
             log.error("%s: replacement worker failed to start: %s", self.label, e.message)
             if not self._live():
                 # Nobody can serve what is queued: answer it now rather than let it wait
@@ -213,3 +244,11 @@ class WorkerPool:
         await asyncio.gather(*(self._stop(w, grace) for w in list(self.workers.values())))
         for slot in list(self._placements):
             self._free_slot(slot)
+
+
+def _as_serving_error(error: Exception, what: str) -> ServingError:
+    """The project's own errors pass as they are; anything else is a 500 naming its type."""
+    if isinstance(error, ServingError):
+        return error
+    log.error("%s: %s: %s", what, type(error).__name__, error)
+    return InternalError(f"{what}: {type(error).__name__}: {error}")
