@@ -101,7 +101,7 @@ async def _drive(sc: Scenario, server: ProjectServer, rate: float, hang_after_s:
         await warm(Target(server.base_url, f"/predictions/{sc.model}", body, ctype), 2.0,
                    concurrency=4)
         ctx = FaultContext(mgmt, server.management_url, sc.model, sc.duration_s,
-                           PING_TIMEOUT_S)
+                           PING_TIMEOUT_S, hang_after_s)
         async with RssSampler(server.proc.pid, rss_interval_s) as sampler:
             injector = (asyncio.get_running_loop().create_task(INJECTORS[sc.injector](ctx))
                         if sc.injector else None)

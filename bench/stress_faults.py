@@ -29,6 +29,7 @@ class FaultContext:
     model: str
     duration_s: float
     ping_timeout_s: float
+    hang_after_s: float = 0.0
     t0: float = field(default_factory=time.monotonic)
     events: list[str] = field(default_factory=list)
 
@@ -106,10 +107,21 @@ async def scale_down_up(ctx: FaultContext, low: int = 1, high: int = 2) -> None:
     await _scale(ctx, high)
 
 
+async def scale_to_zero(ctx: FaultContext, high: int = 2) -> None:
+    """Scale to 0 workers a quarter in and back only once the load is over and every request
+    had its hang deadline: a queued request that nothing answers shows up as hung."""
+    await _at(ctx, 1 / 4)
+    await _scale(ctx, 0)
+    await asyncio.sleep(max(0.0, ctx.t0 + ctx.duration_s + ctx.hang_after_s + 1.0
+                            - time.monotonic()))
+    await _scale(ctx, high)
+
+
 INJECTORS: dict[str, Injector] = {
     "kill9": kill_worker,
     "sigstop": stop_worker,
     "scale": scale_down_up,
+    "scale-zero": scale_to_zero,
 }
 
 

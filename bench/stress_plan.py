@@ -92,5 +92,6 @@ def scenarios(d: Durations, overload_factor: float, fault_load: float,
         faulty("sleep", body_fault={"fault": "sleep", "seconds": SLEEP_FAULT_S},
                fault_period_s=5.0),
         faulty("scale", injector="scale"),
+        faulty("scale-zero", injector="scale-zero"),
         Scenario("soak-noop", "soak", "noop", noop, "noop", soak_load, d.soak),
     ]
