@@ -140,11 +140,15 @@ def timeline_plot(raw: Path, names: Sequence[str], path: Path) -> Path | None:
             for line in f:
                 sent, _, result, _ = json.loads(line)
                 bins.setdefault(result, Counter())[int(sent)] += 1
+        end = max((max(c) for c in bins.values()), default=0) + 1
         for result, counts in sorted(bins.items()):
-            xs = sorted(counts)
-            ax.plot(xs, [counts[x] for x in xs], label=result, drawstyle="steps-mid")
+            # Every second, zeros included, on a log scale: 4 502s must show beside 1,500 200s.
+            ax.plot(range(end), [counts[x] for x in range(end)], label=result,
+                    drawstyle="steps-post")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylim(bottom=0)
         ax.set_title(name, fontsize="small")
-        ax.set_ylabel("req/s")
+        ax.set_ylabel("req/s (log)")
         ax.legend(fontsize="x-small", loc="upper right")
         ax.grid(True, alpha=0.3)
     fig.axes[-1].set_xlabel("second of the load the request was sent in")
@@ -171,6 +175,9 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]]) -> Path:
              "median of the last minute against the first minute after a minute's warm-up; "
              "other scenarios = last fifth against the first fifth, for information.", "",
              "## Findings and events per scenario", "", *_details(rows), ""]
+    notes = out / "notes.md"  # the hand-written reading of a run, kept across re-renders
+    if notes.exists():
+        lines += ["## Reading of this run", "", notes.read_text().strip(), ""]
     if timeline:
         lines += ["## Answers over time", "", f"![timeline]({timeline.name})", ""]
     if rss:
