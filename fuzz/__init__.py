@@ -1,1 +1,1 @@
-"""atheris harnesses of the parsers that read untrusted bytes; see docs/security-fuzzing.md."""
+"""atheris harnesses of the parsers that read untrusted bytes; see docs/security/fuzzing.md."""

@@ -18,7 +18,7 @@ from fuzz.known import tolerate_known
 
 with atheris.instrument_imports(include=["serving", "zipfile", "tarfile"]):
     from serving.errors import ArchiveError
-    from serving.handlers.archive import unpack
+    from serving.handlers.archive import ArchiveLimits, unpack
 
 # root/a/b/c/{store,work}: a `..` escape from an extracted folder lands in a level we watch.
 ROOT = Path(tempfile.mkdtemp(prefix="archive-fuzz-"))
@@ -46,7 +46,7 @@ def test_one_input(data: bytes) -> None:
     archive = STORE / NAMES[len(data) % 2]
     archive.write_bytes(data)
     try:
-        unpacked = unpack(archive, WORK)
+        unpacked = unpack(archive, WORK, ArchiveLimits(max_size=64 << 20))
     except ArchiveError:
         unpacked = None
     check_contained()

@@ -112,7 +112,7 @@ class Settings(BaseModel):
     max_kserve_instances: int = Field(1000, ge=1)  # KServe v1 instances per request
     max_management_request_size: int = Field(1048576, ge=1)  # management bodies; more: 413
     allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
-    # Remote registration (`url=http(s)://...`): see docs/security-remote.md.
+    # Remote registration (`url=http(s)://...`): see docs/security/remote-registration.md.
     allowed_url_networks: tuple[IPNetwork, ...] = ()  # internal networks downloads may reach
     max_model_download_size: int = Field(10 * 1024**3, ge=1)  # bytes
     model_download_timeout: float = Field(900.0, gt=0)  # s for a whole download
@@ -123,7 +123,7 @@ class Settings(BaseModel):
     decode_input_request: bool = True
     limit_max_image_pixels: bool = True  # handlers see it as context.limit_max_image_pixels
     default_service_handler: str | None = None  # for archives without a manifest
-    # Bounds on what one archive or model folder may unpack to (docs/security-archive.md).
+    # Bounds on what one archive or model folder may unpack to (docs/security/archives.md).
     max_archive_size: int = Field(20 * 1024**3, ge=1)  # bytes, all entries together
     max_archive_entries: int = Field(10_000, ge=1)  # files and folders
     max_archive_compression_ratio: float = Field(200.0, ge=1)  # per zip entry; tar: whole

@@ -21,7 +21,7 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
                      "jobQueueSize: 4000\n")
     folder = tmp_path_factory.mktemp("faults-ipc")
     cfg = folder / "config.properties"
-    cfg.write_text(f"max_response_size={LIMIT}\n")
+    cfg.write_text(f"max_response_size={LIMIT}\nmax_kserve_instances=2000\njob_queue_size=2000\n")
     with ServerProcess(folder / "server.log", "--models", "shaped.mar,wide.mar",
                        model_store=store, ts_config=cfg) as srv:
         srv.wait_ready(models=("shaped", "wide"))

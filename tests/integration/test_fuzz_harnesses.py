@@ -1,5 +1,5 @@
 """A short, seeded run of each atheris harness in fuzz/ (the long runs are in
-docs/security-fuzzing.md): a crash, or an exception a parser should not raise, fails it."""
+docs/security/fuzzing.md): a crash, or an exception a parser should not raise, fails it."""
 
 from __future__ import annotations
 
@@ -23,14 +23,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-ARCHIVE_FINDINGS = pytest.mark.xfail(strict=True, reason=(
-    "reported to the archive rewrite: unpack() lets IndexError (empty entry name), "
-    "NotImplementedError (unsupported zip version) and RuntimeError (encrypted entry) escape; "
-    "drop this mark once fixed"))
 
 
-@pytest.mark.parametrize("harness", ["ipc", "bodies",
-                                     pytest.param("archive", marks=ARCHIVE_FINDINGS)])
+@pytest.mark.parametrize("harness", ["ipc", "bodies", "archive"])
 def test_harness_short_run(harness: str, corpus: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FUZZ_KNOWN"}
     proc = subprocess.run(
