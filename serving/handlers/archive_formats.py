@@ -30,7 +30,8 @@ from serving.handlers.extraction import (
 
 # What a corrupt or hostile entry's data raises while it is read and written.
 ENTRY_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error,
-                lzma.LZMAError, NotImplementedError, RuntimeError, ValueError)
+                lzma.LZMAError, NotImplementedError, RuntimeError, ValueError,
+                IndexError)  # zipfile indexes an empty entry name: a corrupt archive
 _SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
             stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
 _TAR_SPECIAL = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
