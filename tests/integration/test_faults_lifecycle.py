@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +13,11 @@ import aiohttp
 import psutil
 
 from tests.support.archives import build_mar
+from tests.support.polling import wait_for
 from tests.support.server import ServerProcess
 
 HANDLER_SLEEP_S = 120  # far longer than any bound the tests check
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition"
-             ) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gone(pid: int) -> bool:

@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import json
 import resource
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import psutil
 import pytest
 
 from tests.support.archives import build_mar
+from tests.support.polling import wait_for
 from tests.support.server import ServerProcess
 
 
@@ -37,15 +36,6 @@ def describe(server: ServerProcess, name: str) -> dict[str, Any]:
 def statuses(server: ServerProcess, name: str) -> list[str]:
     return [w["status"] for w in describe(server, name)["workers"]]
 
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ping(server: ServerProcess) -> int:

@@ -16,21 +16,13 @@ import pytest
 
 from serving.workers.pinning import format_cpulist
 from tests.support.archives import build_mar
+from tests.support.polling import wait_for
 from tests.support.server import ServerProcess
 
 
 def workers(server: ServerProcess, name: str) -> list[dict]:
     return server.management.get(f"/models/{name}").json()[0]["workers"]
 
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_started_workers_run_on_their_planned_cores(server: ServerProcess, store: Path):
