@@ -23,6 +23,7 @@ from serving.gateway.guard import Guarded
 from serving.gateway.httplimits import limited_protocol
 from serving.gateway.inference import InferenceApp
 from serving.gateway.management import create_management_app
+from serving.gateway.memory import ConnectionTrimmer
 from serving.routing.manager import ModelManager, Registration
 from serving.routing.registry import ModelVersion
 from serving.routing.resources import Resources
@@ -120,6 +121,8 @@ class Server:
             log.info("%s listening on http://%s:%s", what, host, port)
         watcher = asyncio.create_task(manager.watch_workers(s.worker_ping_interval,
                                                             s.worker_ping_timeout))
+        trimmer = asyncio.create_task(
+            ConnectionTrimmer([srv.server_state.connections for srv in servers]).run())
         stop_task = asyncio.create_task(self._stop.wait())
         try:
             if auth is not None:
@@ -141,6 +144,7 @@ class Server:
             log.info("Shutting down: finishing in-flight requests (up to %g s)",
                      s.drain_timeout)
             watcher.cancel()
+            trimmer.cancel()
             manager.accepting = False
             await manager.close(drain_timeout=s.drain_timeout)
             for srv in servers:
