@@ -21,6 +21,7 @@ import aiohttp
 from bench.stats import percentile
 
 HUNG = "hung"
+CLIENT_KEEPALIVE_S = 3.0
 ERROR_PREFIX = "error:"
 
 
@@ -119,8 +120,12 @@ def tally(sent: int, outcomes: Sequence[Outcome]) -> Tally:
 
 def open_session(max_in_flight: int) -> aiohttp.ClientSession:
     """No client timeouts: `hang_after_s` alone decides when a request counts as hung."""
+    # Idle connections are closed by the client before the server's own keep-alive timeout
+    # (uvicorn: 5 s) can close them: otherwise a request sent on a connection the server is
+    # closing at that instant fails in transport, which is the client's race, not a lost
+    # request.
     connector = aiohttp.TCPConnector(limit=max_in_flight, limit_per_host=max_in_flight,
-                                     keepalive_timeout=60)
+                                     keepalive_timeout=CLIENT_KEEPALIVE_S)
     return aiohttp.ClientSession(connector=connector,
                                  timeout=aiohttp.ClientTimeout(total=None))
 
@@ -140,7 +145,8 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: d
         if not deadline.expired():  # a timeout inside the client, not the hang deadline
             result = ERROR_PREFIX + type(e).__name__
     except Exception as e:  # a refused or reset connection is an outcome to count, not a crash
-        result = ERROR_PREFIX + type(e).__name__
+        errno = getattr(e, "errno", None)
+        result = ERROR_PREFIX + type(e).__name__ + (f"[{errno}]" if errno else "")
     run.outcomes.append(Outcome(start - t0, time.monotonic() - start, result, body_ok))
 
 

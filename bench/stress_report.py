@@ -120,9 +120,16 @@ def rss_plot(raw: Path, name: str, path: Path) -> Path | None:
                 label=f"{mine[0]['role']} {pid}")
     ax.set_xlabel("seconds into the soak")
     ax.set_ylabel("RSS, MiB")
-    ax.set_title(f"{name}: resident memory per process")
+    ax.set_title(f"{name}: resident memory per process, and the gateway's open connections")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    conns = [s for s in samples if s.get("connections") is not None]
+    if conns:
+        ax2 = ax.twinx()
+        ax2.plot([s["t_s"] for s in conns], [s["connections"] for s in conns],
+                 color="grey", linewidth=0.8, label="gateway connections")
+        ax2.set_ylabel("open connections")
+        ax2.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left")
     fig.savefig(path, dpi=110)
     return path
 

@@ -21,6 +21,9 @@ class RssSample:
     pid: int
     role: str  # "gateway" or "worker"
     rss: int  # bytes
+    # The gateway's open TCP connections (None for workers): RSS follows their high-water
+    # mark, so a rise in RSS is read beside it before it is called a leak.
+    connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,11 @@ class RssSampler:
             return
         for proc, role in procs:
             with contextlib.suppress(psutil.NoSuchProcess):
-                self.samples.append(RssSample(t_s, proc.pid, role, proc.memory_info().rss))
+                rss = proc.memory_info().rss
+                conns = (sum(c.status == psutil.CONN_ESTABLISHED
+                             for c in proc.net_connections(kind="tcp"))
+                         if role == "gateway" else None)
+                self.samples.append(RssSample(t_s, proc.pid, role, rss, conns))
 
     async def _loop(self) -> None:
         t0 = time.monotonic()
