@@ -112,16 +112,26 @@ def predict_call(service: Any, bodies: Sequence[bytes],
 
 
 def derive_archive(mar: Path, name: str, config: dict[str, Any]) -> Path:
-    """A copy of `mar` named `name`, with `config` merged into its model-config.yaml."""
+    """A copy of `mar` named `name`, with `config` merged into its model-config.yaml.
+
+    An archive built without a config file gets one (named in its manifest's `configFile`,
+    as `torch-model-archiver --config-file` would), so the settings always take effect.
+    """
     out = mar.with_name(f"{name}.mar")
-    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(out, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["modelName"] = name
-                data = json.dumps(manifest).encode()
-            elif item.filename == "model-config.yaml":
-                data = yaml.safe_dump({**(yaml.safe_load(data) or {}), **config}).encode()
-            dst.writestr(item, data)
+    with zipfile.ZipFile(mar) as src:
+        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
+        config_name = manifest["model"].get("configFile") or "model-config.yaml"
+        manifest["model"]["modelName"] = name
+        manifest["model"]["configFile"] = config_name
+        existing = (yaml.safe_load(src.read(config_name)) or {}) \
+            if config_name in src.namelist() else {}
+        with zipfile.ZipFile(out, "w") as dst:
+            for item in src.infolist():
+                if item.filename == config_name:
+                    continue
+                data = src.read(item)
+                if item.filename == "MAR-INF/MANIFEST.json":
+                    data = json.dumps(manifest).encode()
+                dst.writestr(item, data)
+            dst.writestr(config_name, yaml.safe_dump({**existing, **config}))
     return out
