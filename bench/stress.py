@@ -162,6 +162,7 @@ def _summarise(sc: Scenario, got: dict[str, Any], rss_interval_s: float) -> dict
     rss = {role: growth(totals(samples, role), role, warmup, window).to_dict()
            for role in ("gateway", "worker")}
     return {"achieved_rate": run.achieved_rate, "skipped": run.skipped,
+            "error_messages": run.error_messages,
             "max_lag_s": run.max_lag_s, "tally": t.to_dict(), "clean": t.clean,
             "events": got["events"], "after": got["after"], "rss_growth": rss}
 

@@ -50,6 +50,8 @@ class LoadRun:
     send_phase_s: float = 0.0  # how long sending took (longer than duration: the client lagged)
     max_lag_s: float = 0.0  # the latest a request went out after its due time
     outcomes: list[Outcome] = field(default_factory=list)
+    # One message per transport-error kind, to say what the error was (refused, reset...).
+    error_messages: dict[str, str] = field(default_factory=dict)
 
     @property
     def achieved_rate(self) -> float:
@@ -147,6 +149,7 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: d
     except Exception as e:  # a refused or reset connection is an outcome to count, not a crash
         errno = getattr(e, "errno", None)
         result = ERROR_PREFIX + type(e).__name__ + (f"[{errno}]" if errno else "")
+        run.error_messages.setdefault(result, str(e)[:200])
     run.outcomes.append(Outcome(start - t0, time.monotonic() - start, result, body_ok))
 
 

@@ -31,6 +31,7 @@ def findings(row: dict[str, Any]) -> list[str]:
                    f"{t['transport_errors']} errors + {t['hung']} hung")
     if t["transport_errors"]:
         out.append(f"{t['transport_errors']} transport error(s) {t['errors']}")
+        out += [f"  {kind}: {msg}" for kind, msg in (row.get("error_messages") or {}).items()]
     if t["unexpected_body"]:
         out.append(f"{t['unexpected_body']} 200(s) without the expected body")
     after = row.get("after") or {}
