@@ -180,7 +180,9 @@ def _write_raw(raw: Path, name: str, run: LoadRun, samples: Sequence[RssSample])
 def _commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=REPO, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+    # The run writes its own results under bench/results: they do not make the code dirty.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                            ".", ":!bench/results"],
                            capture_output=True, text=True, cwd=REPO, check=False).stdout
     return done.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
