@@ -10,6 +10,7 @@ per read: the exact sizes are only added up when the bytes read could exceed the
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import httptools
@@ -76,6 +77,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self.head_budget:
                 self._refuse(self._too_large_so_far())
 
+    def timeout_keep_alive_handler(self) -> None:
+        """Close an idle keep-alive connection, but not one with a request waiting unread.
+
+        When the event loop falls seconds behind (overload on a shared core), libuv runs the
+        due keep-alive timer before it polls for reads: uvicorn would then close a
+        connection whose next request already sits in the socket, and the client would get
+        no answer ("Server disconnected"). Such a connection is not idle: look again later.
+        """
+        if _unread_bytes_wait(self.transport):
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            return
+        super().timeout_keep_alive_handler()
+
     def _upgrade(self) -> None:
         if self._should_upgrade():
             self.handle_websocket_upgrade()
@@ -136,6 +151,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(LINGER_S, self.transport.close)
         else:
             self.transport.close()
+
+
+def _unread_bytes_wait(transport: Any) -> bool:
+    """Whether the peer has sent bytes the server has not read yet (EOF counts as none).
+
+    uvloop hands out a socket-like object that cannot recv, so the check peeks on a
+    duplicate of its descriptor; it runs once per idle connection per keep-alive period.
+    """
+    if transport is None or transport.is_closing():
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+            return bool(dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing to read (EAGAIN), or a socket already gone
+        return False
 
 
 def _client(client: tuple[str, int] | None) -> str:

@@ -1,0 +1,79 @@
+"""The keep-alive timer does not close a connection whose next request waits unread.
+
+On an overloaded loop the timer and the client's next request become due in the same turn,
+and libuv runs timers before it reads. The test recreates that turn exactly: a real uvicorn
+server with the gateway's protocol on a real socket, the client's bytes already in the
+server's socket, and the timer's handler run before the loop has read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import uvicorn
+import uvloop
+
+from serving.gateway.httplimits import limited_protocol
+from serving.settings import Settings
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _recv_response(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"ok"):
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def _scenario(unread: bool) -> tuple[bytes, bool]:
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(_app, http=limited_protocol(Settings()), lifespan="off",
+                            log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    client = socket.create_connection(listener.getsockname())
+    client.setblocking(False)
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        await loop.sock_sendall(client, REQUEST)
+        first = await _recv_response(loop, client)
+        assert first.startswith(b"HTTP/1.1 200")
+        (protocol,) = server.server_state.connections
+        if unread:
+            # Loopback TCP delivers within send(): the bytes are in the server's socket now,
+            # and the loop has not polled since.
+            client.send(REQUEST)
+        protocol.timeout_keep_alive_handler()  # the due timer runs first, as on a busy loop
+        answer = await _recv_response(loop, client) if unread else b""
+        closed = protocol.transport.is_closing()
+        return answer, closed
+    finally:
+        client.close()
+        server.should_exit = True
+        await serving
+
+
+def test_timer_keeps_a_connection_whose_request_waits_unread() -> None:
+    answer, closed = uvloop.run(_scenario(unread=True))
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer
+    assert not closed
+
+
+def test_timer_closes_a_connection_that_is_really_idle() -> None:
+    _, closed = uvloop.run(_scenario(unread=False))
+    assert closed
