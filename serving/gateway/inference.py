@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from serving.errors import BadRequest, MethodNotAllowed, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
+from serving.gateway.guard import LIVENESS_PATH
 from serving.gateway.jsondepth import loads
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import INFERENCE
@@ -74,11 +75,15 @@ def create_inference_api(manager: ModelManager) -> FastAPI:
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
-        if not manager.accepting:
-            return JSONResponse({"status": "Draining"}, status_code=503)
-        if manager.healthy():
-            return JSONResponse({"status": "Healthy"})
-        return JSONResponse({"status": "Unhealthy"}, status_code=500)
+        """Readiness (see manager.readiness): a load balancer sends no traffic on 503."""
+        status, body = manager.readiness()
+        return JSONResponse(body, status_code=status)
+
+    @app.get(LIVENESS_PATH)
+    async def live() -> JSONResponse:
+        """Liveness: the event loop answers, so the process can serve (also while it loads
+        or drains: restarting it then would only lose work)."""
+        return JSONResponse({"status": "Alive"})
 
     @app.post("/v1/models/{model_name}:predict")
     async def kserve_v1_predict(model_name: str, request: Request) -> Response:

@@ -96,6 +96,7 @@ class Server:
             os.sched_setaffinity(0, set(reserved))
             log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
         manager = ModelManager(s, self.work_dir, listener, resources)
+        manager.loading = True  # /ping says "Loading" until the start-up models are in
         apps: list[Any] = [InferenceApp(manager), create_management_app(manager)]
         auth = None
         if s.disable_token_authorization:
@@ -164,6 +165,13 @@ class Server:
                                    registrations: list[Registration]) -> None:
         """Prepare every start-up model first, so placement can size all workers together,
         then start their workers concurrently. A model that fails is logged and skipped."""
+        try:
+            await self._load_models(manager, registrations)
+        finally:
+            manager.loading = False
+
+    async def _load_models(self, manager: ModelManager,
+                           registrations: list[Registration]) -> None:
         if not registrations:
             return
         prepared = await asyncio.gather(

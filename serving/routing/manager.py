@@ -74,6 +74,9 @@ class ModelManager:
         # Archives downloaded from a URL: deleted on unregister, as TorchServe does.
         self._downloaded: dict[ModelVersion, Path] = {}
         self.accepting = True  # false once shutdown starts: new requests get 503
+        # True while the models named at start-up load: /ping must not say ready before
+        # they are even in the registry.
+        self.loading = False
 
     # -- data plane -------------------------------------------------------------------
     def submit(self, name: str, version: str | None, request: InferenceRequest) -> Job:
@@ -366,7 +369,27 @@ class ModelManager:
 
     def healthy(self) -> bool:
         """TorchServe's /ping rule: every model has at least its minimum of workers."""
-        return all(mv.pool.ready_count >= mv.pool.target for mv in self.registry.all_versions())
+        return not self.short_of_workers()
+
+    def short_of_workers(self) -> dict[str, dict[str, int]]:
+        """Model versions with fewer READY (or busy) workers than their minimum: what keeps
+        the server from being ready, as {"name/version": {"ready": n, "minimum": m}}."""
+        return {f"{mv.name}/{mv.version}": {"ready": mv.pool.ready_count,
+                                            "minimum": mv.pool.target}
+                for mv in self.registry.all_versions()
+                if mv.pool.ready_count < mv.pool.target}
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """/ping: 200 only when the start-up models are loaded and every model has its
+        minimum of workers READY; 503 otherwise, saying why."""
+        if not self.accepting:
+            return 503, {"status": "Draining"}
+        if self.loading:
+            return 503, {"status": "Loading"}
+        short = self.short_of_workers()
+        if short:
+            return 503, {"status": "Unhealthy", "models": short}
+        return 200, {"status": "Healthy"}
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
