@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _archive(args: argparse.Namespace, archiver_args: list[str]) -> int:
     import json
-    import os
 
     from serving.handlers.packaging import archive_with_package, precompile_archive, run_archiver
 
@@ -116,7 +116,10 @@ def _start(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = build_settings(args.ts_config, _overrides(args))
+        # TorchServe: TS_CONFIG_FILE names the config file, over --ts-config.
+        config = os.environ.get("TS_CONFIG_FILE")
+        settings = build_settings(Path(config) if config else args.ts_config,
+                                  _overrides(args), os.environ)
     except ConfigError as e:
         print(f"serving: configuration error: {e}", file=sys.stderr)
         return 2

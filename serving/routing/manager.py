@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from serving.errors import (
     ArchiveError,
@@ -31,7 +35,7 @@ from serving.types import InferenceRequest
 from serving.workers import pinning
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
-from serving.workers.process import WorkerSpec
+from serving.workers.process import Worker, WorkerSpec, WorkerState
 from serving.workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -187,7 +191,7 @@ class ModelManager:
                 ServiceUnavailable(f"No worker is available to serve model: {name} "
                                    f"({reason})")),
             # The policy is resolved when workers are placed: start-up sizing is known then.
-            place=lambda n: self.resources.place(label, n, self.resources.policy_for(model_yaml)),
+            place=lambda n: self._place(mv_holder[0], n, model_yaml),
             release=self.resources.release,
             stop_timeout=float(settings.response_timeout) + 5.0)
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
@@ -234,6 +238,12 @@ class ModelManager:
             device_ids=tuple(cfg.device_ids) if cfg.device_ids else None,
             isolate_device=bool(cfg.isolate_device),
             max_inflight_batches=cfg.max_inflight_batches)
+
+    def _place(self, mv: ModelVersion, n: int, model_yaml: dict[str, Any]
+               ) -> list[WorkerPlacement]:
+        label = f"{mv.name}/{mv.version}"
+        self.resources.check_memory(label, n, worker_memory(mv.pool.workers.values()))
+        return self.resources.place(label, n, self.resources.policy_for(model_yaml))
 
     def _worker_spec(self, mv: ModelVersion, slot: int,
                      placement: WorkerPlacement | None) -> WorkerSpec:
@@ -413,6 +423,18 @@ class ModelManager:
         self.registry.remove(mv)
         await _remove_extracted(mv.archive)
         self._downloaded.pop(mv, None)  # kept in the store at shutdown, as TorchServe does
+
+
+def worker_memory(workers: Iterable[Worker]) -> int | None:
+    """The largest resident memory of a model's loaded workers (what one more would need),
+    None when none has loaded yet."""
+    sizes = []
+    for worker in workers:
+        if worker.pid is None or worker.state not in (WorkerState.READY, WorkerState.BUSY):
+            continue
+        with contextlib.suppress(psutil.Error):
+            sizes.append(psutil.Process(worker.pid).memory_info().rss)
+    return max(sizes, default=None)
 
 
 def remove_extracted(archive: UnpackedArchive) -> None:

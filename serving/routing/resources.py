@@ -12,9 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serving.errors import ArchiveError, ConfigError
+from serving.errors import ArchiveError, ConfigError, InsufficientStorage
+from serving.routing.cgroups import CgroupLimits, memory_in_use, read_cgroup_limits
 from serving.routing.placement import CoreAllocator, PlacementPolicy, parse_launcher_args
-from serving.routing.topology import Topology, read_topology
+from serving.routing.topology import Topology, read_topology, within_cpu_limit
 from serving.settings import Settings, format_validation_error
 from serving.workers.pinning import WorkerPlacement, find_allocators
 
@@ -65,6 +66,10 @@ class DeviceAssignment:
         return self.kind if self.index is None else f"{self.kind}:{self.index}"
 
 
+# Workers are refused past this share of the memory limit: the rest is for the gateway, page
+# cache and a worker's peak above its resting RSS, so the OOM killer is not the one to decide.
+MEMORY_HEADROOM = 0.9
+
 VISIBILITY_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "xpu": "ZE_AFFINITY_MASK"}
 
 
@@ -72,8 +77,20 @@ class Resources:
     """Server-wide: the core allocator shared by all models, and the accelerators."""
 
     def __init__(self, settings: Settings, topology: Topology | None = None,
-                 accelerators: Accelerators | None = None) -> None:
-        self.topology = topology or read_topology(allowed=os.sched_getaffinity(0))
+                 accelerators: Accelerators | None = None,
+                 cgroup: CgroupLimits | None = None) -> None:
+        # A topology given (tests, fake sysfs trees) comes with its own limits, or none.
+        self.cgroup = cgroup or (read_cgroup_limits() if topology is None else CgroupLimits())
+        if topology is None:
+            allowed = set(os.sched_getaffinity(0))
+            if self.cgroup.cpuset is not None:
+                allowed &= set(self.cgroup.cpuset)
+            topology = read_topology(allowed=allowed or None)
+        self.topology = within_cpu_limit(topology, self.cgroup.cpu_limit)
+        if self.topology is not topology:
+            log.info("the cgroup's CPU quota (%g CPUs) is below the %d CPUs online: workers "
+                     "are placed on %d physical core(s), one thread each", self.cgroup.cpu_quota,
+                     len(topology.cpus), len(self.topology.cpus))
         # Looked up once, here (the server builds Resources off its event loop): allocate()
         # runs on the loop and must not stat library folders or run `ldconfig -p`.
         libraries = find_allocators()
@@ -129,6 +146,25 @@ class Resources:
         for reason in reasons:
             log.info("placement: %s", reason)
         return placements
+
+    def check_memory(self, owner: str, n: int, per_worker: int | None) -> None:
+        """Refuse `n` more workers of `owner` that would not fit under the cgroup's memory
+        limit, judged by what one of its running workers holds (`per_worker` bytes of RSS;
+        None for a model with no worker yet: nothing to judge by)."""
+        limit = self.cgroup.memory_max
+        if limit is None or not per_worker:
+            return
+        used = memory_in_use(self.cgroup)
+        if used is None:
+            return
+        needed = n * per_worker
+        room = int(limit * MEMORY_HEADROOM) - used
+        if needed > room:
+            raise InsufficientStorage(
+                f"{owner}: {n} more worker(s) need about {needed / 2**20:.0f} MiB (one worker "
+                f"holds {per_worker / 2**20:.0f} MiB); the container's memory limit of "
+                f"{limit / 2**20:.0f} MiB leaves {max(room, 0) / 2**20:.0f} MiB "
+                f"({MEMORY_HEADROOM:.0%} of the limit, {used / 2**20:.0f} MiB in use)")
 
     def release(self, placement: WorkerPlacement) -> None:
         self.allocator.release(placement)
