@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,13 @@ class Resources:
 
     def __init__(self, settings: Settings, topology: Topology | None = None,
                  accelerators: Accelerators | None = None,
-                 cgroup: CgroupLimits | None = None) -> None:
+                 cgroup: CgroupLimits | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        # What the server itself was restricted to (CUDA_VISIBLE_DEVICES, ZE_AFFINITY_MASK):
+        # torch numbers only those devices, so an isolated worker must be given their names.
+        env = os.environ if environ is None else environ
+        self._inherited = {kind: [d.strip() for d in env[name].split(",") if d.strip()]
+                           for kind, name in VISIBILITY_ENV.items() if env.get(name)}
         # A topology given (tests, fake sysfs trees) comes with its own limits, or none.
         self.cgroup = cgroup or (read_cgroup_limits() if topology is None else CgroupLimits())
         if topology is None:
@@ -194,7 +201,9 @@ class Resources:
             raise ArchiveError(f"deviceIds names {acc.kind}:{index}; this machine has "
                                f"{acc.count}")
         if isolate:
-            return DeviceAssignment(acc.kind, index, 0, {VISIBILITY_ENV[acc.kind]: str(index)})
+            inherited = self._inherited.get(acc.kind, [])
+            name = inherited[index] if index < len(inherited) else str(index)
+            return DeviceAssignment(acc.kind, index, 0, {VISIBILITY_ENV[acc.kind]: name})
         return DeviceAssignment(acc.kind, index, index, {})
 
 
