@@ -1,4 +1,5 @@
-"""Command line: `serving start` runs the server in the foreground until SIGINT/SIGTERM."""
+"""Command line: `serving start` runs the server (foreground until SIGINT/SIGTERM, or in the
+background), `serving stop` stops it, `serving archive` builds archives."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import ConfigError
+from serving.pidfile import DEFAULT_PID_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,10 +36,30 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--workers", type=int, dest="default_workers_per_model",
                        help="default workers per model")
     start.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
-    # TorchServe's launcher flags, accepted so existing scripts keep working.
-    start.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)
+    mode = start.add_mutually_exclusive_group()
+    mode.add_argument("--foreground", action="store_true", default=None,
+                      help="stay in the foreground (the default for `serving start`; "
+                           "`serving --start`, TorchServe's form, runs in the background "
+                           "unless this is given)")
+    mode.add_argument("--background", action="store_true", default=None,
+                      help="start the server as a background process and return once it "
+                           "runs; `serving stop` stops it")
+    start.add_argument("--pid-file", type=Path,
+                       help=f"write the server's pid here (default with --background: "
+                            f"{DEFAULT_PID_FILE})")
+    start.add_argument("--log-file", type=Path, default=Path("logs/serving.log"),
+                       help="with --background: where the server's log goes "
+                            "(default: logs/serving.log, as TorchServe's logs/ folder)")
+    # TorchServe's flag, accepted so existing scripts keep working: no snapshots are written.
     start.add_argument("--ncs", "--no-config-snapshots", action="store_true",
-                       help=argparse.SUPPRESS)
+                       help="accepted for TorchServe compatibility (no config snapshots are "
+                            "written here)")
+    stop = sub.add_parser("stop", help="stop a server started with a pid file (it drains "
+                                       "in-flight requests first)")
+    stop.add_argument("--pid-file", type=Path, default=DEFAULT_PID_FILE,
+                      help=f"the server's pid file (default: {DEFAULT_PID_FILE})")
+    stop.add_argument("--timeout", type=float, default=120.0,
+                      help="seconds to wait for it to exit (default 120)")
     archive = sub.add_parser(
         "archive", help="torch-model-archiver, optionally with a precompiled model inside",
         description="Takes torch-model-archiver's own arguments, plus --precompile.")
@@ -69,14 +91,78 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    torchserve_style = bool(argv) and argv[0] in TORCHSERVE_COMMANDS
+    if torchserve_style:  # `torchserve --start ...` / `--stop`, TorchServe's own form
+        argv[0] = TORCHSERVE_COMMANDS[argv[0]]
     args, rest = _parser().parse_known_args(argv)
     if args.command == "archive":
         return _archive(args, rest)
     if rest:
         _parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "stop":
+        return _stop(args)
     if args.command == "start":
+        if args.background or (torchserve_style and not args.foreground):
+            return _background(argv)
         return _start(args)
     return 2
+
+
+# TorchServe's `--start` runs in the background unless `--foreground`, as `torchserve` does.
+TORCHSERVE_COMMANDS = {"--start": "start", "--stop": "stop"}
+BACKGROUND_START_TIMEOUT_S = 60.0
+
+
+def _background(argv: list[str]) -> int:
+    """Start `serving start` (in the foreground) as a detached process, wait until it has
+    written its pid file, and return; if it exits first, show why."""
+    import subprocess
+    import time
+
+    from serving.pidfile import running_pid
+
+    args = _parser().parse_args(argv)
+    pid_file = (args.pid_file or DEFAULT_PID_FILE).absolute()
+    if running_pid(pid_file) is not None:
+        print(f"serving: a server is already running (pid file {pid_file}); stop it with "
+              "`serving stop` first", file=sys.stderr)
+        return 1
+    child = [a for a in argv[1:] if a not in ("--background", "--foreground")]
+    args.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log_file, "ab") as log_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving", "start", "--foreground", *child,
+             "--pid-file", str(pid_file)],
+            stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    deadline = time.monotonic() + BACKGROUND_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = args.log_file.read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+            print(f"serving: the server exited with {proc.returncode} (log: {args.log_file})",
+                  file=sys.stderr)
+            return proc.returncode or 1
+        if running_pid(pid_file) == proc.pid:
+            print(f"serving: started in the background (pid {proc.pid}, log "
+                  f"{args.log_file}, pid file {pid_file})")
+            return 0
+        time.sleep(0.1)
+    print(f"serving: the server (pid {proc.pid}) did not write {pid_file} within "
+          f"{BACKGROUND_START_TIMEOUT_S:g} s; see {args.log_file}", file=sys.stderr)
+    return 1
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from serving.pidfile import stop
+
+    try:
+        print(f"serving: {stop(args.pid_file, args.timeout)}")
+    except RuntimeError as e:
+        print(f"serving: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _archive(args: argparse.Namespace, archiver_args: list[str]) -> int:
@@ -124,6 +210,22 @@ def _start(args: argparse.Namespace) -> int:
         print(f"serving: configuration error: {e}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(settings.log_level)
+    if args.pid_file is not None:
+        from serving.pidfile import claim, release
+
+        try:
+            claim(args.pid_file)
+        except RuntimeError as e:
+            print(f"serving: {e}", file=sys.stderr)
+            return 1
+        try:
+            return _run(settings)
+        finally:
+            release(args.pid_file)
+    return _run(settings)
+
+
+def _run(settings: Any) -> int:
     try:
         import uvloop
 
