@@ -181,7 +181,8 @@ class ModelManager:
                               float(settings.response_timeout))
         handler = reg.handler or manifest.handler
         label = f"{name}/{version}"
-        self.resources.policy_for(model_yaml)  # a bad placement: block fails registration now
+        # A bad placement: block fails the registration now.
+        self.resources.policy_for(model_yaml, settings.device_type, settings.device_ids)
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(
             label, lambda slot, placement: self._worker_spec(mv_holder[0], slot, placement),
@@ -243,7 +244,9 @@ class ModelManager:
                ) -> list[WorkerPlacement]:
         label = f"{mv.name}/{mv.version}"
         self.resources.check_memory(label, n, worker_memory(mv.pool.workers.values()))
-        return self.resources.place(label, n, self.resources.policy_for(model_yaml))
+        s = mv.settings
+        policy = self.resources.policy_for(model_yaml, s.device_type, s.device_ids)
+        return self.resources.place(label, n, policy)
 
     def _worker_spec(self, mv: ModelVersion, slot: int,
                      placement: WorkerPlacement | None) -> WorkerSpec:

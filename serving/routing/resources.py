@@ -26,7 +26,18 @@ ACCELERATOR_PROBE = (
     "import torch\n"
     "a = torch.accelerator\n"
     "ok = a.is_available()\n"
-    "print(a.current_accelerator().type if ok else '', a.device_count() if ok else 0)\n"
+    "kind = a.current_accelerator().type if ok else ''\n"
+    "n = a.device_count() if ok else 0\n"
+    "print(kind, n)\n"
+    # Each device's PCI address where torch tells it (CUDA), to find its NUMA node.
+    "for i in range(n if kind == 'cuda' else 0):\n"
+    "    p = torch.cuda.get_device_properties(i)\n"
+    "    bus = getattr(p, 'pci_bus_id', None)\n"
+    "    if bus is not None:\n"
+    "        print(f\"{getattr(p, 'pci_domain_id', 0):04x}:{bus:02x}:\"\n"
+    "              f\"{getattr(p, 'pci_device_id', 0):02x}.0\")\n"
+    "    else:\n"
+    "        print('-')\n"
 )
 
 
@@ -36,6 +47,10 @@ class Accelerators:
 
     kind: str | None
     count: int
+    nodes: tuple[int | None, ...] = ()  # each device's NUMA node, where known
+
+    def node_of(self, index: int) -> int | None:
+        return self.nodes[index] if index < len(self.nodes) else None
 
     @classmethod
     def probe(cls) -> Accelerators:
@@ -50,8 +65,25 @@ class Accelerators:
         except (subprocess.SubprocessError, OSError) as e:
             log.warning("could not ask torch about accelerators (%s); serving on CPU", e)
             return cls(None, 0)
-        kind, count = (out[0], int(out[1])) if len(out) == 2 else (None, 0)
-        return cls(kind or None, count)
+        if len(out) < 2 or not out[1].isdigit():
+            return cls(None, 0)
+        kind, count = out[0], int(out[1])
+        return cls(kind or None, count, pci_numa_nodes(out[2:2 + count]))
+
+
+def pci_numa_nodes(addresses: list[str], sysfs: Path = Path("/sys")
+                   ) -> tuple[int | None, ...]:
+    """The NUMA node of each PCI device ("0000:3b:00.0"; "-": unknown) from sysfs; None where
+    the kernel does not say (-1: a single-node machine, or firmware that does not tell)."""
+    nodes: list[int | None] = []
+    for address in addresses:
+        try:
+            node = int((sysfs / "bus/pci/devices" / address.lower() / "numa_node")
+                       .read_text().strip())
+        except (OSError, ValueError):
+            node = -1
+        nodes.append(node if node >= 0 else None)
+    return tuple(nodes)
 
 
 @dataclass(frozen=True)
@@ -127,12 +159,17 @@ class Resources:
     def startup_done(self) -> None:
         self._auto_policy_override = {}
 
-    def policy_for(self, model_yaml: dict[str, Any]) -> PlacementPolicy:
-        """The server policy with the archive's `placement:` block on top."""
+    def policy_for(self, model_yaml: dict[str, Any], device_type: str | None = "cpu",
+                   device_ids: tuple[int, ...] | None = None) -> PlacementPolicy:
+        """The server policy with the archive's `placement:` block on top. Workers of a
+        model on accelerators go to the NUMA node(s) of the devices it uses, unless the block
+        names nodes itself."""
         block = model_yaml.get("placement") or {}
         if not isinstance(block, dict):
             raise ArchiveError("model-config.yaml: placement must be a mapping")
         base = self.default_policy.model_dump()
+        if base["nodes"] is None:
+            base["nodes"] = self._device_nodes(device_type, device_ids)
         if block.get("cores_per_worker", base["cores_per_worker"]) == "auto" and \
                 block.get("enabled", base["enabled"]) == "auto":
             base.update(self._auto_policy_override)
@@ -141,6 +178,17 @@ class Resources:
         except ValidationError as e:
             raise ArchiveError(f"model-config.yaml placement: {format_validation_error(e)}"
                                ) from None
+
+    def _device_nodes(self, device_type: str | None,
+                      device_ids: tuple[int, ...] | None) -> list[int] | None:
+        acc = self.accelerators
+        if (device_type or "auto").lower() == "cpu" or not acc.kind or not acc.count:
+            return None
+        ids = device_ids or tuple(range(acc.count))
+        nodes = {acc.node_of(i) for i in ids}
+        if None in nodes or not nodes <= set(self.topology.node_ids):
+            return None  # unknown, or not among the nodes this process may use
+        return sorted(n for n in nodes if n is not None)
 
     def place(self, owner: str, n: int, policy: PlacementPolicy) -> list[WorkerPlacement]:
         try:
