@@ -136,6 +136,9 @@ class Settings(BaseModel):
     reserved_gateway_cores: int | None = Field(None, ge=0)  # None: 1 on machines of 4+ cores
     drain_timeout: float = Field(30.0, ge=0)  # s that SIGTERM waits for in-flight requests
     compile_cache_dir: Path = Path("~/.cache/serving/compile").expanduser()
+    # Where `proc/self/cgroup` and `sys/fs/cgroup` are read (the container's CPU and memory
+    # limits); an empty folder turns the cgroup limits off.
+    cgroup_root: Path = Path("/")
     worker_ping_interval: float = Field(10.0, gt=0)  # s between pings of an idle worker
     worker_ping_timeout: float = Field(10.0, gt=0)  # s before a silent worker is replaced
     log_level: str = "INFO"

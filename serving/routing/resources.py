@@ -119,12 +119,13 @@ class Resources:
         self._inherited = {kind: [d.strip() for d in env[name].split(",") if d.strip()]
                            for kind, name in VISIBILITY_ENV.items() if env.get(name)}
         # A topology given (tests, fake sysfs trees) comes with its own limits, or none.
-        self.cgroup = cgroup or (read_cgroup_limits() if topology is None else CgroupLimits())
+        self.cgroup = cgroup or (read_cgroup_limits(settings.cgroup_root) if topology is None
+                                 else CgroupLimits())
         if topology is None:
-            allowed = set(os.sched_getaffinity(0))
-            if self.cgroup.cpuset is not None:
-                allowed &= set(self.cgroup.cpuset)
-            topology = read_topology(allowed=allowed or None)
+            affinity = set(os.sched_getaffinity(0))
+            # The cpuset is in the affinity already, unless the cgroup was read elsewhere.
+            allowed = affinity & set(self.cgroup.cpuset or affinity) or affinity
+            topology = read_topology(allowed=allowed)
         self.topology = within_cpu_limit(topology, self.cgroup.cpu_limit)
         if self.topology is not topology:
             log.info("the cgroup's CPU quota (%g CPUs) is below the %d CPUs online: workers "
