@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 
 from tests.support.archives import build_mar
 from tests.support.polling import wait_for
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port
 
 
 def gated(store: Path, tmp_path: Path, name: str, min_workers: int) -> tuple[Path, Path]:
@@ -91,6 +93,19 @@ def test_live_needs_no_token_and_ping_still_does(store: Path, tmp_path: Path):
         assert srv.inference.get("/live").json() == {"status": "Alive"}
         assert srv.inference.get("/ping").status_code == 401
         assert srv.management.get("/live").status_code == 401  # only the inference API has it
+        # The images' HEALTHCHECK: `python -m serving.probe`, with the key file for /ping.
+        url = f"http://127.0.0.1:{srv.inference_port}"
+
+        def probe_exit(*args: str) -> int:
+            return subprocess.run([sys.executable, "-m", "serving.probe", *args, "--url", url],
+                                  capture_output=True, timeout=60).returncode
+
+        assert probe_exit("live") == 0
+        assert probe_exit("ready", "--key-file", str(srv.key_file)) == 0
+        assert probe_exit("ready", "--key-file", str(tmp_path / "none.json")) == 1  # 401
+        assert subprocess.run([sys.executable, "-m", "serving.probe", "live", "--url",
+                               f"http://127.0.0.1:{free_port()}"],
+                              capture_output=True, timeout=60).returncode == 1  # no server
 
 
 def test_ctrl_c_drains_a_running_batch(store: Path, tmp_path: Path):
