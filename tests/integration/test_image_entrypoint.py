@@ -44,6 +44,9 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         done = subprocess.run(pip + what, env=clean, capture_output=True, text=True,
                               timeout=INSTALL_TIMEOUT_S)
         assert done.returncode == 0, done.stderr[-4000:]
+    check = subprocess.run([str(venv / "bin/python"), "-m", "pip", "check"], env=clean,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout  # the Dockerfiles run it too
     shutil.copy(DOCKER / "torchserve", venv / "bin/torchserve")  # the Dockerfile's COPY
     return venv
 
