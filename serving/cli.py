@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,22 +211,22 @@ def _start(args: argparse.Namespace) -> int:
         print(f"serving: configuration error: {e}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(settings.log_level)
-    if args.pid_file is not None:
-        from serving.pidfile import claim, release
+    if args.pid_file is None:
+        return _run(settings, None)
+    from serving.pidfile import claim, release, running_pid
 
-        try:
-            claim(args.pid_file)
-        except RuntimeError as e:
-            print(f"serving: {e}", file=sys.stderr)
-            return 1
-        try:
-            return _run(settings)
-        finally:
-            release(args.pid_file)
-    return _run(settings)
+    if running_pid(args.pid_file) is not None:  # refused before anything starts
+        print(f"serving: a server is already running (pid file {args.pid_file}); stop it "
+              "with `serving stop` first", file=sys.stderr)
+        return 1
+    try:
+        # Written once the ports are bound: `serving --start` reports success only then.
+        return _run(settings, lambda: claim(args.pid_file))
+    finally:
+        release(args.pid_file)
 
 
-def _run(settings: Any) -> int:
+def _run(settings: Any, on_listening: Callable[[], None] | None) -> int:
     try:
         import uvloop
 
@@ -233,16 +234,19 @@ def _run(settings: Any) -> int:
     except ImportError:  # uvloop is optional; the asyncio loop works, a little slower
         runner = asyncio.run
     try:
-        runner(_serve(settings))
+        runner(_serve(settings, on_listening))
     except ConfigError as e:
         print(f"serving: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the pid file was taken meanwhile
+        print(f"serving: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
-async def _serve(settings: Any) -> None:
+async def _serve(settings: Any, on_listening: Callable[[], None] | None) -> None:
     from serving.gateway.server import Server, install_signal_handlers
 
-    server = Server(settings)
+    server = Server(settings, on_listening=on_listening)
     install_signal_handlers(server)
     await server.run()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,6 +66,20 @@ def test_a_background_start_that_fails_says_why(tmp_path: Path, pid_file: Path):
     assert failed.returncode == 2
     assert "model_store" in failed.stderr and "exited with 2" in failed.stderr
     assert not pid_file.exists()
+
+
+def test_a_background_start_on_a_busy_port_fails_instead_of_reporting_success(
+        tmp_path: Path, pid_file: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        failed = serving("--start", "--disable-token-auth", "--inference-address",
+                         f"http://127.0.0.1:{port}", "--management-address",
+                         f"http://127.0.0.1:{free_port()}", "--pid-file", str(pid_file),
+                         "--log-file", str(tmp_path / "log"), cwd=tmp_path)
+    assert failed.returncode == 2, failed.stderr
+    assert "cannot listen" in failed.stderr and not pid_file.exists()
 
 
 def test_a_stale_pid_file_is_not_a_running_server(tmp_path: Path, pid_file: Path):
