@@ -381,8 +381,9 @@ class ModelManager:
                                   mv.version)
 
     def healthy(self) -> bool:
-        """TorchServe's /ping rule: every model has at least its minimum of workers."""
-        return not self.short_of_workers()
+        """Ready for traffic: the start-up models are loaded and every model has its minimum
+        of workers READY (what /ping reports; other protocols' readiness should ask this)."""
+        return not self.loading and not self.short_of_workers()
 
     def short_of_workers(self) -> dict[str, dict[str, int]]:
         """Model versions with fewer READY (or busy) workers than their minimum: what keeps
