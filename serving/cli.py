@@ -1,15 +1,19 @@
-"""Command line: `serving start` runs the server in the foreground until SIGINT/SIGTERM."""
+"""Command line: `serving start` runs the server (foreground until SIGINT/SIGTERM, or in the
+background), `serving stop` stops it, `serving archive` builds archives."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from serving.errors import ConfigError
+from serving.pidfile import DEFAULT_PID_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,10 +37,30 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--workers", type=int, dest="default_workers_per_model",
                        help="default workers per model")
     start.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
-    # TorchServe's launcher flags, accepted so existing scripts keep working.
-    start.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)
+    mode = start.add_mutually_exclusive_group()
+    mode.add_argument("--foreground", action="store_true", default=None,
+                      help="stay in the foreground (the default for `serving start`; "
+                           "`serving --start`, TorchServe's form, runs in the background "
+                           "unless this is given)")
+    mode.add_argument("--background", action="store_true", default=None,
+                      help="start the server as a background process and return once it "
+                           "runs; `serving stop` stops it")
+    start.add_argument("--pid-file", type=Path,
+                       help=f"write the server's pid here (default with --background: "
+                            f"{DEFAULT_PID_FILE})")
+    start.add_argument("--log-file", type=Path, default=Path("logs/serving.log"),
+                       help="with --background: where the server's log goes "
+                            "(default: logs/serving.log, as TorchServe's logs/ folder)")
+    # TorchServe's flag, accepted so existing scripts keep working: no snapshots are written.
     start.add_argument("--ncs", "--no-config-snapshots", action="store_true",
-                       help=argparse.SUPPRESS)
+                       help="accepted for TorchServe compatibility (no config snapshots are "
+                            "written here)")
+    stop = sub.add_parser("stop", help="stop a server started with a pid file (it drains "
+                                       "in-flight requests first)")
+    stop.add_argument("--pid-file", type=Path, default=DEFAULT_PID_FILE,
+                      help=f"the server's pid file (default: {DEFAULT_PID_FILE})")
+    stop.add_argument("--timeout", type=float, default=120.0,
+                      help="seconds to wait for it to exit (default 120)")
     archive = sub.add_parser(
         "archive", help="torch-model-archiver, optionally with a precompiled model inside",
         description="Takes torch-model-archiver's own arguments, plus --precompile.")
@@ -68,19 +92,82 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    torchserve_style = bool(argv) and argv[0] in TORCHSERVE_COMMANDS
+    if torchserve_style:  # `torchserve --start ...` / `--stop`, TorchServe's own form
+        argv[0] = TORCHSERVE_COMMANDS[argv[0]]
     args, rest = _parser().parse_known_args(argv)
     if args.command == "archive":
         return _archive(args, rest)
     if rest:
         _parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "stop":
+        return _stop(args)
     if args.command == "start":
+        if args.background or (torchserve_style and not args.foreground):
+            return _background(argv)
         return _start(args)
     return 2
 
 
+# TorchServe's `--start` runs in the background unless `--foreground`, as `torchserve` does.
+TORCHSERVE_COMMANDS = {"--start": "start", "--stop": "stop"}
+BACKGROUND_START_TIMEOUT_S = 60.0
+
+
+def _background(argv: list[str]) -> int:
+    """Start `serving start` (in the foreground) as a detached process, wait until it has
+    written its pid file, and return; if it exits first, show why."""
+    import subprocess
+    import time
+
+    from serving.pidfile import running_pid
+
+    args = _parser().parse_args(argv)
+    pid_file = (args.pid_file or DEFAULT_PID_FILE).absolute()
+    if running_pid(pid_file) is not None:
+        print(f"serving: a server is already running (pid file {pid_file}); stop it with "
+              "`serving stop` first", file=sys.stderr)
+        return 1
+    child = [a for a in argv[1:] if a not in ("--background", "--foreground")]
+    args.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log_file, "ab") as log_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving", "start", "--foreground", *child,
+             "--pid-file", str(pid_file)],
+            stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    deadline = time.monotonic() + BACKGROUND_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = args.log_file.read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+            print(f"serving: the server exited with {proc.returncode} (log: {args.log_file})",
+                  file=sys.stderr)
+            return proc.returncode or 1
+        if running_pid(pid_file) == proc.pid:
+            print(f"serving: started in the background (pid {proc.pid}, log "
+                  f"{args.log_file}, pid file {pid_file})")
+            return 0
+        time.sleep(0.1)
+    print(f"serving: the server (pid {proc.pid}) did not write {pid_file} within "
+          f"{BACKGROUND_START_TIMEOUT_S:g} s; see {args.log_file}", file=sys.stderr)
+    return 1
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from serving.pidfile import stop
+
+    try:
+        print(f"serving: {stop(args.pid_file, args.timeout)}")
+    except RuntimeError as e:
+        print(f"serving: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _archive(args: argparse.Namespace, archiver_args: list[str]) -> int:
     import json
-    import os
 
     from serving.handlers.packaging import archive_with_package, precompile_archive, run_archiver
 
@@ -116,11 +203,30 @@ def _start(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = build_settings(args.ts_config, _overrides(args))
+        # TorchServe: TS_CONFIG_FILE names the config file, over --ts-config.
+        config = os.environ.get("TS_CONFIG_FILE")
+        settings = build_settings(Path(config) if config else args.ts_config,
+                                  _overrides(args), os.environ)
     except ConfigError as e:
         print(f"serving: configuration error: {e}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(settings.log_level)
+    if args.pid_file is None:
+        return _run(settings, None)
+    from serving.pidfile import claim, release, running_pid
+
+    if running_pid(args.pid_file) is not None:  # refused before anything starts
+        print(f"serving: a server is already running (pid file {args.pid_file}); stop it "
+              "with `serving stop` first", file=sys.stderr)
+        return 1
+    try:
+        # Written once the ports are bound: `serving --start` reports success only then.
+        return _run(settings, lambda: claim(args.pid_file))
+    finally:
+        release(args.pid_file)
+
+
+def _run(settings: Any, on_listening: Callable[[], None] | None) -> int:
     try:
         import uvloop
 
@@ -128,16 +234,19 @@ def _start(args: argparse.Namespace) -> int:
     except ImportError:  # uvloop is optional; the asyncio loop works, a little slower
         runner = asyncio.run
     try:
-        runner(_serve(settings))
+        runner(_serve(settings, on_listening))
     except ConfigError as e:
         print(f"serving: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the pid file was taken meanwhile
+        print(f"serving: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
-async def _serve(settings: Any) -> None:
+async def _serve(settings: Any, on_listening: Callable[[], None] | None) -> None:
     from serving.gateway.server import Server, install_signal_handlers
 
-    server = Server(settings)
+    server = Server(settings, on_listening=on_listening)
     install_signal_handlers(server)
     await server.run()

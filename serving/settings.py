@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,11 +26,13 @@ from serving.routing.addresses import IPNetwork, parse_networks
 
 log = logging.getLogger(__name__)
 
+# TorchServe's switch for `TS_<KEY>` environment variables (see build_settings).
+ENVVARS_KEY = "enable_envvars_config"
 # TorchServe keys that configure its Java frontend or features this server does differently.
 # A TorchServe user's config.properties keeps working: these are accepted with one log line.
 IGNORED_TORCHSERVE_KEYS = frozenset({
     "number_of_netty_threads", "netty_client_threads", "async_logging", "vmargs",
-    "install_py_dep_per_model", "workflow_store", "enable_envvars_config", "use_native_io",
+    "install_py_dep_per_model", "workflow_store", "use_native_io",
     "io_ratio", "metrics_config", "metrics_format", "enable_metrics_api", "initial_worker_port",
     "initial_distribution_port", "plugins_path", "snapshot_store", "model_snapshot",
     "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers", "blacklist_env_vars",
@@ -133,6 +136,9 @@ class Settings(BaseModel):
     reserved_gateway_cores: int | None = Field(None, ge=0)  # None: 1 on machines of 4+ cores
     drain_timeout: float = Field(30.0, ge=0)  # s that SIGTERM waits for in-flight requests
     compile_cache_dir: Path = Path("~/.cache/serving/compile").expanduser()
+    # Where `proc/self/cgroup` and `sys/fs/cgroup` are read (the container's CPU and memory
+    # limits); an empty folder turns the cgroup limits off.
+    cgroup_root: Path = Path("/")
     worker_ping_interval: float = Field(10.0, gt=0)  # s between pings of an idle worker
     worker_ping_timeout: float = Field(10.0, gt=0)  # s before a silent worker is replaced
     log_level: str = "INFO"
@@ -210,18 +216,54 @@ def default_max_workers() -> int:
     return max(8, 4 * len(os.sched_getaffinity(0)))
 
 
-def build_settings(properties_file: Path | None, overrides: dict[str, Any]) -> Settings:
-    """Settings from a TorchServe `config.properties` (optional) with CLI overrides on top."""
+def build_settings(properties_file: Path | None, overrides: dict[str, Any],
+                   environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from a TorchServe `config.properties` (optional), CLI overrides on top, and
+    the environment over both (TorchServe's order): `TS_<KEY>` when `enable_envvars_config`
+    is true, as in TorchServe, and this server's own `SERVING_<KEY>` always."""
     values: dict[str, Any] = {}
     source = "command line"
+    envvars = False
     if properties_file is not None:
         source = str(properties_file)
         values.update(_from_properties(properties_file))
+        envvars = _truthy(values.pop(ENVVARS_KEY, "false"))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if environ is not None:
+        envvars = envvars or _truthy(environ.get(f"TS_{ENVVARS_KEY.upper()}", "false"))
+        from_env = environment_values(environ, ts_prefix=envvars)
+        if from_env:
+            source = f"{source} and the environment ({', '.join(sorted(from_env.values()))})"
+        values.update({key: environ[name] for key, name in from_env.items()})
+        if "model_store" in from_env:
+            values["model_store"] = Path(values["model_store"]).expanduser()
     try:
         return Settings(**values)
     except ValidationError as e:
         raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+
+
+# Variables a process sets for itself or its workers, or that name files, not settings.
+_NOT_SETTINGS = frozenset({"config_file", ENVVARS_KEY})
+
+
+def environment_values(environ: Mapping[str, str], ts_prefix: bool) -> dict[str, str]:
+    """{settings key: variable name} for the variables that set a key: `SERVING_<KEY>`, and
+    `TS_<KEY>` when `ts_prefix`; `SERVING_` wins over `TS_`. Other variables with these
+    prefixes are left alone (Kubernetes adds `<SERVICE>_PORT` and the like for every
+    Service, so a Service named `serving` or `ts` must not stop the start-up)."""
+    found: dict[str, str] = {}
+    prefixes = ("TS_", "SERVING_") if ts_prefix else ("SERVING_",)
+    for prefix in prefixes:
+        for name in environ:
+            key = name[len(prefix):].lower() if name.startswith(prefix) else ""
+            if key in Settings.model_fields and key not in _NOT_SETTINGS:
+                found[key] = name
+    return found
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() == "true"
 
 
 def _from_properties(path: Path) -> dict[str, Any]:
@@ -238,7 +280,7 @@ def _from_properties(path: Path) -> dict[str, Any]:
         if key in IGNORED_TORCHSERVE_KEYS:
             log.info("%s: %s is a TorchServe frontend setting with no effect here", path, key)
             continue
-        if key not in Settings.model_fields:
+        if key not in Settings.model_fields and key != ENVVARS_KEY:
             raise ConfigError(f"{path}: unknown key {key!r}")
         values[key] = value
     if "model_store" in values:

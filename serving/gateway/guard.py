@@ -19,6 +19,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TOKEN_PATH = "/token"
+# The inference API's liveness route: it holds no data, and a Kubernetes probe has no key.
+LIVENESS_PATH = "/live"
 _REGENERABLE = {"management": TokenKind.MANAGEMENT, "inference": TokenKind.INFERENCE}
 
 
@@ -40,7 +42,9 @@ class Guarded:
         if self.token_api and path == TOKEN_PATH:
             await self._token_api(scope, send)
             return
-        if not _is_api_description(path, scope["method"]):
+        open_route = _is_api_description(path, scope["method"]) or (
+            self.kind is TokenKind.INFERENCE and path == LIVENESS_PATH)
+        if not open_route:
             try:
                 self.auth.check(self.kind, _header(scope, b"authorization"))
             except ServingError as e:

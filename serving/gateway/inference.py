@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from serving.errors import BadRequest, MethodNotAllowed, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
+from serving.gateway.guard import LIVENESS_PATH
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
@@ -72,11 +73,15 @@ def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
-        if plane.draining:
-            return JSONResponse({"status": "Draining"}, status_code=503)
-        if plane.server_ready():
-            return JSONResponse({"status": "Healthy"})
-        return JSONResponse({"status": "Unhealthy"}, status_code=500)
+        """Readiness (see ModelManager.readiness): a load balancer sends no traffic on 503."""
+        status, body = plane.readiness()
+        return JSONResponse(body, status_code=status)
+
+    @app.get(LIVENESS_PATH)
+    async def live() -> JSONResponse:
+        """Liveness: the event loop answers, so the process can serve (also while it loads
+        or drains: restarting it then would only lose work)."""
+        return JSONResponse({"status": "Alive"})
 
     @app.post("/v1/models/{model_name}:predict")
     async def kserve_v1_predict(model_name: str, request: Request) -> Response:

@@ -62,12 +62,20 @@ def _inference(operation_id: str, family: str, versioned: bool) -> Operation:
 
 
 def _ping() -> Operation:
-    return operation("ping", "Get the server's health.", {
-        "200": ok('{"status": "Healthy"}: every model has all its workers', STATUS_SCHEMA),
-        "500": ok('{"status": "Unhealthy"}: a model has fewer workers than it should',
+    return operation("ping", "Readiness: whether the server should get traffic.", {
+        "200": ok('{"status": "Healthy"}: the start-up models are loaded and every model has '
+                  "its minimum of workers READY", STATUS_SCHEMA),
+        "503": ok('{"status": "Loading"} while the start-up models load; {"status": '
+                  '"Unhealthy", "models": {"name/version": {"ready": n, "minimum": m}}} while '
+                  'a model is short of READY workers; {"status": "Draining"} at shutdown',
                   STATUS_SCHEMA),
-        "503": ok('{"status": "Draining"}: the server is shutting down', STATUS_SCHEMA),
     }, ())
+
+
+def _live() -> Operation:
+    return operation("live", "Liveness: 200 while the process can answer, also while it "
+                     "loads or drains. Needs no token.", {
+                         "200": ok('{"status": "Alive"}', STATUS_SCHEMA)}, ())
 
 
 def _kserve_v1() -> Operation:
@@ -86,6 +94,7 @@ def _kserve_v1() -> Operation:
 
 INFERENCE: Paths = {
     "/ping": {"get": _ping()},
+    "/live": {"get": _live()},
     "/predictions/{model_name}": {"post": _inference("predictions", "predictions", False)},
     "/predictions/{model_name}/{model_version}": {
         "post": _inference("versionPredictions", "predictions", True)},

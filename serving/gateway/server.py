@@ -11,7 +11,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,10 @@ class Server:
     """Everything one `serving start` runs, until `stop()`."""
 
     def __init__(self, settings: Settings, work_dir: Path | None = None,
-                 key_file: Path | None = None) -> None:
+                 key_file: Path | None = None,
+                 on_listening: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self._on_listening = on_listening  # called once the APIs' ports are bound
         # TorchServe writes key_file.json into the working directory it was started from.
         self.key_file = key_file or Path.cwd() / KEY_FILE_NAME
         self._own_work_dir = work_dir is None
@@ -84,6 +86,13 @@ class Server:
         registrations = startup_registrations(s)  # bad models=/load_models: fail before binding
         sockets = [(bind(s.inference_address, "inference_address"), "Inference API"),
                    (bind(s.management_address, "management_address"), "Management API")]
+        if self._on_listening is not None:
+            try:
+                self._on_listening()
+            except BaseException:
+                for sock, _ in sockets:
+                    sock.close()
+                raise
         listener = WorkerListener(self.work_dir / "workers.sock")
         await listener.start()
         loop = asyncio.get_running_loop()
@@ -97,6 +106,7 @@ class Server:
             os.sched_setaffinity(0, set(reserved))
             log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
         manager = ModelManager(s, self.work_dir, listener, resources)
+        manager.loading = True  # /ping says "Loading" until the start-up models are in
         plane = DataPlane(manager)
         apps: list[Any] = [InferenceApp(plane, s.max_kserve_instances),
                            create_management_app(manager)]
@@ -167,6 +177,13 @@ class Server:
                                    registrations: list[Registration]) -> None:
         """Prepare every start-up model first, so placement can size all workers together,
         then start their workers concurrently. A model that fails is logged and skipped."""
+        try:
+            await self._load_models(manager, registrations)
+        finally:
+            manager.loading = False
+
+    async def _load_models(self, manager: ModelManager,
+                           registrations: list[Registration]) -> None:
         if not registrations:
             return
         prepared = await asyncio.gather(

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Awaitable
+from typing import Any
 
 from serving.errors import (
     BadRequest,
@@ -156,9 +157,14 @@ class DataPlane:
         return True
 
     def server_ready(self) -> bool:
-        """Not shutting down, and every model has at least its minimum of workers (TorchServe's
-        /ping rule)."""
+        """Not shutting down, the start-up models loaded, and every model has at least its
+        minimum of workers READY."""
         return self._manager.accepting and self._manager.healthy()
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """The readiness verdict with its reason, as REST's /ping gives it: 200, or 503 with
+        Draining / Loading / the models short of workers."""
+        return self._manager.readiness()
 
     @property
     def draining(self) -> bool:

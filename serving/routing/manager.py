@@ -4,12 +4,16 @@ serving/routing/dataplane.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from serving.errors import (
     ArchiveError,
@@ -31,7 +35,7 @@ from serving.settings import Settings
 from serving.workers import pinning
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
-from serving.workers.process import WorkerSpec
+from serving.workers.process import Worker, WorkerSpec, WorkerState
 from serving.workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,9 @@ class ModelManager:
         # Archives downloaded from a URL: deleted on unregister, as TorchServe does.
         self._downloaded: dict[ModelVersion, Path] = {}
         self.accepting = True  # false once shutdown starts: new requests get 503
+        # True while the models named at start-up load: /ping must not say ready before
+        # they are even in the registry.
+        self.loading = False
 
     # -- control plane ----------------------------------------------------------------
     def require_open(self) -> None:
@@ -159,7 +166,8 @@ class ModelManager:
                               float(settings.response_timeout))
         handler = reg.handler or manifest.handler
         label = f"{name}/{version}"
-        self.resources.policy_for(model_yaml)  # a bad placement: block fails registration now
+        # A bad placement: block fails the registration now.
+        self.resources.policy_for(model_yaml, settings.device_type, settings.device_ids)
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(
             label, lambda slot, placement: self._worker_spec(mv_holder[0], slot, placement),
@@ -169,7 +177,7 @@ class ModelManager:
                 ServiceUnavailable(f"No worker is available to serve model: {name} "
                                    f"({reason})")),
             # The policy is resolved when workers are placed: start-up sizing is known then.
-            place=lambda n: self.resources.place(label, n, self.resources.policy_for(model_yaml)),
+            place=lambda n: self._place(mv_holder[0], n, model_yaml),
             release=self.resources.release,
             stop_timeout=float(settings.response_timeout) + 5.0)
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
@@ -216,6 +224,14 @@ class ModelManager:
             device_ids=tuple(cfg.device_ids) if cfg.device_ids else None,
             isolate_device=bool(cfg.isolate_device),
             max_inflight_batches=cfg.max_inflight_batches)
+
+    def _place(self, mv: ModelVersion, n: int, model_yaml: dict[str, Any]
+               ) -> list[WorkerPlacement]:
+        label = f"{mv.name}/{mv.version}"
+        self.resources.check_memory(label, n, worker_memory(mv.pool.workers.values()))
+        s = mv.settings
+        policy = self.resources.policy_for(model_yaml, s.device_type, s.device_ids)
+        return self.resources.place(label, n, policy)
 
     def _worker_spec(self, mv: ModelVersion, slot: int,
                      placement: WorkerPlacement | None) -> WorkerSpec:
@@ -350,8 +366,29 @@ class ModelManager:
                                   mv.version)
 
     def healthy(self) -> bool:
-        """TorchServe's /ping rule: every model has at least its minimum of workers."""
-        return all(mv.pool.ready_count >= mv.pool.target for mv in self.registry.all_versions())
+        """Ready for traffic: the start-up models are loaded and every model has its minimum
+        of workers READY (what /ping reports; other protocols' readiness should ask this)."""
+        return not self.loading and not self.short_of_workers()
+
+    def short_of_workers(self) -> dict[str, dict[str, int]]:
+        """Model versions with fewer READY (or busy) workers than their minimum: what keeps
+        the server from being ready, as {"name/version": {"ready": n, "minimum": m}}."""
+        return {f"{mv.name}/{mv.version}": {"ready": mv.pool.ready_count,
+                                            "minimum": mv.pool.target}
+                for mv in self.registry.all_versions()
+                if mv.pool.ready_count < mv.pool.target}
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """/ping: 200 only when the start-up models are loaded and every model has its
+        minimum of workers READY; 503 otherwise, saying why."""
+        if not self.accepting:
+            return 503, {"status": "Draining"}
+        if self.loading:
+            return 503, {"status": "Loading"}
+        short = self.short_of_workers()
+        if short:
+            return 503, {"status": "Unhealthy", "models": short}
+        return 200, {"status": "Healthy"}
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -375,6 +412,18 @@ class ModelManager:
         self.registry.remove(mv)
         await _remove_extracted(mv.archive)
         self._downloaded.pop(mv, None)  # kept in the store at shutdown, as TorchServe does
+
+
+def worker_memory(workers: Iterable[Worker]) -> int | None:
+    """The largest resident memory of a model's loaded workers (what one more would need),
+    None when none has loaded yet."""
+    sizes = []
+    for worker in workers:
+        if worker.pid is None or worker.state not in (WorkerState.READY, WorkerState.BUSY):
+            continue
+        with contextlib.suppress(psutil.Error):
+            sizes.append(psutil.Process(worker.pid).memory_info().rss)
+    return max(sizes, default=None)
 
 
 def remove_extracted(archive: UnpackedArchive) -> None:

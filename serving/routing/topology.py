@@ -149,3 +149,18 @@ def _read_text(path: Path) -> str:
 def _read_int(path: Path, default: int) -> int:
     text = _read_text(path)
     return int(text) if text.lstrip("-").isdigit() else default
+
+
+def within_cpu_limit(topology: Topology, limit: int | None) -> Topology:
+    """The part of `topology` a CPU quota of `limit` CPUs pays for: when the quota is below the
+    CPUs online, the first `limit` physical cores (NUMA node order), one thread each; more
+    threads than the quota would only be throttled. Unchanged without a quota below it."""
+    if limit is None or limit >= len(topology.cpus):
+        return topology
+    cores = [core for node in topology.node_ids for core in topology.physical_cores(node)]
+    keep = {core[0] for core in cores[:limit]}
+    cpus = tuple(cpu for cpu in topology.cpus if cpu.id in keep)
+    nodes: dict[int, list[int]] = defaultdict(list)
+    for cpu in cpus:
+        nodes[cpu.node].append(cpu.id)
+    return Topology(cpus=cpus, nodes={n: tuple(ids) for n, ids in sorted(nodes.items())})

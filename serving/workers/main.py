@@ -21,6 +21,7 @@ from serving.errors import InsufficientStorage, InternalError, ServingError
 from serving.workers import pinning
 from serving.workers.channel import BlockingChannel
 from serving.workers.ipc import PROTOCOL_VERSION, Blob, Kind, Message
+from serving.workers.lifeline import die_with_parent, expected_parent_from_env
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    die_with_parent(expected_parent_from_env())
     notes = _apply_placement()
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -20,6 +20,7 @@ from serving.types import InferenceRequest, InferenceResponse
 from serving.workers.batch import decode_result, decode_stream, encode_batch
 from serving.workers.channel import WorkerConnection
 from serving.workers.ipc import MAX_FRAME, Kind, Message, Oversize, ProtocolError
+from serving.workers.lifeline import GATEWAY_PID_ENV
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import spawn_env
 
@@ -101,10 +102,14 @@ class Worker:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
         hello = self._listener.expect(self.id)
         env = spawn_env(os.environ, self.spec.env)
+        env[GATEWAY_PID_ENV] = str(os.getpid())
+        # A session (and process group) of its own: the terminal's Ctrl-C goes to the
+        # gateway alone, which drains; a worker is never interrupted mid-batch by it. It
+        # still dies with the gateway (lifeline.die_with_parent, first thing in the worker).
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.spec.module, "--socket", self._listener.path,
             "--worker-id", self.id, "--log-level", self.spec.log_level,
-            env=env, stdin=asyncio.subprocess.DEVNULL)
+            env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         self.pid = self._proc.pid
         asyncio.get_running_loop().create_task(self._watch(self._proc))
         try:

@@ -104,7 +104,7 @@ class ServerProcess:
                 continue
             try:
                 ping = self.inference.get("/ping", headers=self._auth("inference"))
-                if ping.status_code in (200, 500):
+                if ping.status_code in (200, 500, 503):
                     pending = [m for m in pending if not self._model_ready(m)]
                     if not pending:
                         return self

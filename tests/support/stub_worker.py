@@ -25,6 +25,7 @@ from serving.errors import ServingError
 from serving.types import InferenceRequest, InferenceResponse
 from serving.workers.channel import BlockingChannel, send_buffers
 from serving.workers.ipc import HEADER, PROTOCOL_VERSION, Kind, Message, encode
+from serving.workers.lifeline import die_with_parent, expected_parent_from_env
 from serving.workers.listener import WorkerListener
 from serving.workers.process import Worker, WorkerSpec
 
@@ -38,6 +39,7 @@ def main() -> int:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
+    die_with_parent(expected_parent_from_env())  # as the real worker: never outlive the test
     mode = os.environ.get("STUB_MODE", "echo")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(args.socket)
