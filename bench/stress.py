@@ -96,7 +96,7 @@ async def _drive(sc: Scenario, server: ProjectServer, rate: float, hang_after_s:
     body, ctype, expect = payload(sc.model)
     url = f"{server.base_url}/predictions/{sc.model}"
     assert server.proc is not None
-    async with open_session(4000) as session, aiohttp.ClientSession(
+    async with open_session(sc.max_in_flight) as session, aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=10)) as mgmt:
         await warm(Target(server.base_url, f"/predictions/{sc.model}", body, ctype), 2.0,
                    concurrency=4)
@@ -107,7 +107,8 @@ async def _drive(sc: Scenario, server: ProjectServer, rate: float, hang_after_s:
                         if sc.injector else None)
             ctx.t0 = time.monotonic()
             run = await open_loop(session, url, sc.bodies(body, rate), ctype, rate,
-                                  sc.duration_s, hang_after_s, expect=expect)
+                                  sc.duration_s, hang_after_s, expect=expect,
+                                  max_in_flight=sc.max_in_flight)
             if injector is not None:
                 await injector
             after = await after_check(mgmt, server.base_url, server.management_url, sc.model,
@@ -131,7 +132,8 @@ def run_scenario(sc: Scenario, store: Path, base_rate: float, out: Path) -> dict
                            "load_factor": sc.load_factor, "target_rate": rate,
                            "duration_s": sc.duration_s, "job_queue_size": queue,
                            "hang_after_s": hang_after_s, "config": vars(sc.config),
-                           "properties": sc.properties, "commit": _commit()}
+                           "properties": sc.properties, "max_in_flight": sc.max_in_flight,
+                           "commit": _commit()}
     got: dict[str, Any] | None = None
     stop_error = None
     try:

@@ -104,7 +104,8 @@ def _details(rows: Sequence[dict[str, Any]]) -> list[str]:
         for e in r.get("events") or []:
             lines.append(f"  - {e}")
         if r.get("skipped"):
-            lines.append(f"  - client skipped {r['skipped']:,} due requests (4,000 in flight)")
+            cap = r.get("max_in_flight", 4000)
+            lines.append(f"  - client skipped {r['skipped']:,} due requests ({cap:,} in flight)")
     return lines
 
 
