@@ -50,8 +50,9 @@ class HandlerService:
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
              handler_spec: str, batch_size: int, gpu_id: int | None,
              model_yaml_config: dict[str, Any], decode_input: bool = True,
-             limit_max_image_pixels: bool = True) -> HandlerService:
-        metrics = HandlerMetrics(model_name)
+             limit_max_image_pixels: bool = True,
+             metrics_config: str | None = None) -> HandlerService:
+        metrics = HandlerMetrics(model_name, metrics_config)
         context = Context(model_name, str(model_dir), manifest, batch_size, gpu_id,
                           ts.__version__, limit_max_image_pixels, metrics, model_yaml_config)
         handler = load_handler(handler_spec)
@@ -62,7 +63,7 @@ class HandlerService:
     def predict(self, items: list[WorkItem]) -> list[InferenceResponse] | ServingError:
         """Run one batch; a failure of the batch as a whole is returned, not raised."""
         ctx = self.context
-        ctx.metrics.pending.clear()  # updates are recorded per batch; see handlers/metrics.py
+        ctx.metrics.drain()  # what was recorded between batches goes with no batch
         batch = [self._inputs(item) for item in items]
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]

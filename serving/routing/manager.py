@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -20,6 +21,7 @@ from serving.errors import (
 )
 from serving.handlers.archive import ArchiveLimits, UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
+from serving.metrics.catalog import NO_METRICS, ServerMetrics
 from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher, Job
 from serving.routing.download import download, is_remote
@@ -31,7 +33,7 @@ from serving.types import InferenceRequest
 from serving.workers import pinning
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
-from serving.workers.process import WorkerSpec
+from serving.workers.process import Worker, WorkerSpec, WorkerState
 from serving.workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,11 @@ class ModelManager:
     """Owns the registry, the archives on disk and every model version's workers."""
 
     def __init__(self, settings: Settings, work_dir: Path, listener: WorkerListener,
-                 resources: Resources) -> None:
+                 resources: Resources, metrics: ServerMetrics | None = None,
+                 metrics_config: Path | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self._metrics_config = metrics_config  # handed to workers for context.metrics
         self.resources = resources
         self.registry = Registry()
         self._work_dir = work_dir
@@ -74,18 +79,27 @@ class ModelManager:
         # Archives downloaded from a URL: deleted on unregister, as TorchServe does.
         self._downloaded: dict[ModelVersion, Path] = {}
         self.accepting = True  # false once shutdown starts: new requests get 503
+        if metrics is not None:
+            register_gauges(metrics, self.registry)
 
     # -- data plane -------------------------------------------------------------------
     def submit(self, name: str, version: str | None, request: InferenceRequest) -> Job:
         """Queue a request for a model version; raises ServingError instead of waiting."""
         if not self.accepting:
-            raise ServiceUnavailable("Server is shutting down")
+            error = ServiceUnavailable("Server is shutting down")
+            with contextlib.suppress(ServingError):  # counted for the model, if it is one
+                self.registry.get(name, version).scheduler.refused(error)
+            raise error
         mv = self.registry.get(name, version)
         if not mv.pool.accepting:
             detail = f" ({mv.pool.last_error})" if mv.pool.last_error else ""
-            raise ServiceUnavailable(f"No worker is available to serve model: {name}{detail}")
-        return mv.scheduler.submit(request, queue_timeout(mv.settings.client_timeout_ms,
-                                                          request.headers))
+            raise mv.scheduler.refused(ServiceUnavailable(
+                f"No worker is available to serve model: {name}{detail}"))
+        try:
+            deadline = queue_timeout(mv.settings.client_timeout_ms, request.headers)
+        except BadRequest as e:
+            raise mv.scheduler.refused(e) from None
+        return mv.scheduler.submit(request, deadline)
 
     # -- control plane ----------------------------------------------------------------
     def require_open(self) -> None:
@@ -168,17 +182,29 @@ class ModelManager:
         optimization = from_model_yaml(model_yaml, reg.optimization)
         if optimization is not None:
             check_named_files(optimization, archive.model_dir)
+        metrics = self.metrics
         scheduler = Scheduler(Batcher(settings.batch_size, settings.max_batch_delay / 1000,
                                       settings.job_queue_size,
                                       max_bytes=self.settings.job_queue_max_bytes),
-                              float(settings.response_timeout))
+                              float(settings.response_timeout),
+                              metrics.model(name, version) if metrics else NO_METRICS)
         handler = reg.handler or manifest.handler
         label = f"{name}/{version}"
         self.resources.policy_for(model_yaml)  # a bad placement: block fails registration now
         mv_holder: list[ModelVersion] = []
+
+        def started(worker: Worker) -> None:
+            if metrics is not None:
+                metrics.worker_loaded(worker_name(worker, name, version), worker.load_seconds)
+
+        def gone(worker: Worker) -> None:
+            scheduler.remove_worker(worker)
+            if metrics is not None:
+                metrics.worker_gone(worker_name(worker, name, version))
+
         pool = WorkerPool(
             label, lambda slot, placement: self._worker_spec(mv_holder[0], slot, placement),
-            self._listener, on_ready=scheduler.add_worker, on_gone=scheduler.remove_worker,
+            self._listener, on_ready=scheduler.add_worker, on_gone=gone, on_started=started,
             startup_timeout=float(settings.startup_timeout),
             on_unavailable=lambda reason: scheduler.fail_queued(
                 ServiceUnavailable(f"No worker is available to serve model: {name} "
@@ -246,6 +272,7 @@ class ModelManager:
             "limit_max_image_pixels": self.settings.limit_max_image_pixels,
             "optimization": mv.optimization,
             "compile_cache": str(self.settings.compile_cache_dir),
+            "metrics_config": str(self._metrics_config) if self._metrics_config else None,
         }
         env = dict(device.env)
         if placement is not None:
@@ -253,7 +280,8 @@ class ModelManager:
             env[PLACEMENT_ENV] = json.dumps(placement.to_dict())
         return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
                           device=device.describe(), max_inflight=s.max_inflight_batches,
-                          max_response_size=self.settings.max_response_size)
+                          max_response_size=self.settings.max_response_size,
+                          observer=mv.scheduler.metrics if self.metrics else None)
 
     def _check_worker_count(self, parameter: str, value: int | None,
                             error: type[ServingError] = BadRequest) -> None:
@@ -330,9 +358,16 @@ class ModelManager:
         await mv.scheduler.drain(timeout=float(mv.settings.response_timeout))
         await mv.pool.close()
         await _remove_extracted(mv.archive)
+        self._forget_metrics(mv)
         downloaded = self._downloaded.pop(mv, None)
         if downloaded is not None:
             downloaded.unlink(missing_ok=True)
+
+    def _forget_metrics(self, mv: ModelVersion) -> None:
+        if self.metrics is not None:
+            self.metrics.forget_model(mv.name, mv.version)
+            if not any(v.name == mv.name for v in self.registry.all_versions()):
+                self.metrics.handlers.forget_model(mv.name)
 
     async def watch_workers(self, interval: float = 10.0, timeout: float = 10.0) -> None:
         """Ping idle workers forever; one that stops answering is killed and replaced.
@@ -390,6 +425,57 @@ class ModelManager:
         self.registry.remove(mv)
         await _remove_extracted(mv.archive)
         self._downloaded.pop(mv, None)  # kept in the store at shutdown, as TorchServe does
+
+
+def worker_name(worker: Worker, model: str, version: str) -> str:
+    """TorchServe's WorkerName label form: W-<id>-<model>_<version>."""
+    return f"W-{worker.id}-{model}_{version}"
+
+
+def register_gauges(metrics: ServerMetrics, registry: Registry) -> None:
+    """Gauges read from the registry when scraped: nothing to update on the request path."""
+    def versions() -> list[ModelVersion]:
+        return list(registry.all_versions())
+
+    metrics.add_gauge(
+        "serving_queue_depth", "Requests waiting in a model version's queue for a worker",
+        ("model", "version"),
+        lambda: [((mv.name, mv.version), len(mv.scheduler.batcher)) for mv in versions()])
+    metrics.add_gauge(
+        "serving_requests_in_flight", "Requests of a model version queued or running",
+        ("model", "version"),
+        lambda: [((mv.name, mv.version), len(mv.scheduler.batcher) + mv.scheduler.inflight)
+                 for mv in versions()])
+
+    def workers() -> list[tuple[tuple[str, ...], float]]:
+        out: list[tuple[tuple[str, ...], float]] = []
+        for mv in versions():
+            counts = dict.fromkeys(WorkerState, 0)
+            for worker in mv.pool.workers.values():
+                counts[worker.state] += 1
+            out += [((mv.name, mv.version, state.value), n) for state, n in counts.items()]
+        return out
+
+    metrics.add_gauge("serving_workers", "Workers of a model version by state",
+                      ("model", "version", "state"), workers)
+    metrics.add_info("serving_model", lambda: [((mv.name, mv.version), model_info(mv))
+                                               for mv in versions()])
+
+
+def model_info(mv: ModelVersion) -> dict[str, str]:
+    """The labels of serving_model_info: what a version runs, and through which pipeline."""
+    workers = list(mv.pool.workers.values())
+    report = next((w.load_info.get("optimization") for w in workers
+                   if w.load_info.get("optimization")), None)
+    applied = report.get("applied") if isinstance(report, dict) else None
+    return {
+        "handler": mv.handler,
+        "device": workers[0].spec.device if workers else "none",
+        "pipeline": "+".join(applied) if applied else "eager",
+        "precompiled": "true" if isinstance(report, dict) and report.get("precompiled")
+                       else "false",
+        "batch_size": str(mv.settings.batch_size),
+    }
 
 
 def remove_extracted(archive: UnpackedArchive) -> None:

@@ -3,11 +3,13 @@
 PREDICT meta: `{"batch": n, "items": [{"id", "h": {headers}, "in": [[name, content type]]}]}`
 with one blob per input, in order. RESULT meta: `{"batch": n, "items": [{"id", "s": status,
 "ct": content type, "h": {headers}}]}` with one blob per item, or `{"batch": n, "error": {...}}`
-when the whole batch failed.
+when the whole batch failed. A RESULT also carries `"t"`, the seconds the worker spent on
+the batch, and `"m"`, the handler's metric updates, when it recorded any.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,14 +70,22 @@ def run_batch(service: HandlerService, msg: Message) -> tuple[dict[str, Any], li
     """Worker side: run a PREDICT message through the handler, build the RESULT message."""
     from serving.handlers.service import WorkItem
 
+    start = time.perf_counter()
     blobs = iter(msg.blobs)
     work = [WorkItem(item["id"], item["h"],
                      [(name, ctype, next(blobs)) for name, ctype in item["in"]])
             for item in msg.meta["items"]]
     results = service.predict(work)
-    batch_id = msg.meta["batch"]
+    meta: dict[str, Any] = {"batch": msg.meta["batch"]}
+    updates = service.context.metrics.drain()
+    if updates:
+        meta["m"] = updates
     if isinstance(results, ServingError):
-        return {"batch": batch_id, "error": results.to_dict()}, []
-    items = [{"id": w.request_id, "s": r.status, "ct": r.content_type, "h": r.headers}
-             for w, r in zip(work, results, strict=True)]
-    return {"batch": batch_id, "items": items}, [r.body for r in results]
+        meta["error"] = results.to_dict()
+        blobs_out: list[Blob] = []
+    else:
+        meta["items"] = [{"id": w.request_id, "s": r.status, "ct": r.content_type,
+                          "h": r.headers} for w, r in zip(work, results, strict=True)]
+        blobs_out = [r.body for r in results]
+    meta["t"] = time.perf_counter() - start
+    return meta, blobs_out

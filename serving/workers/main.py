@@ -111,7 +111,8 @@ def _load(msg: Message) -> HandlerService:
         handler_spec=meta["handler"], batch_size=int(meta["batch_size"]),
         gpu_id=meta.get("gpu_id"), model_yaml_config=model_yaml,
         decode_input=bool(meta.get("decode_input", True)),
-        limit_max_image_pixels=bool(meta.get("limit_max_image_pixels", True)))
+        limit_max_image_pixels=bool(meta.get("limit_max_image_pixels", True)),
+        metrics_config=meta.get("metrics_config"))
     if optimization:
         service.optimization = _optimize(service, meta, placement, model_dir)
         if handler_compiles:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from serving.errors import InternalError, ResponseTimeout, ServingError, WorkerDied
 from serving.types import InferenceRequest, InferenceResponse
@@ -42,6 +42,13 @@ class WorkerState(enum.Enum):
     DEAD = "DEAD"
 
 
+class ResultObserver(Protocol):
+    """Who hears of every answered batch: its RESULT metadata (the handler's metric updates,
+    the worker's own time) and how long the round trip took, in seconds."""
+
+    def worker_result(self, meta: dict[str, Any], seconds: float) -> None: ...
+
+
 @dataclass
 class WorkerSpec:
     """What a worker loads (the LOAD message) and how its process is started."""
@@ -53,6 +60,7 @@ class WorkerSpec:
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
     max_response_size: int | None = None  # bytes of one answer's body; None: no limit
     module: str = "serving.workers.main"  # the worker program (`python -m`)
+    observer: ResultObserver | None = None  # metrics of each answered batch
 
 
 class Worker:
@@ -67,6 +75,7 @@ class Worker:
         self.state = WorkerState.STARTING
         self.pid: int | None = None
         self.start_time = time.time()
+        self.load_seconds = 0.0  # spawn to loaded
         self.exit_code: int | None = None
         self._listener = listener
         self._on_idle = on_idle
@@ -130,6 +139,7 @@ class Worker:
             self.kill()
             raise ServingError.from_dict(loaded.meta["error"])
         self.load_info = loaded.meta
+        self.load_seconds = time.time() - self.start_time
         depth = self.spec.max_inflight or int(loaded.meta.get("overlap") or 1)
         self.max_inflight = max(1, depth)
         self.state = WorkerState.READY
@@ -140,7 +150,8 @@ class Worker:
         assert self._conn is not None and len(self._inflight) < self.max_inflight
         self._batch_id += 1
         meta, blobs = encode_batch(self._batch_id, requests)
-        self._inflight.append(_Batch(self._batch_id, requests, done, timeout))
+        self._inflight.append(_Batch(self._batch_id, requests, done, timeout,
+                                     time.perf_counter()))
         if len(self._inflight) == 1:
             self._arm_deadline()
         self.state = WorkerState.BUSY
@@ -188,6 +199,11 @@ class Worker:
         except ProtocolError as e:
             self._broken(f"a malformed result ({e})")
             return
+        if self.spec.observer is not None:
+            try:
+                self.spec.observer.worker_result(msg.meta, time.perf_counter() - head.sent)
+            except Exception:  # metrics must never cost a request its answer
+                log.exception("recording the metrics of worker %s's batch failed", self.id)
         self._finish_head(result)
 
     def _finish_head(self, result: list[InferenceResponse] | ServingError) -> None:
@@ -322,6 +338,7 @@ class _Batch:
     requests: Sequence[InferenceRequest]
     done: BatchCallback
     timeout: float | None
+    sent: float  # perf_counter when the batch was written to the socket
 
 
 async def _first(fut: asyncio.Future[Any], exited: asyncio.Event, what: str) -> Any:
