@@ -23,6 +23,11 @@ from serving.gateway.guard import Guarded
 from serving.gateway.httplimits import limited_protocol
 from serving.gateway.inference import InferenceApp
 from serving.gateway.management import create_management_app
+from serving.gateway.metricsapi import MetricsApp
+from serving.gateway.observed import Observed
+from serving.logconfig import ACCESS_LOGGER
+from serving.metrics.service import MetricsService
+from serving.routing.dataplane import DataPlane
 from serving.routing.manager import ModelManager, Registration
 from serving.routing.registry import ModelVersion
 from serving.routing.resources import Resources
@@ -80,8 +85,11 @@ class Server:
 
         s = self.settings
         registrations = startup_registrations(s)  # bad models=/load_models: fail before binding
+        metrics = MetricsService.create(s)  # a bad metrics_config: fail before binding
         sockets = [(bind(s.inference_address, "inference_address"), "Inference API"),
                    (bind(s.management_address, "management_address"), "Management API")]
+        if metrics is not None:
+            sockets.append((bind(s.metrics_address, "metrics_address"), "Metrics API"))
         listener = WorkerListener(self.work_dir / "workers.sock")
         await listener.start()
         loop = asyncio.get_running_loop()
@@ -94,8 +102,11 @@ class Server:
             # The event loop gets a core of its own; workers are placed on the others.
             os.sched_setaffinity(0, set(reserved))
             log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
-        manager = ModelManager(s, self.work_dir, listener, resources)
-        apps: list[Any] = [InferenceApp(manager), create_management_app(manager)]
+        manager = ModelManager(s, self.work_dir, listener, resources,
+                               metrics.server if metrics else None, s.metrics_config)
+        plane = DataPlane(manager)
+        apps: list[Any] = [InferenceApp(plane, s.max_kserve_instances),
+                           create_management_app(manager)]
         auth = None
         if s.disable_token_authorization:
             log.warning("Token authorization is disabled: anyone who can reach the APIs can "
@@ -104,6 +115,13 @@ class Server:
             auth = TokenAuthorization(self.key_file, s.token_expiration_min)
             apps = [Guarded(apps[0], auth, TokenKind.INFERENCE),
                     Guarded(apps[1], auth, TokenKind.MANAGEMENT)]
+        # Outside the token guard, so that refusals are counted and logged too.
+        access = logging.getLogger(ACCESS_LOGGER) if s.access_log else None
+        if metrics is not None or access is not None:
+            apps = [Observed(app, metrics.server if metrics else None, access,
+                             s.access_log_format == "json") for app in apps]
+        if metrics is not None:
+            apps.append(MetricsApp(metrics.registry))
         # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
         # Server header (it only advertises the stack).
         # httptools, with limits on the request line and headers (see httplimits.py).
@@ -122,6 +140,8 @@ class Server:
                                                             s.worker_ping_timeout))
         stop_task = asyncio.create_task(self._stop.wait())
         try:
+            if metrics is not None:
+                metrics.start()
             if auth is not None:
                 auth.start()
             # SIGTERM/SIGINT while the start-up models load abandons the load: their workers
@@ -147,6 +167,8 @@ class Server:
                 srv.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
             await listener.close()
+            if metrics is not None:
+                await metrics.stop()
             if auth is not None:
                 auth.remove_key_file()
             # An archive still being unpacked by an abandoned load writes into the work dir

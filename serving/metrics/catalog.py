@@ -39,6 +39,17 @@ TS_FRONTEND_METRICS = frozenset({
     "MemoryUtilization", "DiskUsage", "DiskUtilization", "DiskAvailable",
     "GPUMemoryUtilization", "GPUMemoryUsed", "GPUUtilization",
 })
+# Their units in TorchServe's log lines (`Name.Unit:value|...`).
+TS_UNITS = {
+    "Requests2XX": "Count", "Requests4XX": "Count", "Requests5XX": "Count",
+    "ts_inference_requests": "Count", "ts_inference_latency_microseconds": "Microseconds",
+    "ts_queue_latency_microseconds": "Microseconds", "QueueTime": "Milliseconds",
+    "WorkerThreadTime": "Milliseconds", "WorkerLoadTime": "Milliseconds",
+    "CPUUtilization": "Percent", "MemoryUsed": "Megabytes", "MemoryAvailable": "Megabytes",
+    "MemoryUtilization": "Percent", "DiskUsage": "Gigabytes", "DiskUtilization": "Percent",
+    "DiskAvailable": "Gigabytes", "GPUMemoryUtilization": "Percent",
+    "GPUMemoryUsed": "Megabytes", "GPUUtilization": "Percent",
+}
 # Why a request that reached a model version got no answer from its handler.
 FAILURE_REASONS = ("queue_full", "queue_timeout", "response_timeout", "handler_error",
                    "worker_died", "client_gone", "unavailable", "internal")
@@ -205,9 +216,21 @@ class _Disabled:
 class ModelMetrics:
     """One model version's children, bound once; the calls routing makes per request."""
 
-    __slots__ = ("_server", "_key", "_ts_requests", "_ts_latency", "_ts_queue", "_queue_time",
-                 "_thread_time", "_latency", "_queue_wait", "_inference", "_batch_size",
-                 "_status", "_failures")
+    __slots__ = (
+        "_batch_size",
+        "_failures",
+        "_inference",
+        "_key",
+        "_latency",
+        "_queue_time",
+        "_queue_wait",
+        "_server",
+        "_status",
+        "_thread_time",
+        "_ts_latency",
+        "_ts_queue",
+        "_ts_requests",
+    )
 
     def __init__(self, server: ServerMetrics, name: str, version: str) -> None:
         self._server = server

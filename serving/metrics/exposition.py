@@ -33,7 +33,7 @@ def render(collector: Collector, content_type: str, names: Iterable[str] = ()) -
     wanted = frozenset(names)
     source: Collector = _Filtered(collector, wanted) if wanted else collector
     if content_type == OPENMETRICS_TYPE:
-        return openmetrics_latest(source)  # type: ignore[arg-type]
+        return bytes(openmetrics_latest(source))  # type: ignore[no-untyped-call]
     return render_text(source.collect())
 
 
@@ -72,11 +72,15 @@ def render_text(metrics: Iterable[Metric]) -> bytes:
             sample_name = sample.name.removesuffix(strip) if strip else sample.name
             if sample.labels:
                 labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-                out.append(f"{sample_name}{{{labels}}} {floatToGoString(sample.value)}\n")
+                out.append(f"{sample_name}{{{labels}}} {_number(sample.value)}\n")
             else:
-                out.append(f"{sample_name} {floatToGoString(sample.value)}\n")
+                out.append(f"{sample_name} {_number(sample.value)}\n")
     return "".join(out).encode("utf-8")
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]

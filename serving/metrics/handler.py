@@ -52,7 +52,7 @@ def label_name(raw: str) -> str:
 
 
 class _Family:
-    __slots__ = ("kind", "unit", "series")
+    __slots__ = ("kind", "series", "unit")
 
     def __init__(self, kind: str, unit: str) -> None:
         self.kind = kind

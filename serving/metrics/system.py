@@ -96,7 +96,7 @@ class SystemMetrics:
 
 def _nvml() -> Any:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return None
     try:

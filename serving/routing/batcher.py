@@ -50,6 +50,9 @@ class Job:
     withdraw: Callable[[Job], None] | None = None  # set by the scheduler that queued it
     size: int = 0  # body bytes, counted against the queue's byte bound while queued
     deadline: float | None = None  # loop time after which it may no longer start
+    # perf_counter at arrival and at dispatch, for the metrics (uvloop's clock ticks in ms)
+    received_at: float = 0.0
+    dispatched_at: float = 0.0
 
     def release(self) -> None:
         """Drop the request (and its body) of a job that will never run."""

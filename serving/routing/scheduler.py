@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections.abc import Sequence
 from functools import partial
+from time import perf_counter
 from typing import Protocol
 
 from serving.errors import ResponseTimeout, ServiceUnavailable, ServingError, WorkerDied
@@ -73,11 +74,11 @@ class Scheduler:
         self.metrics.received()
         now = self._loop.time()
         job = Job(request, self._loop.create_future(), now, withdraw=self.cancel,
-                  size=sum(len(i.value) for i in request.inputs))
+                  size=sum(len(i.value) for i in request.inputs), received_at=perf_counter())
         try:
             self.batcher.put(job)
         except QueueFull as e:
-            self.metrics.answered(e.code, 0.0)
+            self.metrics.answered(e.code, perf_counter() - job.received_at)
             self.metrics.failed("queue_full")
             raise
         self._settled.clear()
@@ -99,19 +100,20 @@ class Scheduler:
     def cancel(self, job: Job) -> None:
         """The client went away: drop the job if queued; if running, its answer is dropped."""
         if self.batcher.discard(job):
-            self._client_gone(job, self._loop.time())  # it never reaches _settle
+            self._client_gone(job, perf_counter())  # it never reaches _settle
             job.future.cancel()
             self._check_settled()
         elif not job.future.done():
             job.future.cancel()  # counted when its batch comes back
 
     def _client_gone(self, job: Job, now: float) -> None:
-        self.metrics.answered(CLIENT_GONE, now - job.arrival)
+        self.metrics.answered(CLIENT_GONE, now - job.received_at)
         self.metrics.failed("client_gone")
 
     def _settle(self, job: Job, result: InferenceResponse | ServingError, now: float) -> None:
         """Give a job its answer and count it; every job that was not withdrawn from the queue
-        comes here exactly once. A cancelled future: its client went away meanwhile."""
+        comes here exactly once. A cancelled future: its client went away meanwhile. `now`:
+        perf_counter."""
         if job.future.done():
             job.state = JobState.DONE
             if job.future.cancelled():
@@ -119,10 +121,10 @@ class Scheduler:
             return
         metrics = self.metrics
         if isinstance(result, ServingError):
-            metrics.answered(result.code, now - job.arrival)
+            metrics.answered(result.code, now - job.received_at)
             metrics.failed(failure_reason(result))
         else:
-            metrics.answered(result.status, now - job.arrival)
+            metrics.answered(result.status, now - job.received_at)
             if result.status >= 500:
                 metrics.failed("handler_error")
         job.resolve(result)
@@ -146,9 +148,11 @@ class Scheduler:
                 break
             worker = self._idle.pop()
             dispatched = self.metrics.dispatched
+            sent = perf_counter()
             for job in batch:
                 job.started = now
-                dispatched(now - job.arrival)
+                job.dispatched_at = sent
+                dispatched(sent - job.received_at)
             self.inflight += len(batch)
             worker.run([job.request for job in batch], partial(self._done, batch),
                        self.response_timeout)
@@ -201,7 +205,7 @@ class Scheduler:
                 self._settle(job, QueueTimeout(
                     f"Request waited {waited:.0f} ms in the queue without a worker taking it "
                     f"(deadline {(at - job.arrival) * 1000:.0f} ms: clientTimeoutInMills or "
-                    "x-request-timeout-ms)"), now)
+                    "x-request-timeout-ms)"), perf_counter())
         self._check_settled()
         self._arm_expiry()
 
@@ -213,8 +217,8 @@ class Scheduler:
 
     def _done(self, batch: list[Job], result: BatchResult) -> None:
         self.inflight -= len(batch)
-        now = self._loop.time()
-        self.metrics.batch_done(len(batch), now - batch[0].started)
+        now = perf_counter()
+        self.metrics.batch_done(len(batch), now - batch[0].dispatched_at)
         if isinstance(result, ServingError):
             for job in batch:
                 self._settle(job, result, now)
@@ -239,7 +243,7 @@ class Scheduler:
         self.fail_queued(ServiceUnavailable("Model was unloaded before this request ran"))
 
     def fail_queued(self, error: ServingError) -> None:
-        now = self._loop.time()
+        now = perf_counter()
         for job in self.batcher.drain():
             self._settle(job, error, now)
         if self._timer is not None:
