@@ -50,11 +50,15 @@ def _default(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     access = logging.getLogger(ACCESS_LOGGER)
     access.setLevel(logging.INFO)
+    access.propagate = False  # TorchServe keeps access lines out of ts_log.log
     if settings.log_location is not None:
         folder = _folder(settings.log_location, "LOG_LOCATION")
         root.addHandler(rotating(folder / "ts_log.log", settings, FORMAT))
         access.addHandler(rotating(folder / "access_log.log", settings, ACCESS_FORMAT))
-        access.propagate = False  # TorchServe keeps access lines out of ts_log.log
+    else:
+        to_stderr = logging.StreamHandler(sys.stderr)
+        to_stderr.setFormatter(logging.Formatter(ACCESS_FORMAT))
+        access.addHandler(to_stderr)
 
 
 def rotating(path: Path, settings: Settings, fmt: str) -> logging.Handler:

@@ -17,6 +17,7 @@ from ts.utils.util import PredictionException
 
 from serving.errors import InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
+from serving.handlers.logcontext import current_request_ids
 from serving.handlers.metrics import HandlerMetrics
 from serving.types import InferenceResponse
 
@@ -68,6 +69,15 @@ class HandlerService:
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]
         ctx.metrics.request_ids = ctx.request_ids
+        token = current_request_ids.set(",".join(item.request_id for item in items)[:400])
+        try:
+            return self._predict(items, batch)
+        finally:
+            current_request_ids.reset(token)
+
+    def _predict(self, items: list[WorkItem], batch: list[dict[str, Any]]
+                 ) -> list[InferenceResponse] | ServingError:
+        ctx = self.context
         start = time.perf_counter()
         try:
             outputs = self.handler.entry_point(batch, ctx)

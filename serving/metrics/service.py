@@ -23,6 +23,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from serving.metrics.catalog import TS_UNITS, ServerMetrics
 from serving.metrics.config import MetricsConfig, load_metrics_config
+from serving.metrics.instruments import LegacyCounter
 from serving.metrics.system import SystemMetrics
 from serving.settings import Settings
 
@@ -111,6 +112,9 @@ class MetricLogWriter:
         if metric.type not in ("counter", "gauge") or metric.name.startswith("serving_"):
             return  # TorchServe's metrics and the handlers'; the rest is on /metrics
         unit = TS_UNITS.get(metric.name) or _unit(metric.documentation)
+        name = metric.name
+        if metric.type == "counter" and not isinstance(metric, LegacyCounter):
+            name += "_total"  # ts_inference_requests_total
         for sample in metric.samples:
             labels = {k: v for k, v in sample.labels.items() if k.lower() != "hostname"}
             value = sample.value
@@ -120,7 +124,7 @@ class MetricLogWriter:
                 if value == 0:
                     continue
             dims = ",".join(f"{k}:{v}" for k, v in labels.items())
-            yield (f"{metric.name}.{unit}:{value:g}|#{dims}|#hostname:{self.server.hostname},"
+            yield (f"{name}.{unit}:{value:g}|#{dims}|#hostname:{self.server.hostname},"
                    f"timestamp:{now}")
 
     def close(self) -> None:

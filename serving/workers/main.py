@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving.errors import InsufficientStorage, InternalError, ServingError
+from serving.handlers.logcontext import current_request_ids
 from serving.workers import pinning
 from serving.workers.channel import BlockingChannel
 from serving.workers.ipc import PROTOCOL_VERSION, Blob, Kind, Message
@@ -71,10 +72,21 @@ def _apply_placement() -> list[str]:
     return pinning.apply(placement) if placement is not None else []
 
 
+class _RequestIds(logging.Filter):
+    """Puts the ids of the batch being run into each line a handler logs meanwhile."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = current_request_ids.get()
+        record.request_ids = f" [requests {ids}]" if ids else ""
+        return True
+
+
 def _setup_logging(level: str, name: str) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+        format=f"%(asctime)s %(levelname)s [{name}]%(request_ids)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RequestIds())
     # TorchServe's metric lines are parsed by its frontend; here they would only be noise.
     logging.getLogger("ts.metrics").setLevel(logging.WARNING)
 

@@ -1,10 +1,13 @@
 """Test handler that records metrics through `context.metrics` as each request orders."""
 
 import json
+import logging
 
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.utils.util import PredictionException
+
+log = logging.getLogger(__name__)
 
 
 class MetricsHandler:
@@ -13,6 +16,7 @@ class MetricsHandler:
 
     def handle(self, data, context):
         metrics = context.metrics
+        log.info("handling a batch of %d", len(data))
         out = []
         for i, row in enumerate(data):
             body = row.get("body")
