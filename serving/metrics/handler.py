@@ -71,19 +71,40 @@ class HandlerMetricStore:
         self._families: dict[str, _Family] = {}
         self._series = 0
         self._warned: set[str] = set()
+        self._fast: dict[tuple[Any, ...], Child] = {}  # wire form of a seen series -> child
 
     def record(self, updates: Any) -> None:
         """Apply one batch's updates from a worker; malformed ones are dropped."""
         if not isinstance(updates, list):
             self._warn("updates", f"not a list: {type(updates).__name__}")
             return
+        fast = self._fast
         for update in updates:
+            # The fast path: an update of a series already seen (every batch of a model that
+            # records the same metrics): one tuple and one dict lookup, no validation again.
             try:
-                self._apply(update)
+                name, _, kind, value, dims = update
+                key = (name, kind, len(dims), *[x for d in dims for x in d])
+                child = fast.get(key)
+            except (TypeError, ValueError):
+                child = None
+            if child is not None and type(value) in (int, float) and math.isfinite(value):
+                if isinstance(child, GaugeChild):
+                    child.set(value)
+                elif isinstance(child, HistogramChild):
+                    child.observe(value)
+                elif value >= 0:
+                    child.inc(value)
+                continue
+            try:
+                child = self._apply(update)
             except (TypeError, ValueError) as e:
                 self._warn(str(update)[:60], str(e))
+            else:
+                if len(fast) < MAX_SERIES:
+                    fast[key] = child
 
-    def _apply(self, update: Any) -> None:
+    def _apply(self, update: Any) -> Child:
         if not isinstance(update, list) or len(update) != 5:
             raise ValueError("not [name, unit, kind, value, dimensions]")
         raw_name, unit, kind, value, dims = update
@@ -121,6 +142,7 @@ class HandlerMetricStore:
             child.set(value)
         else:
             child.observe(value)
+        return child
 
     def _warn(self, key: str, why: str) -> None:
         if key not in self._warned and len(self._warned) < 100:
@@ -128,6 +150,7 @@ class HandlerMetricStore:
             log.warning("handler metric update dropped (%s): %s", key, why)
 
     def forget_model(self, model: str) -> None:
+        self._fast.clear()
         for family in self._families.values():
             for labels in [k for k in family.series if ("ModelName", model) in k]:
                 del family.series[labels]
