@@ -15,10 +15,16 @@ import ts
 from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
-from serving.errors import InsufficientStorage, ServingError
+from serving.errors import ClientCancelled, InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
 from serving.handlers.logcontext import current_request_ids
 from serving.handlers.metrics import HandlerMetrics
+from serving.handlers.streaming import (
+    Cancelled,
+    Intermediate,
+    IntermediateSocket,
+    StreamCancelled,
+)
 from serving.types import InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,11 @@ class WorkItem:
     request_id: str
     headers: dict[str, str]
     inputs: list[tuple[str, str, Any]]  # (name, content type, raw bytes-like value)
+
+
+# The response header by which TorchServe marks a streamed answer: "true" on intermediate
+# answers, "false" on the last.
+STREAM_NEXT = "ts_stream_next"
 
 
 class PredictionFailed(ServingError):
@@ -61,18 +72,26 @@ class HandlerService:
         handler.initialize(context)
         return service
 
-    def predict(self, items: list[WorkItem]) -> list[InferenceResponse] | ServingError:
-        """Run one batch; a failure of the batch as a whole is returned, not raised."""
+    def predict(self, items: list[WorkItem], intermediate: Intermediate | None = None,
+                cancelled: Cancelled | None = None) -> list[InferenceResponse] | ServingError:
+        """Run one batch; a failure of the batch as a whole is returned, not raised.
+        `intermediate` receives what a streaming handler sends before its final answers;
+        `cancelled` tells which requests' clients went away (a streaming handler is stopped
+        once all have)."""
         ctx = self.context
         ctx.metrics.drain()  # what was recorded between batches goes with no batch
         batch = [self._inputs(item) for item in items]
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]
         ctx.metrics.request_ids = ctx.request_ids
+        # Where TorchServe's send_intermediate_predict_response writes.
+        ctx.cl_socket = stream = IntermediateSocket([item.request_id for item in items],
+                                                    intermediate, _http_headers, cancelled)
         token = current_request_ids.set(",".join(item.request_id for item in items)[:400])
         try:
             return self._predict(items, batch)
         finally:
+            stream.closed = True
             current_request_ids.reset(token)
 
     def _predict(self, items: list[WorkItem], batch: list[dict[str, Any]]
@@ -83,6 +102,9 @@ class HandlerService:
             outputs = self.handler.entry_point(batch, ctx)
         except PredictionException as e:
             return PredictionFailed(str(e.message), int(e.error_code))
+        except StreamCancelled:
+            log.info("stopped streaming: every client of the batch went away")
+            return ClientCancelled("The client went away; the handler was stopped")
         except (MemoryError, torch.OutOfMemoryError):
             log.exception("out of memory in the handler")
             return InsufficientStorage("Out of resources")
@@ -115,6 +137,8 @@ class HandlerService:
         ctx = self.context
         status, _ = ctx.get_response_status(idx)
         headers = _http_headers(ctx.get_response_headers(idx))
+        if headers.get(STREAM_NEXT) == "true":  # it streamed: this answer is its last
+            headers[STREAM_NEXT] = "false"
         body, inferred = encode_value(value)
         content_type = next((headers.pop(k) for k in list(headers)
                              if k.lower() == "content-type"), None) or inferred

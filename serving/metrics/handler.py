@@ -125,6 +125,8 @@ class HandlerMetricStore:
                 raise ValueError(f"more than {MAX_FAMILIES} handler metric names")
             declared = self.declared.get(raw_name)
             family = self._families[name] = _Family(KINDS[declared or kind], unit)
+        if family.kind == "counter" and value < 0:
+            raise ValueError("a counter cannot go down")
         labels = tuple((label_name(k[:100]), v[:200]) for k, v in dims)
         if not any(k == "Hostname" for k, _ in labels):
             labels += (("Hostname", self.hostname),)
@@ -135,8 +137,6 @@ class HandlerMetricStore:
             child = family.series[labels] = _child(family.kind)
             self._series += 1
         if isinstance(child, CounterChild):
-            if value < 0:
-                raise ValueError("a counter cannot go down")
             child.inc(value)
         elif isinstance(child, GaugeChild):
             child.set(value)
