@@ -85,8 +85,7 @@ def test_log_location_access_log_rotation_and_metric_logs(tmp_path: Path, store:
     # TorchServe's default metrics.yaml: WorkerLoadTime names the worker TorchServe's way.
     assert re.search(r'^WorkerLoadTime\{WorkerName="W-\d+-logged_1\.0",Level="Host",'
                      r'Hostname="[^"]+"\} [1-9]', scraped.text, re.M)
-    assert re.search(r"WorkerLoadTime\.Milliseconds:\d+\|#WorkerName:W-\d+-logged_1\.0,"
-                     r"Level:Host\|", ts_metrics)
+    assert re.search(r"MemoryUsed\.Megabytes:[0-9.]+\|#Level:Host\|#hostname:", ts_metrics)
 
 
 def test_json_access_log_on_stderr(tmp_path: Path, store: Path):
