@@ -69,17 +69,14 @@ class Family:
     """One metric name with its label names and a child per label-value tuple."""
 
     def __init__(self, name: str, documentation: str, kind: str, labelnames: Sequence[str],
-                 unit: str = "", buckets: Sequence[float] = DEFAULT_BUCKETS,
-                 max_children: int | None = None) -> None:
+                 buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         if kind not in ("counter", "gauge", "histogram"):
             raise ValueError(f"unknown metric kind {kind!r}")
         self.name = name
         self.documentation = documentation
         self.kind = kind
         self.labelnames = tuple(labelnames)
-        self.unit = unit
         self.buckets = tuple(float(b) for b in buckets)
-        self.max_children = max_children
         self.children: dict[Labels, Child] = {}
 
     def labels(self, *values: str) -> Child:
@@ -90,8 +87,6 @@ class Family:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, "
                                  f"got {len(values)}")
-            if self.max_children is not None and len(self.children) >= self.max_children:
-                raise OverflowError(f"{self.name}: more than {self.max_children} label sets")
             child = self._new_child()
             self.children[values] = child
         return child
@@ -113,12 +108,6 @@ class Family:
 
     def remove(self, *values: str) -> None:
         self.children.pop(values, None)
-
-    def remove_where(self, label: str, value: str) -> None:
-        """Drop every child whose `label` is `value` (a model version unregistered)."""
-        i = self.labelnames.index(label)
-        for key in [k for k in self.children if k[i] == value]:
-            del self.children[key]
 
     def _new_child(self) -> Child:
         if self.kind == "counter":
