@@ -255,7 +255,9 @@ class ModelManager:
         if placement is not None:
             env.update(pinning.env_for(placement))
             env[PLACEMENT_ENV] = json.dumps(placement.to_dict())
+        location = self.settings.log_location
         return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
+                          log_file=str(location / "model_log.log") if location else None,
                           device=device.describe(), max_inflight=s.max_inflight_batches,
                           max_response_size=self.settings.max_response_size,
                           observer=mv.scheduler.metrics if self.metrics else None)

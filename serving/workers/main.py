@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-file", default=None,
+                        help="also append the worker's lines to this file")
     args = parser.parse_args(argv)
     notes = _apply_placement()
 
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     load = channel.recv()
     if load is None or load.kind != Kind.LOAD:
         return 1
-    _setup_logging(args.log_level, f"{load.meta['model_name']}/{args.worker_id}")
+    _setup_logging(args.log_level, f"{load.meta['model_name']}/{args.worker_id}",
+                   args.log_file)
     for note in notes:
         log.info("%s", note)
     try:
@@ -81,10 +84,15 @@ class _RequestIds(logging.Filter):
         return True
 
 
-def _setup_logging(level: str, name: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s [{name}]%(request_ids)s %(name)s: %(message)s")
+def _setup_logging(level: str, name: str, log_file: str | None = None) -> None:
+    fmt = f"%(asctime)s %(levelname)s [{name}]%(request_ids)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
+    if log_file is not None:
+        # Appended, not rotated: every worker of every model writes this one file (O_APPEND
+        # keeps their lines whole), and only one process may rotate a file safely.
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter(fmt))
+        logging.getLogger().addHandler(to_file)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_RequestIds())
     # TorchServe's metric lines are parsed by its frontend; here they would only be noise.

@@ -58,6 +58,7 @@ class WorkerSpec:
     load: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
+    log_file: str | None = None  # also write the worker's lines here (model_log.log)
     device: str = "cpu"  # what describe shows, e.g. "cuda:1"
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
     max_response_size: int | None = None  # bytes of one answer's body; None: no limit
@@ -110,9 +111,10 @@ class Worker:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
         hello = self._listener.expect(self.id)
         env = spawn_env(os.environ, self.spec.env)
+        extra = ["--log-file", self.spec.log_file] if self.spec.log_file else []
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.spec.module, "--socket", self._listener.path,
-            "--worker-id", self.id, "--log-level", self.spec.log_level,
+            "--worker-id", self.id, "--log-level", self.spec.log_level, *extra,
             env=env, stdin=asyncio.subprocess.DEVNULL)
         self.pid = self._proc.pid
         asyncio.get_running_loop().create_task(self._watch(self._proc))

@@ -61,8 +61,12 @@ def test_log_location_access_log_rotation_and_metric_logs(tmp_path: Path, store:
     # Access lines stay out of the server log; the server log has the server's lines.
     ts_log = (logs / "ts_log.log").read_text()
     assert "Server ready" in ts_log and "ACCESS_LOG" not in ts_log
-    # A handler's own log line carries the id of the request it was handling.
+    # A handler's own log line carries the id of the request it was handling; with
+    # LOG_LOCATION the workers' lines also go to model_log.log (TorchServe's file for them).
     assert re.search(r"\[requests rid-7\] .*handling a batch of 1", server.log())
+    model_log = (logs / "model_log.log").read_text()
+    assert re.search(r"\[logged/\d+\] \[requests rid-7\] .*handling a batch of 1", model_log)
+    assert "Server ready" not in model_log
     # Every line once: the duplicated uvicorn start/stop lines are gone.
     gateway = [line for line in server.log().splitlines() if line and "[logged/" not in line]
     assert len(gateway) == len(set(gateway)), Counter(gateway).most_common(3)
