@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--ts-config", type=Path, help="a TorchServe config.properties")
     start.add_argument("--inference-address", help="e.g. http://127.0.0.1:8080")
     start.add_argument("--management-address", help="e.g. http://127.0.0.1:8081")
+    start.add_argument("--metrics-address", help="e.g. http://127.0.0.1:8082 (/metrics)")
+    start.add_argument("--log-config", type=Path,
+                       help="a Python logging configuration: dictConfig YAML/JSON or an INI "
+                            "file (TorchServe's flag takes a log4j2.xml)")
+    start.add_argument("--access-log", action="store_true", default=None,
+                       help="log one line per HTTP request (access_log.log under "
+                            "LOG_LOCATION, else stderr)")
     start.add_argument("--enable-model-api", action="store_true", default=None,
                        help="allow registering and unregistering models over the API")
     start.add_argument("--disable-token-auth", action="store_true", default=None,
@@ -84,6 +91,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model_store": args.model_store, "load_models": models,
         "inference_address": args.inference_address,
         "management_address": args.management_address,
+        "metrics_address": args.metrics_address,
+        "log_config": args.log_config,
+        "access_log": args.access_log,
+        # TorchServe's environment variables for where log and metric files go.
+        "log_location": os.environ.get("LOG_LOCATION") or None,
+        "metrics_location": os.environ.get("METRICS_LOCATION") or None,
         "enable_model_api": args.enable_model_api,
         "disable_token_authorization": args.disable_token_authorization,
         "default_workers_per_model": args.default_workers_per_model,
@@ -210,7 +223,13 @@ def _start(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"serving: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(settings.log_level)
+    from serving.logconfig import configure_logging
+
+    try:
+        configure_logging(settings)
+    except ConfigError as e:
+        print(f"serving: configuration error: {e}", file=sys.stderr)
+        return 2
     if args.pid_file is None:
         return _run(settings, None)
     from serving.pidfile import claim, release, running_pid

@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -33,14 +33,14 @@ ENVVARS_KEY = "enable_envvars_config"
 IGNORED_TORCHSERVE_KEYS = frozenset({
     "number_of_netty_threads", "netty_client_threads", "async_logging", "vmargs",
     "install_py_dep_per_model", "workflow_store", "use_native_io",
-    "io_ratio", "metrics_config", "metrics_format", "enable_metrics_api", "initial_worker_port",
+    "io_ratio", "metrics_format", "initial_worker_port",
     "initial_distribution_port", "plugins_path", "snapshot_store", "model_snapshot",
     "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers", "blacklist_env_vars",
-    "disable_system_metrics", "system_metrics_cmd", "model_server_home", "preload_model",
-    "metrics_mode", "ipex_enable", "ipex_gpu_enable", "max_response_size_in_mb",
+    "system_metrics_cmd", "model_server_home", "preload_model", "ipex_enable",
+    "ipex_gpu_enable", "max_response_size_in_mb",
     "enable_grpc_ssl", "maxRetryTimeoutInSec",
     "prefer_direct_buffer", "unregister_model_timeout", "use_env_allowed_urls",
-    "model_metrics_auto_detect", "metric_time_interval", "cpp_log_config",
+    "model_metrics_auto_detect", "cpp_log_config",
     "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
     # gRPC is not served yet: its addresses are accepted so that a config keeps starting.
     "grpc_inference_address", "grpc_management_address", "grpc_inference_port",
@@ -142,12 +142,36 @@ class Settings(BaseModel):
     worker_ping_interval: float = Field(10.0, gt=0)  # s between pings of an idle worker
     worker_ping_timeout: float = Field(10.0, gt=0)  # s before a silent worker is replaced
     log_level: str = "INFO"
+    # Metrics (docs/metrics.md). `prometheus`: /metrics only; `log`/`legacy`: also
+    # TorchServe's ts_metrics.log / model_metrics.log lines every metric_time_interval.
+    enable_metrics_api: bool = True  # false: no /metrics and nothing recorded
+    metrics_mode: Literal["prometheus", "log", "legacy"] = "prometheus"
+    metrics_config: Path | None = None  # a TorchServe metrics.yaml
+    metric_time_interval: float = Field(60.0, gt=0)  # s between system-metric samples
+    disable_system_metrics: bool = False
+    # Logs (docs/logging.md): LOG_LOCATION / METRICS_LOCATION from the environment.
+    log_location: Path | None = None  # ts_log.log and access_log.log go there
+    metrics_location: Path | None = None  # ts_metrics.log, model_metrics.log (log mode)
+    log_config: Path | None = None  # a Python logging config (dictConfig YAML/JSON or INI)
+    access_log: bool = False  # one line per HTTP request (TorchServe's access_log.log)
+    access_log_format: Literal["text", "json"] = "text"
+    log_max_bytes: int = Field(100 * 1024**2, ge=0)  # rotate a log file past this; 0: never
+    log_backup_count: int = Field(5, ge=0)  # rotated files kept
 
     @field_validator("inference_address", "management_address", "metrics_address",
                      mode="before")
     @classmethod
     def _address(cls, value: Any) -> Any:
         return Address.parse(value) if isinstance(value, str) else value
+
+    @field_validator("metrics_config", "log_config")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if not value.is_file():
+                raise ValueError(f"no file {str(value)!r}")
+            value = value.resolve()  # workers read it from the model's folder
+        return value
 
     @field_validator("model_store")
     @classmethod
@@ -283,6 +307,9 @@ def _from_properties(path: Path) -> dict[str, Any]:
         if key not in Settings.model_fields and key != ENVVARS_KEY:
             raise ConfigError(f"{path}: unknown key {key!r}")
         values[key] = value
+    for key in ("metrics_config", "log_location", "metrics_location"):
+        if key in values:
+            values[key] = Path(values[key]).expanduser()
     if "model_store" in values:
         # TorchServe resolves a relative model_store against the working directory.
         values["model_store"] = Path(values["model_store"]).expanduser()

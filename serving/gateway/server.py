@@ -24,6 +24,10 @@ from serving.gateway.httplimits import limited_protocol
 from serving.gateway.inference import InferenceApp
 from serving.gateway.management import create_management_app
 from serving.gateway.memory import ConnectionTrimmer
+from serving.gateway.metricsapi import MetricsApp
+from serving.gateway.observed import Observed
+from serving.logconfig import ACCESS_LOGGER
+from serving.metrics.service import MetricsService
 from serving.routing.dataplane import DataPlane
 from serving.routing.manager import ModelManager, Registration
 from serving.routing.registry import ModelVersion
@@ -84,8 +88,11 @@ class Server:
 
         s = self.settings
         registrations = startup_registrations(s)  # bad models=/load_models: fail before binding
+        metrics = MetricsService.create(s)  # a bad metrics_config: fail before binding
         sockets = [(bind(s.inference_address, "inference_address"), "Inference API"),
                    (bind(s.management_address, "management_address"), "Management API")]
+        if metrics is not None:
+            sockets.append((bind(s.metrics_address, "metrics_address"), "Metrics API"))
         if self._on_listening is not None:
             try:
                 self._on_listening()
@@ -105,7 +112,8 @@ class Server:
             # The event loop gets a core of its own; workers are placed on the others.
             os.sched_setaffinity(0, set(reserved))
             log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
-        manager = ModelManager(s, self.work_dir, listener, resources)
+        manager = ModelManager(s, self.work_dir, listener, resources,
+                               metrics.server if metrics else None, s.metrics_config)
         manager.loading = True  # /ping says "Loading" until the start-up models are in
         plane = DataPlane(manager)
         apps: list[Any] = [InferenceApp(plane, s.max_kserve_instances),
@@ -118,6 +126,13 @@ class Server:
             auth = TokenAuthorization(self.key_file, s.token_expiration_min)
             apps = [Guarded(apps[0], auth, TokenKind.INFERENCE),
                     Guarded(apps[1], auth, TokenKind.MANAGEMENT)]
+        # Outside the token guard, so that refusals are counted and logged too.
+        access = logging.getLogger(ACCESS_LOGGER) if s.access_log else None
+        if metrics is not None or access is not None:
+            apps = [Observed(app, metrics.server if metrics else None, access,
+                             s.access_log_format == "json") for app in apps]
+        if metrics is not None:
+            apps.append(MetricsApp(metrics.registry))
         # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
         # Server header (it only advertises the stack).
         # httptools, with limits on the request line and headers (see httplimits.py).
@@ -138,6 +153,8 @@ class Server:
             ConnectionTrimmer([srv.server_state.connections for srv in servers]).run())
         stop_task = asyncio.create_task(self._stop.wait())
         try:
+            if metrics is not None:
+                metrics.start()
             if auth is not None:
                 auth.start()
             # SIGTERM/SIGINT while the start-up models load abandons the load: their workers
@@ -164,6 +181,8 @@ class Server:
                 srv.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
             await listener.close()
+            if metrics is not None:
+                await metrics.stop()
             if auth is not None:
                 auth.remove_key_file()
             # An archive still being unpacked by an abandoned load writes into the work dir

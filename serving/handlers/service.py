@@ -17,6 +17,7 @@ from ts.utils.util import PredictionException
 
 from serving.errors import ClientCancelled, InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
+from serving.handlers.logcontext import current_request_ids
 from serving.handlers.metrics import HandlerMetrics
 from serving.handlers.streaming import (
     Cancelled,
@@ -61,8 +62,9 @@ class HandlerService:
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
              handler_spec: str, batch_size: int, gpu_id: int | None,
              model_yaml_config: dict[str, Any], decode_input: bool = True,
-             limit_max_image_pixels: bool = True) -> HandlerService:
-        metrics = HandlerMetrics(model_name)
+             limit_max_image_pixels: bool = True,
+             metrics_config: str | None = None) -> HandlerService:
+        metrics = HandlerMetrics(model_name, metrics_config)
         context = Context(model_name, str(model_dir), manifest, batch_size, gpu_id,
                           ts.__version__, limit_max_image_pixels, metrics, model_yaml_config)
         handler = load_handler(handler_spec)
@@ -77,7 +79,7 @@ class HandlerService:
         `cancelled` tells which requests' clients went away (a streaming handler is stopped
         once all have)."""
         ctx = self.context
-        ctx.metrics.pending.clear()  # updates are recorded per batch; see handlers/metrics.py
+        ctx.metrics.drain()  # what was recorded between batches goes with no batch
         batch = [self._inputs(item) for item in items]
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]
@@ -85,10 +87,12 @@ class HandlerService:
         # Where TorchServe's send_intermediate_predict_response writes.
         ctx.cl_socket = stream = IntermediateSocket([item.request_id for item in items],
                                                     intermediate, _http_headers, cancelled)
+        token = current_request_ids.set(",".join(item.request_id for item in items)[:400])
         try:
             return self._predict(items, batch)
         finally:
             stream.closed = True
+            current_request_ids.reset(token)
 
     def _predict(self, items: list[WorkItem], batch: list[dict[str, Any]]
                  ) -> list[InferenceResponse] | ServingError:

@@ -62,6 +62,9 @@ class Job:
     runner: Any = None
     batch_token: object = None
     index: int = 0
+    # perf_counter at arrival and at dispatch, for the metrics (uvloop's clock ticks in ms)
+    received_at: float = 0.0
+    dispatched_at: float = 0.0
 
     def release(self) -> None:
         """Drop the request (and its body) of a job that will never run."""

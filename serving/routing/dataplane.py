@@ -11,6 +11,7 @@ response size limit. Nothing here knows HTTP or gRPC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections import deque
 from collections.abc import Awaitable
@@ -79,13 +80,20 @@ class DataPlane:
             request.headers[EXPLAIN_HEADER] = "True"
         manager = self._manager
         if not manager.accepting:
-            raise ServiceUnavailable("Server is shutting down")
+            error = ServiceUnavailable("Server is shutting down")
+            with contextlib.suppress(ServingError):  # counted for the model, if it is one
+                self._registry.get(model, version).scheduler.refused(error)
+            raise error
         mv = self._registry.get(model, version)
         if not mv.pool.accepting:
             detail = f" ({mv.pool.last_error})" if mv.pool.last_error else ""
-            raise ServiceUnavailable(f"No worker is available to serve model: {model}{detail}")
-        return mv.scheduler.submit(request, queue_timeout(mv.settings.client_timeout_ms,
-                                                          timeout_ms))
+            raise mv.scheduler.refused(ServiceUnavailable(
+                f"No worker is available to serve model: {model}{detail}"))
+        try:
+            deadline = queue_timeout(mv.settings.client_timeout_ms, timeout_ms)
+        except BadRequest as e:
+            raise mv.scheduler.refused(e) from None
+        return mv.scheduler.submit(request, deadline)
 
     async def infer(self, model: str, version: str | None, request: InferenceRequest, *,
                     explain: bool = False, timeout_ms: int | None = None,

@@ -25,6 +25,7 @@ from serving.errors import (
 )
 from serving.handlers.archive import ArchiveLimits, UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
+from serving.metrics.catalog import NO_METRICS, ServerMetrics
 from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher
 from serving.routing.download import download, is_remote
@@ -65,8 +66,11 @@ class ModelManager:
     """Owns the registry, the archives on disk and every model version's workers."""
 
     def __init__(self, settings: Settings, work_dir: Path, listener: WorkerListener,
-                 resources: Resources) -> None:
+                 resources: Resources, metrics: ServerMetrics | None = None,
+                 metrics_config: Path | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self._metrics_config = metrics_config  # handed to workers for context.metrics
         self.resources = resources
         self.registry = Registry()
         self._work_dir = work_dir
@@ -78,6 +82,8 @@ class ModelManager:
         # True while the models named at start-up load: /ping must not say ready before
         # they are even in the registry.
         self.loading = False
+        if metrics is not None:
+            register_gauges(metrics, self.registry)
 
     # -- control plane ----------------------------------------------------------------
     def require_open(self) -> None:
@@ -160,18 +166,30 @@ class ModelManager:
         optimization = from_model_yaml(model_yaml, reg.optimization)
         if optimization is not None:
             check_named_files(optimization, archive.model_dir)
+        metrics = self.metrics
         scheduler = Scheduler(Batcher(settings.batch_size, settings.max_batch_delay / 1000,
                                       settings.job_queue_size,
                                       max_bytes=self.settings.job_queue_max_bytes),
-                              float(settings.response_timeout))
+                              float(settings.response_timeout),
+                              metrics.model(name, version) if metrics else NO_METRICS)
         handler = reg.handler or manifest.handler
         label = f"{name}/{version}"
         # A bad placement: block fails the registration now.
         self.resources.policy_for(model_yaml, settings.device_type, settings.device_ids)
         mv_holder: list[ModelVersion] = []
+
+        def started(worker: Worker) -> None:
+            if metrics is not None:
+                metrics.worker_loaded(worker_name(worker, name, version), worker.load_seconds)
+
+        def gone(worker: Worker) -> None:
+            scheduler.remove_worker(worker)
+            if metrics is not None:
+                metrics.worker_gone(worker_name(worker, name, version))
+
         pool = WorkerPool(
             label, lambda slot, placement: self._worker_spec(mv_holder[0], slot, placement),
-            self._listener, on_ready=scheduler.add_worker, on_gone=scheduler.remove_worker,
+            self._listener, on_ready=scheduler.add_worker, on_gone=gone, on_started=started,
             startup_timeout=float(settings.startup_timeout),
             on_unavailable=lambda reason: scheduler.fail_queued(
                 ServiceUnavailable(f"No worker is available to serve model: {name} "
@@ -247,14 +265,18 @@ class ModelManager:
             "limit_max_image_pixels": self.settings.limit_max_image_pixels,
             "optimization": mv.optimization,
             "compile_cache": str(self.settings.compile_cache_dir),
+            "metrics_config": str(self._metrics_config) if self._metrics_config else None,
         }
         env = dict(device.env)
         if placement is not None:
             env.update(pinning.env_for(placement))
             env[PLACEMENT_ENV] = json.dumps(placement.to_dict())
+        location = self.settings.log_location
         return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
+                          log_file=str(location / "model_log.log") if location else None,
                           device=device.describe(), max_inflight=s.max_inflight_batches,
-                          max_response_size=self.settings.max_response_size)
+                          max_response_size=self.settings.max_response_size,
+                          observer=mv.scheduler.metrics if self.metrics else None)
 
     def _check_worker_count(self, parameter: str, value: int | None,
                             error: type[ServingError] = BadRequest) -> None:
@@ -331,9 +353,16 @@ class ModelManager:
         await mv.scheduler.drain(timeout=float(mv.settings.response_timeout))
         await mv.pool.close()
         await _remove_extracted(mv.archive)
+        self._forget_metrics(mv)
         downloaded = self._downloaded.pop(mv, None)
         if downloaded is not None:
             downloaded.unlink(missing_ok=True)
+
+    def _forget_metrics(self, mv: ModelVersion) -> None:
+        if self.metrics is not None:
+            self.metrics.forget_model(mv.name, mv.version)
+            if not any(v.name == mv.name for v in self.registry.all_versions()):
+                self.metrics.handlers.forget_model(mv.name)
 
     async def watch_workers(self, interval: float = 10.0, timeout: float = 10.0) -> None:
         """Ping idle workers forever; one that stops answering is killed and replaced.
@@ -424,6 +453,57 @@ def worker_memory(workers: Iterable[Worker]) -> int | None:
         with contextlib.suppress(psutil.Error):
             sizes.append(psutil.Process(worker.pid).memory_info().rss)
     return max(sizes, default=None)
+
+
+def worker_name(worker: Worker, model: str, version: str) -> str:
+    """TorchServe's WorkerName label form: W-<id>-<model>_<version>."""
+    return f"W-{worker.id}-{model}_{version}"
+
+
+def register_gauges(metrics: ServerMetrics, registry: Registry) -> None:
+    """Gauges read from the registry when scraped: nothing to update on the request path."""
+    def versions() -> list[ModelVersion]:
+        return list(registry.all_versions())
+
+    metrics.add_gauge(
+        "serving_queue_depth", "Requests waiting in a model version's queue for a worker",
+        ("model", "version"),
+        lambda: [((mv.name, mv.version), len(mv.scheduler.batcher)) for mv in versions()])
+    metrics.add_gauge(
+        "serving_requests_in_flight", "Requests of a model version queued or running",
+        ("model", "version"),
+        lambda: [((mv.name, mv.version), len(mv.scheduler.batcher) + mv.scheduler.inflight)
+                 for mv in versions()])
+
+    def workers() -> list[tuple[tuple[str, ...], float]]:
+        out: list[tuple[tuple[str, ...], float]] = []
+        for mv in versions():
+            counts = dict.fromkeys(WorkerState, 0)
+            for worker in mv.pool.workers.values():
+                counts[worker.state] += 1
+            out += [((mv.name, mv.version, state.value), n) for state, n in counts.items()]
+        return out
+
+    metrics.add_gauge("serving_workers", "Workers of a model version by state",
+                      ("model", "version", "state"), workers)
+    metrics.add_info("serving_model", lambda: [((mv.name, mv.version), model_info(mv))
+                                               for mv in versions()])
+
+
+def model_info(mv: ModelVersion) -> dict[str, str]:
+    """The labels of serving_model_info: what a version runs, and through which pipeline."""
+    workers = list(mv.pool.workers.values())
+    report = next((w.load_info.get("optimization") for w in workers
+                   if w.load_info.get("optimization")), None)
+    applied = report.get("applied") if isinstance(report, dict) else None
+    return {
+        "handler": mv.handler,
+        "device": workers[0].spec.device if workers else "none",
+        "pipeline": "+".join(applied) if applied else "eager",
+        "precompiled": "true" if isinstance(report, dict) and report.get("precompiled")
+                       else "false",
+        "batch_size": str(mv.settings.batch_size),
+    }
 
 
 def remove_extracted(archive: UnpackedArchive) -> None:

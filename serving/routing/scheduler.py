@@ -12,13 +12,18 @@ import heapq
 import itertools
 from collections.abc import Sequence
 from functools import partial
+from time import perf_counter
 from typing import Protocol
 
-from serving.errors import ServiceUnavailable, ServingError
-from serving.routing.batcher import Batcher, Job, JobState, QueueTimeout
+from serving.errors import ResponseTimeout, ServiceUnavailable, ServingError, WorkerDied
+from serving.metrics.catalog import NO_METRICS, ModelMetrics
+from serving.routing.batcher import Batcher, Job, JobState, QueueFull, QueueTimeout
 from serving.types import InferenceRequest, InferenceResponse
 
 BatchResult = list[InferenceResponse] | ServingError
+# Not an HTTP answer: nginx's "client closed request", the status a request whose client went
+# away is counted under (it gets no answer).
+CLIENT_GONE = 499
 
 
 class BatchRunner(Protocol):
@@ -49,8 +54,10 @@ class _Partial(Protocol):
 class Scheduler:
     """Queue, batch and hand out work for one model version; every job answered once."""
 
-    def __init__(self, batcher: Batcher, response_timeout: float | None) -> None:
+    def __init__(self, batcher: Batcher, response_timeout: float | None,
+                 metrics: ModelMetrics = NO_METRICS) -> None:
         self.batcher = batcher
+        self.metrics = metrics
         self.response_timeout = response_timeout
         self.accepting = True
         self.inflight = 0
@@ -73,11 +80,18 @@ class Scheduler:
         `queue_timeout` (s): how long it may wait for a worker; past it, 504 and it never runs.
         """
         if not self.accepting:
-            raise ServiceUnavailable("Model is being unloaded; no new requests are accepted")
+            raise self.refused(ServiceUnavailable("Model is being unloaded; no new requests "
+                                                  "are accepted"))
+        self.metrics.received()
         now = self._loop.time()
         job = Job(request, self._loop.create_future(), now, withdraw=self.cancel,
-                  size=sum(len(i.value) for i in request.inputs))
-        self.batcher.put(job)
+                  size=sum(len(i.value) for i in request.inputs), received_at=perf_counter())
+        try:
+            self.batcher.put(job)
+        except QueueFull as e:
+            self.metrics.answered(e.code, perf_counter() - job.received_at)
+            self.metrics.failed("queue_full")
+            raise
         self._settled.clear()
         if queue_timeout is not None:
             job.deadline = now + queue_timeout
@@ -85,16 +99,49 @@ class Scheduler:
         self._dispatch()
         return job
 
+    def refused(self, error: ServingError) -> ServingError:
+        """Count a request for this version refused before it could queue; returns the
+        error to raise."""
+        self.metrics.received()
+        self.metrics.answered(error.code, 0.0)
+        if isinstance(error, ServiceUnavailable):
+            self.metrics.failed("unavailable")
+        return error
+
     def cancel(self, job: Job) -> None:
         """The client went away: drop the job if queued; if running, its answer is dropped
         and its worker told (a streaming handler then stops)."""
         if self.batcher.discard(job):
+            self._client_gone(job, perf_counter())  # it never reaches _settle
             job.future.cancel()
             self._check_settled()
         elif not job.future.done():
-            job.future.cancel()
+            job.future.cancel()  # counted when its batch comes back
             if job.state is JobState.RUNNING and job.runner is not None:
                 job.runner.cancel(job.batch_token, job.index)
+
+    def _client_gone(self, job: Job, now: float) -> None:
+        self.metrics.answered(CLIENT_GONE, now - job.received_at)
+        self.metrics.failed("client_gone")
+
+    def _settle(self, job: Job, result: InferenceResponse | ServingError, now: float) -> None:
+        """Give a job its answer and count it; every job that was not withdrawn from the queue
+        comes here exactly once. A cancelled future: its client went away meanwhile. `now`:
+        perf_counter."""
+        if job.future.done():
+            job.state = JobState.DONE
+            if job.future.cancelled():
+                self._client_gone(job, now)
+            return
+        metrics = self.metrics
+        if isinstance(result, ServingError):
+            metrics.answered(result.code, now - job.received_at)
+            metrics.failed(failure_reason(result))
+        else:
+            metrics.answered(result.status, now - job.received_at)
+            if result.status >= 500:
+                metrics.failed("handler_error")
+        job.resolve(result)
 
     def add_worker(self, worker: BatchRunner) -> None:
         """A worker is ready for a batch."""
@@ -114,8 +161,12 @@ class Scheduler:
             if batch is None:
                 break
             worker = self._idle.pop()
+            dispatched = self.metrics.dispatched
+            sent = perf_counter()
             for job in batch:
                 job.started = now
+                job.dispatched_at = sent
+                dispatched(sent - job.received_at)
             self.inflight += len(batch)
             token = worker.run([job.request for job in batch], partial(self._done, batch),
                                self.response_timeout, partial(_partial, batch))
@@ -169,10 +220,10 @@ class Scheduler:
             at, _, job = heapq.heappop(heap)
             if self.batcher.discard(job):
                 waited = (now - job.arrival) * 1000
-                job.resolve(QueueTimeout(
+                self._settle(job, QueueTimeout(
                     f"Request waited {waited:.0f} ms in the queue without a worker taking it "
                     f"(deadline {(at - job.arrival) * 1000:.0f} ms: clientTimeoutInMills or "
-                    "x-request-timeout-ms)"))
+                    "x-request-timeout-ms)"), perf_counter())
         self._check_settled()
         self._arm_expiry()
 
@@ -184,12 +235,14 @@ class Scheduler:
 
     def _done(self, batch: list[Job], result: BatchResult) -> None:
         self.inflight -= len(batch)
+        now = perf_counter()
+        self.metrics.batch_done(len(batch), now - batch[0].dispatched_at)
         if isinstance(result, ServingError):
             for job in batch:
-                job.resolve(result)
+                self._settle(job, result, now)
         else:
             for job, answer in zip(batch, result, strict=True):
-                job.resolve(answer)
+                self._settle(job, answer, now)
         self._check_settled()
 
     def _check_settled(self) -> None:
@@ -208,8 +261,9 @@ class Scheduler:
         self.fail_queued(ServiceUnavailable("Model was unloaded before this request ran"))
 
     def fail_queued(self, error: ServingError) -> None:
+        now = perf_counter()
         for job in self.batcher.drain():
-            job.resolve(error)
+            self._settle(job, error, now)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -226,3 +280,20 @@ class Scheduler:
 
 def _partial(batch: list[Job], index: int, answer: InferenceResponse) -> None:
     batch[index].partial(answer)
+
+
+def failure_reason(error: ServingError) -> str:
+    """The `reason` label of serving_request_failures_total for an error answer."""
+    if isinstance(error, QueueFull):
+        return "queue_full"
+    if isinstance(error, QueueTimeout):
+        return "queue_timeout"
+    if isinstance(error, ResponseTimeout):
+        return "response_timeout"
+    if isinstance(error, WorkerDied):
+        return "worker_died"
+    if isinstance(error, ServiceUnavailable):
+        return "unavailable"
+    if type(error) is ServingError:  # sent by the worker: the handler failed the batch
+        return "handler_error"
+    return "internal"

@@ -6,10 +6,13 @@ with one blob per input, in order. RESULT meta: `{"batch": n, "items": [{"id", "
 when the whole batch failed. STREAM meta (intermediate answers of a streaming handler, sent
 before the batch's RESULT): `{"batch": n, "items": [{"i": index in the batch, "id", "s", "ct",
 "h"}]}` with one blob per item.
+A RESULT also carries `"t"`, the seconds the worker spent on the batch, and `"m"`, the
+handler's metric updates, when it recorded any.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +100,7 @@ def run_batch(service: HandlerService, msg: Message, channel: BlockingChannel | 
     in."""
     from serving.handlers.service import WorkItem
 
+    start = time.perf_counter()
     blobs = iter(msg.blobs)
     work = [WorkItem(item["id"], item["h"],
                      [(name, ctype, next(blobs)) for name, ctype in item["in"]])
@@ -118,8 +122,16 @@ def run_batch(service: HandlerService, msg: Message, channel: BlockingChannel | 
     finally:
         if channel is not None:
             channel.forget(batch_id)
+    meta: dict[str, Any] = {"batch": batch_id}
+    updates = service.context.metrics.drain()
+    if updates:
+        meta["m"] = updates
     if isinstance(results, ServingError):
-        return {"batch": batch_id, "error": results.to_dict()}, []
-    items = [{"id": w.request_id, "s": r.status, "ct": r.content_type, "h": r.headers}
-             for w, r in zip(work, results, strict=True)]
-    return {"batch": batch_id, "items": items}, [r.body for r in results]
+        meta["error"] = results.to_dict()
+        blobs_out: list[Blob] = []
+    else:
+        meta["items"] = [{"id": w.request_id, "s": r.status, "ct": r.content_type,
+                          "h": r.headers} for w, r in zip(work, results, strict=True)]
+        blobs_out = [r.body for r in results]
+    meta["t"] = time.perf_counter() - start
+    return meta, blobs_out

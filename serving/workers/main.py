@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving.errors import InsufficientStorage, InternalError, ServingError
+from serving.handlers.logcontext import current_request_ids
 from serving.workers import pinning
 from serving.workers.channel import BlockingChannel
 from serving.workers.ipc import PROTOCOL_VERSION, Blob, Kind, Message
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-file", default=None,
+                        help="also append the worker's lines to this file")
     args = parser.parse_args(argv)
     die_with_parent(expected_parent_from_env())
     notes = _apply_placement()
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     load = channel.recv()
     if load is None or load.kind != Kind.LOAD:
         return 1
-    _setup_logging(args.log_level, f"{load.meta['model_name']}/{args.worker_id}")
+    _setup_logging(args.log_level, f"{load.meta['model_name']}/{args.worker_id}",
+                   args.log_file)
     for note in notes:
         log.info("%s", note)
     try:
@@ -73,10 +77,26 @@ def _apply_placement() -> list[str]:
     return pinning.apply(placement) if placement is not None else []
 
 
-def _setup_logging(level: str, name: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+class _RequestIds(logging.Filter):
+    """Puts the ids of the batch being run into each line a handler logs meanwhile."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = current_request_ids.get()
+        record.request_ids = f" [requests {ids}]" if ids else ""
+        return True
+
+
+def _setup_logging(level: str, name: str, log_file: str | None = None) -> None:
+    fmt = f"%(asctime)s %(levelname)s [{name}]%(request_ids)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
+    if log_file is not None:
+        # Appended, not rotated: every worker of every model writes this one file (O_APPEND
+        # keeps their lines whole), and only one process may rotate a file safely.
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter(fmt))
+        logging.getLogger().addHandler(to_file)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RequestIds())
     # TorchServe's metric lines are parsed by its frontend; here they would only be noise.
     logging.getLogger("ts.metrics").setLevel(logging.WARNING)
 
@@ -113,7 +133,8 @@ def _load(msg: Message) -> HandlerService:
         handler_spec=meta["handler"], batch_size=int(meta["batch_size"]),
         gpu_id=meta.get("gpu_id"), model_yaml_config=model_yaml,
         decode_input=bool(meta.get("decode_input", True)),
-        limit_max_image_pixels=bool(meta.get("limit_max_image_pixels", True)))
+        limit_max_image_pixels=bool(meta.get("limit_max_image_pixels", True)),
+        metrics_config=meta.get("metrics_config"))
     if optimization:
         service.optimization = _optimize(service, meta, placement, model_dir)
         if handler_compiles:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from serving.errors import InternalError, ResponseTimeout, ServingError, WorkerDied
 from serving.types import InferenceRequest, InferenceResponse
@@ -45,6 +45,13 @@ class WorkerState(enum.Enum):
     DEAD = "DEAD"
 
 
+class ResultObserver(Protocol):
+    """Who hears of every answered batch: its RESULT metadata (the handler's metric updates,
+    the worker's own time) and how long the round trip took, in seconds."""
+
+    def worker_result(self, meta: dict[str, Any], seconds: float) -> None: ...
+
+
 @dataclass
 class WorkerSpec:
     """What a worker loads (the LOAD message) and how its process is started."""
@@ -52,10 +59,12 @@ class WorkerSpec:
     load: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
+    log_file: str | None = None  # also write the worker's lines here (model_log.log)
     device: str = "cpu"  # what describe shows, e.g. "cuda:1"
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
     max_response_size: int | None = None  # bytes of one answer's body; None: no limit
     module: str = "serving.workers.main"  # the worker program (`python -m`)
+    observer: ResultObserver | None = None  # metrics of each answered batch
 
 
 class Worker:
@@ -70,6 +79,7 @@ class Worker:
         self.state = WorkerState.STARTING
         self.pid: int | None = None
         self.start_time = time.time()
+        self.load_seconds = 0.0  # spawn to loaded
         self.exit_code: int | None = None
         self._listener = listener
         self._on_idle = on_idle
@@ -103,12 +113,13 @@ class Worker:
         hello = self._listener.expect(self.id)
         env = spawn_env(os.environ, self.spec.env)
         env[GATEWAY_PID_ENV] = str(os.getpid())
+        extra = ["--log-file", self.spec.log_file] if self.spec.log_file else []
         # A session (and process group) of its own: the terminal's Ctrl-C goes to the
         # gateway alone, which drains; a worker is never interrupted mid-batch by it. It
         # still dies with the gateway (lifeline.die_with_parent, first thing in the worker).
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.spec.module, "--socket", self._listener.path,
-            "--worker-id", self.id, "--log-level", self.spec.log_level,
+            "--worker-id", self.id, "--log-level", self.spec.log_level, *extra,
             env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         self.pid = self._proc.pid
         asyncio.get_running_loop().create_task(self._watch(self._proc))
@@ -137,6 +148,7 @@ class Worker:
             self.kill()
             raise ServingError.from_dict(loaded.meta["error"])
         self.load_info = loaded.meta
+        self.load_seconds = time.time() - self.start_time
         depth = self.spec.max_inflight or int(loaded.meta.get("overlap") or 1)
         self.max_inflight = max(1, depth)
         self.state = WorkerState.READY
@@ -149,7 +161,8 @@ class Worker:
         assert self._conn is not None and len(self._inflight) < self.max_inflight
         self._batch_id += 1
         meta, blobs = encode_batch(self._batch_id, requests)
-        self._inflight.append(_Batch(self._batch_id, requests, done, timeout, partial))
+        self._inflight.append(_Batch(self._batch_id, requests, done, timeout,
+                                     time.perf_counter(), partial))
         if len(self._inflight) == 1:
             self._arm_deadline()
         self.state = WorkerState.BUSY
@@ -208,6 +221,11 @@ class Worker:
         except ProtocolError as e:
             self._broken(f"a malformed result ({e})")
             return
+        if self.spec.observer is not None:
+            try:
+                self.spec.observer.worker_result(msg.meta, time.perf_counter() - head.sent)
+            except Exception:  # metrics must never cost a request its answer
+                log.exception("recording the metrics of worker %s's batch failed", self.id)
         self._finish_head(result)
 
     def _on_stream(self, msg: Message, head: _Batch) -> None:
@@ -355,6 +373,7 @@ class _Batch:
     requests: Sequence[InferenceRequest]
     done: BatchCallback
     timeout: float | None
+    sent: float  # perf_counter when the batch was written to the socket
     partial: PartialCallback | None = None
 
 

@@ -36,7 +36,8 @@ class WorkerPool:
                  on_unavailable: Callable[[str], None] = lambda reason: None,
                  place: Place | None = None,
                  release: Callable[[WorkerPlacement], None] = lambda p: None,
-                 stop_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0,
+                 on_started: Callable[[Worker], None] = lambda worker: None) -> None:
         self.label = label
         self.target = 0
         self.workers: dict[str, Worker] = {}
@@ -48,6 +49,7 @@ class WorkerPool:
         self._on_ready = on_ready
         self._on_gone = on_gone
         self._on_unavailable = on_unavailable
+        self._on_started = on_started  # once per worker, when it has loaded
         self._place = place
         self._release = release
         self._placements: dict[int, WorkerPlacement] = {}
@@ -165,6 +167,7 @@ class WorkerPool:
             return
         self.last_error = None
         log.info("%s: worker %s ready (pid %s)", self.label, worker.id, worker.pid)
+        self._on_started(worker)
         self._on_ready(worker)
 
     def _failed(self, error: ServingError) -> ServingError:

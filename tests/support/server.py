@@ -41,6 +41,7 @@ class ServerProcess:
         where it writes `key_file.json`."""
         self.inference_port = free_port()
         self.management_port = free_port()
+        self.metrics_port = free_port()
         self.log_path = log_path
         self.token_auth = token_auth
         self.cwd = cwd or (log_path.parent / f"{log_path.name}.cwd" if token_auth else ROOT)
@@ -52,7 +53,8 @@ class ServerProcess:
                 if p)
         cmd = [sys.executable, "-m", "serving", "start",
                "--inference-address", f"http://127.0.0.1:{self.inference_port}",
-               "--management-address", f"http://127.0.0.1:{self.management_port}"]
+               "--management-address", f"http://127.0.0.1:{self.management_port}",
+               "--metrics-address", f"http://127.0.0.1:{self.metrics_port}"]
         if model_store is not None:
             cmd += ["--model-store", str(model_store)]
         if ts_config is not None:
@@ -70,6 +72,8 @@ class ServerProcess:
                                       timeout=120)
         self.management = httpx.Client(base_url=f"http://127.0.0.1:{self.management_port}",
                                        timeout=300)
+        self.metrics = httpx.Client(base_url=f"http://127.0.0.1:{self.metrics_port}",
+                                    timeout=60)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -131,6 +135,7 @@ class ServerProcess:
         self.proc.wait()
         self.inference.close()
         self.management.close()
+        self.metrics.close()
         self._log.close()
         return self.proc.returncode
 

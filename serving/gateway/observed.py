@@ -1,0 +1,82 @@
+"""What every HTTP answer is seen by: TorchServe's Requests2XX/4XX/5XX and the access log.
+
+One ASGI wrapper per HTTP API (inference, management) notes the status of each response as it
+starts; the request path pays a closure and a counter increment, and an access-log line only
+when the access log is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from serving.metrics.catalog import ServerMetrics
+from serving.metrics.instruments import CounterChild
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Observed:
+    """Counts responses by status class and writes the access log, around `app`."""
+
+    def __init__(self, app: App, metrics: ServerMetrics | None,
+                 access: logging.Logger | None, access_json: bool = False) -> None:
+        self.app = app
+        self.access = access
+        self.access_json = access_json
+        # Bound once: a status class to the child it counts in (1xx/3xx count nowhere).
+        self._by_class: list[CounterChild | None] = [None] * 6
+        if metrics is not None:
+            for cls in (2, 4, 5):
+                self._by_class[cls] = metrics.http_status(cls * 100)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        seen: list[Message] = []
+        by_class = self._by_class
+
+        async def observe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen.append(message)
+                child = by_class[message["status"] // 100 % 6]
+                if child is not None:
+                    child.inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            if self.access is not None:
+                self._log(scope, seen[0] if seen else None, time.perf_counter() - start)
+
+    def _log(self, scope: Scope, start: Message | None, seconds: float) -> None:
+        assert self.access is not None
+        client = scope.get("client") or ("-", 0)
+        path = scope.get("path", "")
+        query = scope.get("query_string", b"")
+        target = f"{path}?{query.decode('latin-1')}" if query else path
+        status = start["status"] if start is not None else 0  # 0: no answer (client gone)
+        ms = round(seconds * 1000)
+        if self.access_json:
+            request_id = next((v.decode("latin-1") for k, v in (start or {}).get("headers", ())
+                               if k.lower() == b"x-request-id"), None)
+            self.access.info("%s", json.dumps({
+                "remote": f"{client[0]}:{client[1]}", "method": scope.get("method"),
+                "path": target, "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
+                "status": status, "duration_ms": ms, "request_id": request_id,
+            }, separators=(",", ":")))
+        else:
+            # TorchServe's access_log line: /remote:port "METHOD /path HTTP/1.1" status ms
+            self.access.info('/%s:%s "%s %s HTTP/%s" %d %d', client[0], client[1],
+                             scope.get("method"), target, scope.get("http_version", "1.1"),
+                             status, ms)

@@ -1,0 +1,1 @@
+"""Prometheus metrics: instruments, the server's catalogue, handler metrics, exposition."""
