@@ -7,7 +7,6 @@ the worker's answer (already in the REST body layout) out, errors as `{"error": 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import zlib
@@ -16,6 +15,7 @@ from typing import Any
 from serving import __version__
 from serving.errors import (
     BadRequest,
+    ClientCancelled,
     InternalError,
     MethodNotAllowed,
     NotFound,
@@ -24,12 +24,17 @@ from serving.errors import (
     http_status,
 )
 from serving.gateway.bodies import read_body
-from serving.gateway.jsondepth import loads
-from serving.gateway.predictions import Receive, Scope, Send, handler_headers, infer
-from serving.gateway.requestids import request_id_of
+from serving.gateway.predictions import (
+    Receive,
+    Scope,
+    Send,
+    handler_headers,
+    request_timeout_ms,
+)
+from serving.jsondepth import loads
 from serving.oip.metadata import model_metadata_dict
 from serving.oip.requests import HEADER_LENGTH, parse_request, worker_inputs
-from serving.routing.manager import REQUEST_TIMEOUT_HEADER, ModelManager
+from serving.routing.dataplane import DataPlane
 from serving.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -47,23 +52,23 @@ def error_body(error: ServingError) -> bytes:
 class OipEndpoint:
     """Every `/v2` route: health, metadata, readiness and inference."""
 
-    def __init__(self, manager: ModelManager) -> None:
-        self._manager = manager
-        settings = manager.settings
-        self._limit = settings.max_request_size
-        self._response_limit = settings.max_response_size
-        self._max_json_depth = settings.max_json_depth
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+        self._limit = plane.max_request_size
+        self._max_json_depth = plane.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         visible = handler_headers(scope)
-        request_id = request_id_of(visible)
+        request_id = self._plane.request_id(visible.get("x-request-id"))
         try:
             await self._route(scope, receive, send, visible, request_id)
+        except ClientCancelled:
+            return  # nobody is listening for an answer
         except ServingError as e:
             await _send_json(send, http_status(e.code), error_body(e), request_id,
                              e.extra.get("retry_after"))
-        except (ConnectionAbortedError, asyncio.CancelledError):
-            return  # nobody is listening for an answer
+        except ConnectionAbortedError:
+            return  # gone while sending its body
         except Exception as e:  # a bug: answer it as one, and keep the connection
             log.exception("unexpected error on %s", scope.get("path"))
             await _send_json(send, 500, error_body(InternalError(
@@ -86,12 +91,12 @@ class OipEndpoint:
         elif parts == ["health", "live"]:
             await _send_json(send, 200, b'{"live":true}', request_id)
         elif parts == ["health", "ready"]:
-            if not self._server_ready():
+            if not self._plane.server_ready():
                 raise BadRequest("Server is not ready")
             await _send_json(send, 200, b'{"ready":true}', request_id)
         elif parts[0] == "models" and len(parts) >= 2 and parts[-1] == "ready":
             name, version = _model_path(parts[1:-1], path)
-            if not self._model_ready(name, version):
+            if not self._plane.model_ready(name, version):
                 raise BadRequest(f"Model {name} is not ready")
             await _send_json(send, 200, b'{"ready":true}', request_id)
         elif parts[0] == "models" and len(parts) >= 2:
@@ -101,39 +106,27 @@ class OipEndpoint:
         else:
             raise NotFound(f"Requested resource is not found: {path}")
 
-    def _server_ready(self) -> bool:
-        return self._manager.accepting and self._manager.healthy()
-
-    def _model_ready(self, name: str, version: str | None) -> bool:
-        mv = self._manager.registry.get(name, version)
-        return self._manager.accepting and mv.pool.ready_count > 0
-
     def _metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        registry = self._manager.registry
-        mv = registry.get(name, version)
-        versions = [v.version for v in registry.versions(name)]
+        mv = self._plane.model_info(name, version)
+        versions = [v.version for v in self._plane.model_versions(name)]
         return model_metadata_dict(name, versions, mv.oip)
 
     async def _infer(self, name: str, version: str | None, scope: Scope, receive: Receive,
                      send: Send, visible: dict[str, str], request_id: str) -> None:
-        mv = self._manager.registry.get(name, version)  # an unknown model: 404 first
+        mv = self._plane.model_info(name, version)  # an unknown model: 404 first
         body = await read_body(receive, visible.get("content-length"), self._limit)
         body = _decompressed(body, visible.get("content-encoding"), self._limit)
         header_bytes, binary = _split(body, visible.get(HEADER_LENGTH))
         header = loads(header_bytes, self._max_json_depth,
                        "inference request header is not valid JSON")
         request = parse_request(header, binary, mv.oip)
-        if request.timeout_ms is not None:
-            visible[REQUEST_TIMEOUT_HEADER] = str(request.timeout_ms)
+        timeout_ms = request.timeout_ms or request_timeout_ms(visible)
         inputs = worker_inputs(header_bytes, request)
-        answer = await self._submit(name, version, InferenceRequest(request_id, inputs, visible),
-                                    receive)
+        # The body is read: uvicorn's receive() now returns only when the client goes.
+        answer = await self._plane.infer(name, mv.version,
+                                         InferenceRequest(request_id, inputs, visible),
+                                         timeout_ms=timeout_ms, disconnected=receive())
         await self._send_answer(send, answer, request_id)
-
-    async def _submit(self, name: str, version: str | None, request: InferenceRequest,
-                      receive: Receive) -> InferenceResponse:
-        """The one call into the data plane (withdrawn if the client disconnects)."""
-        return await infer(self._manager, name, version, request, receive)
 
     async def _send_answer(self, send: Send, answer: InferenceResponse,
                            request_id: str) -> None:
@@ -142,9 +135,6 @@ class OipEndpoint:
             if answer.content_type and answer.content_type.startswith("application/json"):
                 message = _error_message(answer.body) or message
             raise ServingError(message, answer.status)
-        if len(answer.body) > self._response_limit:
-            raise InternalError(f"Response of {len(answer.body)} bytes exceeds "
-                                f"max_response_size ({self._response_limit} bytes)")
         headers = [(b"content-type", (answer.content_type or "application/json").encode()),
                    (b"content-length", str(len(answer.body)).encode()),
                    (b"x-request-id", request_id.encode("latin-1"))]
