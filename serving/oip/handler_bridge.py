@@ -62,7 +62,13 @@ class OipItem:
     """One OIP request of a batch, decoded in the worker."""
 
     request: InferRequest
-    arrays: list[np.ndarray[Any, Any]]  # one per input, in the request's order
+
+    def array(self, i: int) -> np.ndarray[Any, Any]:
+        """Input `i` as an array of its shape (BYTES: object array of bytes)."""
+        tensor = self.request.inputs[i]
+        raw = tensor.raw if tensor.raw is not None else json_to_raw(tensor.data or [],
+                                                                    tensor.datatype)
+        return raw_to_array(raw, tensor.datatype, tensor.shape)
 
 
 def is_oip(inputs: Sequence[tuple[str, str, Any]]) -> bool:
@@ -70,42 +76,29 @@ def is_oip(inputs: Sequence[tuple[str, str, Any]]) -> bool:
 
 
 def decode(inputs: Sequence[tuple[str, str, Any]], metadata: ModelMetadata) -> OipItem:
-    """The request a front end sent (`requests.worker_inputs`): header, then binary tensors."""
+    """The request a front end sent (`requests.worker_inputs`): header, then binary tensors,
+    checked again (a worker trusts no front end with its handler's input)."""
     try:
         header = json.loads(bytes(inputs[0][2]))
     except (ValueError, RecursionError):
         raise BadRequest("the OIP request header is not valid JSON") from None
-    binary = b"".join(bytes(value) for _, _, value in inputs[1:])
-    request = parse_request(header, binary, metadata)
-    arrays = []
-    for tensor in request.inputs:
-        if tensor.raw is not None:
-            arrays.append(raw_to_array(tensor.raw, tensor.datatype, tensor.shape))
-        else:
-            raw = json_to_raw(tensor.data or [], tensor.datatype)
-            arrays.append(raw_to_array(raw, tensor.datatype, tensor.shape))
-    return OipItem(request, arrays)
+    binary = (b"" if len(inputs) == 1 else bytes(inputs[1][2]) if len(inputs) == 2
+              else b"".join(bytes(value) for _, _, value in inputs[1:]))
+    return OipItem(parse_request(header, binary, metadata))
 
 
 def handler_row(item: OipItem, metadata: ModelMetadata) -> dict[str, Any]:
     """The handler's `data[i]` for an OIP request (see the module doc)."""
-    header = item.request.header
+    request = item.request
+    header = request.header
     if metadata.handler_input == "body":
-        if len(item.arrays) != 1:
-            raise BadRequest(f"this model takes exactly one input, got {len(item.arrays)}")
-        tensor, array = item.request.inputs[0], item.arrays[0]
-        if tensor.datatype == "BYTES":
-            if array.size != 1:
-                raise BadRequest(f"input {tensor.name!r}: this model takes one BYTES "
-                                 f"element, got {array.size}")
-            raw = bytearray(array.reshape(-1)[0])
-        else:
-            raw = bytearray(array_to_raw(array, tensor.datatype))
-        return {"body": raw, "oip": _without_data(header)}
+        if len(request.inputs) != 1:
+            raise BadRequest(f"this model takes exactly one input, got {len(request.inputs)}")
+        return {"body": _body(item), "oip": _without_data(header)}
     inputs = []
-    for tensor, array in zip(item.request.inputs, item.arrays, strict=True):
+    for i, tensor in enumerate(request.inputs):
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape,
-                 "data": _as_lists(array, tensor.datatype)}
+                 "data": _nested(item, i)}
         if tensor.parameters:
             entry["parameters"] = tensor.parameters
         inputs.append(entry)
@@ -114,16 +107,39 @@ def handler_row(item: OipItem, metadata: ModelMetadata) -> dict[str, Any]:
     return {"body": body}
 
 
+def _body(item: OipItem) -> bytearray:
+    """The one input as a `/predictions` body: raw bytes, or a BYTES tensor's one element."""
+    tensor = item.request.inputs[0]
+    if tensor.datatype != "BYTES":
+        if tensor.raw is not None and tensor.datatype != "BF16":
+            return bytearray(tensor.raw)
+        return bytearray(array_to_raw(item.array(0), tensor.datatype))
+    count = len(tensor.data) if tensor.data is not None else item.array(0).size
+    if count != 1:
+        raise BadRequest(f"input {tensor.name!r}: this model takes one BYTES element, "
+                         f"got {count}")
+    if tensor.data is not None:
+        return bytearray(str(tensor.data[0]).encode("utf-8"))
+    return bytearray(item.array(0).reshape(-1)[0])
+
+
+def _nested(item: OipItem, i: int) -> Any:
+    """Input `i`'s data as a nested list in its shape (BYTES as str, or bytes if not UTF-8)."""
+    tensor = item.request.inputs[i]
+    if tensor.data is not None and len(tensor.shape) == 1:
+        if tensor.datatype in ("FP16", "FP32", "FP64"):
+            return [float(v) for v in tensor.data]
+        return tensor.data  # already flat, checked, of the right kind
+    array = item.array(i)
+    if tensor.datatype != "BYTES":
+        return array.tolist()
+    return np.vectorize(_text, otypes=[object])(array).tolist() if array.size else []
+
+
 def _without_data(header: dict[str, Any]) -> dict[str, Any]:
     out = {key: value for key, value in header.items() if key != "inputs"}
     out["inputs"] = [{k: v for k, v in t.items() if k != "data"} for t in header["inputs"]]
     return out
-
-
-def _as_lists(array: np.ndarray[Any, Any], datatype: str) -> Any:
-    if datatype != "BYTES":
-        return array.tolist()
-    return np.vectorize(_text, otypes=[object])(array).tolist() if array.size else []
 
 
 def _text(value: bytes) -> str | bytes:
@@ -138,19 +154,24 @@ def encode_answer(answer: Any, item: OipItem, metadata: ModelMetadata, model_nam
                   model_version: str, request_id: str) -> tuple[bytes, str, dict[str, str]]:
     """The response for one request: (body, content type, headers). The body is the REST
     answer, binary tensor data extension included when an output is asked in binary."""
-    outputs = _outputs(answer, metadata)
+    try:
+        outputs = _outputs(answer, metadata)
+    except (TypeError, ValueError, OverflowError) as e:  # numpy refusing a conversion
+        raise AnswerError(f"the handler's answer cannot be made into output tensors: "
+                          f"{e}") from None
     outputs = _requested(outputs, item.request)
     request = item.request
     asked_binary = {o.name for o in request.outputs if o.binary}
     header_outputs = []
     tail: list[bytes] = []
-    for name, datatype, shape, raw in outputs:
+    for name, datatype, shape, array in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if request.binary_output or name in asked_binary:
+            raw = array_to_raw(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
         else:
-            entry["data"] = raw_to_json(raw, datatype, f"output {name!r}")
+            entry["data"] = _json_data(array, datatype, name)
         header_outputs.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
                                 "id": request.id or request_id, "outputs": header_outputs}
@@ -161,7 +182,27 @@ def encode_answer(answer: Any, item: OipItem, metadata: ModelMetadata, model_nam
             {HEADER_LENGTH: str(len(head))})
 
 
-Output = tuple[str, str, list[int], bytes]  # name, datatype, shape, raw bytes
+Output = tuple[str, str, list[int], np.ndarray[Any, Any]]  # name, datatype, shape, values
+
+
+def _json_data(array: np.ndarray[Any, Any], datatype: str, name: str) -> list[Any]:
+    """An output's values as a flat JSON list (BYTES as UTF-8 text)."""
+    if datatype == "BYTES":
+        values = []
+        for v in array.reshape(-1).tolist():
+            if isinstance(v, bytes | bytearray):
+                try:
+                    v = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest(f"output {name!r}: holds bytes that are not UTF-8 text, "
+                                     "which JSON cannot carry; ask for it with binary_data"
+                                     ) from None
+            values.append(v if isinstance(v, str) else str(v))
+        return values
+    if datatype == "BF16":
+        return raw_to_json(array_to_raw(array, datatype), datatype, name)
+    flat: list[Any] = np.asarray(array, dtype=NUMPY_DTYPES[datatype]).reshape(-1).tolist()
+    return flat
 
 
 def _outputs(answer: Any, metadata: ModelMetadata) -> list[Output]:
@@ -197,7 +238,7 @@ def _v2_output(out: Any, i: int) -> Output:
     if array.size != int(np.prod(shape)):
         raise AnswerError(f"handler answer output {name!r}: shape {list(shape)} needs "
                           f"{int(np.prod(shape))} elements, data has {array.size}")
-    return name, datatype, list(shape), array_to_raw(array, datatype)
+    return name, datatype, list(shape), array
 
 
 def _declared_output(value: Any, declared: TensorMetadata) -> Output:
@@ -207,7 +248,7 @@ def _declared_output(value: Any, declared: TensorMetadata) -> Output:
         raise AnswerError(f"output {declared.name!r}: the handler's answer is not "
                           f"{declared.datatype} data ({e})") from None
     shape = _resolve_shape(declared, array)
-    return declared.name, declared.datatype, shape, array_to_raw(array, declared.datatype)
+    return declared.name, declared.datatype, shape, array
 
 
 def _resolve_shape(declared: TensorMetadata, array: np.ndarray[Any, Any]) -> list[int]:
@@ -248,7 +289,7 @@ def _undeclared_output(value: Any) -> Output:
         except (TypeError, ValueError) as e:
             raise AnswerError(f"the handler's answer cannot be an output tensor: {e}") from None
         datatype = "BYTES"
-    return DEFAULT_OUTPUT, datatype, list(array.shape), array_to_raw(array, datatype)
+    return DEFAULT_OUTPUT, datatype, list(array.shape), array
 
 
 def _bytes_array(items: list[Any]) -> np.ndarray[Any, Any]:

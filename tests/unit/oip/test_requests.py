@@ -37,12 +37,13 @@ def test_binary_inputs_take_their_bytes_in_order() -> None:
         {"name": "b", "datatype": "BYTES", "shape": [2],
          "parameters": {"binary_data_size": len(b)}}]}
     item = _item(header, a.tobytes() + b, UNDECLARED)
-    assert item.arrays[0].tolist() == [[0, 1], [2, 3]]
-    assert item.arrays[1].tolist() == [7]
-    assert item.arrays[2].tolist() == [b"hi", b"there"]
+    assert item.array(0).tolist() == [[0, 1], [2, 3]]
+    assert item.array(1).tolist() == [7]
+    assert item.array(2).tolist() == [b"hi", b"there"]
     row = handler_bridge.handler_row(item, UNDECLARED)
     assert row["body"]["inputs"][2]["data"] == ["hi", "there"]
     assert row["body"]["inputs"][0]["data"] == [[0.0, 1.0], [2.0, 3.0]]
+    assert row["body"]["inputs"][1]["data"] == [7]
 
 
 @pytest.mark.parametrize(("header", "binary", "message"), [
