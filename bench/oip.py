@@ -15,15 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.loadgen import format_result, open_session, run_level, warm
 from bench.machine import facts
 from bench.project_server import ProjectServer
 from bench.scenarios import CLIENT_CPUS, SERVER_CPUS, pinned
+from bench.server import ServerProcess
 from bench.stats import Aggregate, aggregate, ratio
 from bench.tsconfig import ModelConfig
 from bench.workload import Plan, Target
@@ -44,19 +48,56 @@ def targets(base_url: str) -> dict[str, Target]:
     }
 
 
-async def measure(by_label: dict[str, Target], levels: Sequence[int], plan: Plan,
-                  reps: int) -> list[dict[str, Any]]:
+def cpu_seconds(server: ServerProcess) -> tuple[float, float]:
+    """CPU seconds used so far by the gateway (the main process) and by its workers."""
+    procs = server.processes()
+    times = []
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            times.append(t.user + t.system)
+        except psutil.Error:
+            times.append(0.0)
+    return (times[0] if times else 0.0), sum(times[1:])
+
+
+async def measure(server: ServerProcess, by_label: dict[str, Target], levels: Sequence[int],
+                  plan: Plan, reps: int) -> list[dict[str, Any]]:
+    """Each run's rate and latency, and the server's CPU µs per request: on a shared box the
+    CPU cost is the steadier figure (other tenants take wall time, not our CPU time)."""
     rows: list[dict[str, Any]] = []
     async with open_session(max(levels), plan.timeout_s) as session:
         for rep in range(reps):
             for level in levels:
                 for label, target in by_label.items():
                     await asyncio.sleep(1.0)  # let the server settle between runs
+                    gateway0, workers0 = cpu_seconds(server)
                     result = await run_level(session, target, level, plan, label=label,
                                              rep=rep)
-                    print(format_result(result), flush=True)
-                    rows.append(result.to_dict())
+                    gateway1, workers1 = cpu_seconds(server)
+                    row = result.to_dict()
+                    sent = max(result.sent, 1)
+                    row["gateway_cpu_us"] = (gateway1 - gateway0) / sent * 1e6
+                    row["worker_cpu_us"] = (workers1 - workers0) / sent * 1e6
+                    print(f"{format_result(result)} gateway {row['gateway_cpu_us']:.0f} us/req"
+                          f" worker {row['worker_cpu_us']:.0f} us/req", flush=True)
+                    rows.append(row)
     return rows
+
+
+def cpu_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "Server CPU per request (median over reps; all requests of the run, warm-up "
+             "included):", "", "| endpoint | c | gateway µs | worker µs | total µs |",
+             "|---|---:|---:|---:|---:|"]
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["label"], int(row["concurrency"])), []).append(row)
+    for (label, level), reps in cells.items():
+        gateway = statistics.median(r["gateway_cpu_us"] for r in reps)
+        worker = statistics.median(r["worker_cpu_us"] for r in reps)
+        lines.append(f"| {label} | {level} | {gateway:.0f} | {worker:.0f} | "
+                     f"{gateway + worker:.0f} |")
+    return lines
 
 
 def render(cells: list[Aggregate], machine: dict[str, str], plan: Plan, reps: int,
@@ -111,12 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_label = targets(server.base_url)
         for target in by_label.values():
             asyncio.run(warm(target, 2.0 if args.quick else 5.0))
-        rows = asyncio.run(measure(by_label, levels, plan, reps))
+        rows = asyncio.run(measure(server, by_label, levels, plan, reps))
         server.check_alive()
     (raw / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     loads = sorted(float(r["load_1m"]) for r in rows)
     report = render(aggregate(rows), facts(), plan, reps,
                     f"{loads[0]:.2f}-{loads[-1]:.2f}" if loads else "?")
+    report += "\n".join(cpu_table(rows)) + "\n"
     (out / "report.md").write_text(report)
     print(report)
     return 0

@@ -127,7 +127,7 @@ class HandlerService:
 
     def _inputs(self, item: WorkItem, idx: int) -> dict[str, Any]:
         if handler_bridge.is_oip(item.inputs):
-            oip = handler_bridge.decode(item.inputs, self.oip)
+            oip = handler_bridge.decode(item.inputs)
             self._oip_items[idx] = oip
             return handler_bridge.handler_row(oip, self.oip)
         return {name: decode_value(ctype, value, self.decode_input)

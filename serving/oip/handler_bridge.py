@@ -37,7 +37,7 @@ import numpy as np
 
 from serving.errors import BadRequest, ServingError
 from serving.oip.metadata import ModelMetadata, TensorMetadata
-from serving.oip.requests import HEADER_LENGTH, OIP_REQUEST, InferRequest, parse_request
+from serving.oip.requests import HEADER_LENGTH, OIP_REQUEST, InferRequest, checked_request
 from serving.oip.tensors import (
     NUMPY_DTYPES,
     array_to_raw,
@@ -75,16 +75,19 @@ def is_oip(inputs: Sequence[tuple[str, str, Any]]) -> bool:
     return bool(inputs) and inputs[0][1] == OIP_REQUEST
 
 
-def decode(inputs: Sequence[tuple[str, str, Any]], metadata: ModelMetadata) -> OipItem:
-    """The request a front end sent (`requests.worker_inputs`): header, then binary tensors,
-    checked again (a worker trusts no front end with its handler's input)."""
+def decode(inputs: Sequence[tuple[str, str, Any]]) -> OipItem:
+    """The request a front end checked and sent (`requests.worker_inputs`): the header, then
+    the binary tensors."""
     try:
         header = json.loads(bytes(inputs[0][2]))
     except (ValueError, RecursionError):
         raise BadRequest("the OIP request header is not valid JSON") from None
     binary = (b"" if len(inputs) == 1 else bytes(inputs[1][2]) if len(inputs) == 2
               else b"".join(bytes(value) for _, _, value in inputs[1:]))
-    return OipItem(parse_request(header, binary, metadata))
+    try:
+        return OipItem(checked_request(header, binary))
+    except (KeyError, TypeError, AttributeError) as e:  # not from parse_request: a bug
+        raise BadRequest(f"malformed OIP request header: {type(e).__name__}: {e}") from None
 
 
 def handler_row(item: OipItem, metadata: ModelMetadata) -> dict[str, Any]:

@@ -76,6 +76,33 @@ def parse_request(header: Any, binary: Blob, metadata: ModelMetadata) -> InferRe
     return InferRequest(header, inputs, outputs, binary_output, _timeout_ms(params))
 
 
+def checked_request(header: dict[str, Any], binary: Blob) -> InferRequest:
+    """A request rebuilt from a header `parse_request` has passed (the worker's side: the
+    front end checked it, and `worker_inputs` only takes a checked request)."""
+    view = memoryview(binary).cast("B") if binary else None
+    offset = 0
+    inputs = []
+    for item in header["inputs"]:
+        params = item.get("parameters") or {}
+        tensor = InputTensor(item["name"], item["datatype"], item["shape"], params)
+        size = params.get("binary_data_size")
+        if size is not None and view is not None:
+            tensor.raw = view[offset:offset + size]
+            offset += size
+        elif size is not None:
+            tensor.raw = b""
+        else:
+            data = item["data"]
+            tensor.data = (data if not any(type(v) is list for v in data)
+                           else flatten(data, tensor.datatype, element_count(tensor.shape),
+                                        f"input {tensor.name!r}"))
+        inputs.append(tensor)
+    params = header.get("parameters") or {}
+    outputs = [RequestedOutput(o["name"], bool((o.get("parameters") or {}).get("binary_data")))
+               for o in header.get("outputs") or ()]
+    return InferRequest(header, inputs, outputs, bool(params.get("binary_data_output")))
+
+
 def _parameters(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}

@@ -24,7 +24,7 @@ def _item(header: dict[str, Any], binary: bytes, metadata: ModelMetadata
           ) -> handler_bridge.OipItem:
     request = parse_request(header, binary, metadata)
     inputs = worker_inputs(json.dumps(header).encode(), request)
-    return handler_bridge.decode([(i.name, i.content_type, i.value) for i in inputs], metadata)
+    return handler_bridge.decode([(i.name, i.content_type, i.value) for i in inputs])
 
 
 def test_binary_inputs_take_their_bytes_in_order() -> None:
