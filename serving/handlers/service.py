@@ -15,7 +15,7 @@ import ts
 from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
-from serving.errors import InsufficientStorage, ServingError
+from serving.errors import BadRequest, InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
 from serving.handlers.metrics import HandlerMetrics
 from serving.oip import handler_bridge
@@ -81,6 +81,11 @@ class HandlerService:
                 kept.append(item)
             except ServingError as e:
                 refused[i] = _error_answer(e)
+            except Exception as e:  # an OIP tensor numpy cannot build: that request's error
+                log.warning("request %s: its inputs cannot be decoded", item.request_id,
+                            exc_info=True)
+                refused[i] = _error_answer(BadRequest(
+                    f"the request's inputs cannot be decoded: {type(e).__name__}: {e}"))
         if not kept:
             return [refused[i] for i in range(len(items))]
         answers = self._predict(kept, rows)
