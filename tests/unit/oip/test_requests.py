@@ -134,3 +134,19 @@ def test_body_mode_gives_the_handler_the_raw_tensor() -> None:
     text = {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": ["héllo"]}]}
     assert handler_bridge.handler_row(_item(text, b"", metadata), metadata)["body"] == \
         bytearray("héllo".encode())
+
+
+def test_a_worker_answer_reads_back_into_tensors() -> None:
+    from serving.oip.responses import read_answer
+    from serving.types import InferenceResponse
+
+    header = {"id": "q", "parameters": {"binary_data_output": True},
+              "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+    item = _item(header, b"", DECLARED)
+    body, ctype, headers = handler_bridge.encode_answer([3.0, 4.0], item, DECLARED, "m", "2",
+                                                        "rid")
+    answer = read_answer(InferenceResponse(body, 200, ctype, headers))
+    assert (answer.model_name, answer.model_version, answer.id) == ("m", "2", "q")
+    (out,) = answer.outputs
+    assert (out.name, out.datatype, out.shape, out.data) == ("y", "FP32", [2], None)
+    assert out.raw is not None and np.frombuffer(out.raw, "<f4").tolist() == [3.0, 4.0]
