@@ -61,6 +61,7 @@ class HandlerService:
         # How OIP requests reach this handler and its answers become tensors (oip: block).
         self.oip: ModelMetadata = UNDECLARED
         self._oip_items: dict[int, handler_bridge.OipItem] = {}
+        self._version = ""  # the archive's model version, which OIP answers carry
 
     @classmethod
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
@@ -73,6 +74,7 @@ class HandlerService:
         handler = load_handler(handler_spec)
         service = cls(handler, context, decode_input)
         service.oip = from_model_yaml(model_yaml_config)
+        service._version = str((manifest.get("model") or {}).get("modelVersion") or "")
         handler.initialize(context)
         return service
 
@@ -186,10 +188,9 @@ class HandlerService:
     def _oip_result(self, idx: int, value: Any, oip: handler_bridge.OipItem
                     ) -> InferenceResponse:
         ctx = self.context
-        version = str((ctx.manifest.get("model") or {}).get("modelVersion") or "")
         try:
             body, ctype, headers = handler_bridge.encode_answer(
-                value, oip, self.oip, ctx.model_name, version, ctx.request_ids[idx])
+                value, oip, self.oip, ctx.model_name, self._version, ctx.request_ids[idx])
         except ServingError as e:
             log.warning("OIP answer of request %s: %s", ctx.request_ids[idx], e.message)
             return _error_answer(e)

@@ -42,12 +42,15 @@ from serving.oip.tensors import (
     NUMPY_DTYPES,
     array_to_raw,
     datatype_of,
+    join_bytes,
     json_to_raw,
     raw_to_array,
     raw_to_json,
 )
 
 DEFAULT_OUTPUT = "output0"
+# One encoder: json.dumps with separators= builds a new one per call (~5 µs).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class AnswerError(ServingError):
@@ -162,15 +165,18 @@ def encode_answer(answer: Any, item: OipItem, metadata: ModelMetadata, model_nam
     except (TypeError, ValueError, OverflowError) as e:  # numpy refusing a conversion
         raise AnswerError(f"the handler's answer cannot be made into output tensors: "
                           f"{e}") from None
-    outputs = _requested(outputs, item.request)
     request = item.request
-    asked_binary = {o.name for o in request.outputs if o.binary}
+    if request.outputs:
+        outputs = _requested(outputs, request)
+        asked_binary = {o.name for o in request.outputs if o.binary}
+    else:
+        asked_binary = set()
     header_outputs = []
     tail: list[bytes] = []
     for name, datatype, shape, array in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if request.binary_output or name in asked_binary:
-            raw = array_to_raw(array, datatype)
+            raw = join_bytes(array) if isinstance(array, list) else array_to_raw(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
         else:
@@ -178,18 +184,22 @@ def encode_answer(answer: Any, item: OipItem, metadata: ModelMetadata, model_nam
         header_outputs.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
                                 "id": request.id or request_id, "outputs": header_outputs}
-    head = json.dumps(response, separators=(",", ":")).encode()
+    head = _COMPACT.encode(response).encode()
     if not tail:
         return head, "application/json", {}
     return (head + b"".join(tail), "application/octet-stream",
             {HEADER_LENGTH: str(len(head))})
 
 
-Output = tuple[str, str, list[int], np.ndarray[Any, Any]]  # name, datatype, shape, values
+# name, datatype, shape, values (an array; a flat list of str for a BYTES answer built here)
+Output = tuple[str, str, list[int], np.ndarray[Any, Any] | list[str]]
 
 
-def _json_data(array: np.ndarray[Any, Any], datatype: str, name: str) -> list[Any]:
+def _json_data(array: np.ndarray[Any, Any] | list[str], datatype: str, name: str
+               ) -> list[Any]:
     """An output's values as a flat JSON list (BYTES as UTF-8 text)."""
+    if isinstance(array, list):
+        return array
     if datatype == "BYTES":
         values = []
         for v in array.reshape(-1).tolist():
@@ -270,6 +280,8 @@ def _resolve_shape(declared: TensorMetadata, array: np.ndarray[Any, Any]) -> lis
 
 
 def _undeclared_output(value: Any) -> Output:
+    if type(value) is dict:  # the common non-tensor answer ({"ok": true}): its JSON text
+        return DEFAULT_OUTPUT, "BYTES", [1], [_json_text(value)]
     array: np.ndarray[Any, Any] | None = None
     if _is_tensor(value) or isinstance(value, np.ndarray):
         array = _array(value, None)
@@ -287,15 +299,23 @@ def _undeclared_output(value: Any) -> Output:
     except ValueError:  # a dtype OIP has no name for (complex, datetime)
         array = None
     if array is None:
-        try:
-            array = _bytes_array([json.dumps(value)])
-        except (TypeError, ValueError) as e:
-            raise AnswerError(f"the handler's answer cannot be an output tensor: {e}") from None
+        array = _bytes_array([_json_text(value)])
         datatype = "BYTES"
     return DEFAULT_OUTPUT, datatype, list(array.shape), array
 
 
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise AnswerError(f"the handler's answer cannot be an output tensor: {e}") from None
+
+
 def _bytes_array(items: list[Any]) -> np.ndarray[Any, Any]:
+    if len(items) == 1:
+        array = np.empty(1, dtype=object)
+        array[0] = items[0]
+        return array
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array

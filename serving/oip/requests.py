@@ -24,6 +24,7 @@ OIP_REQUEST = "application/x-oip-request+json"
 OIP_TENSOR = "application/x-oip-tensor"
 HEADER_LENGTH = "inference-header-content-length"
 Blob = bytes | bytearray | memoryview
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # dumps(separators=) builds one per call
 
 
 @dataclass(slots=True)
@@ -85,22 +86,29 @@ def checked_request(header: dict[str, Any], binary: Blob) -> InferRequest:
     for item in header["inputs"]:
         params = item.get("parameters") or {}
         tensor = InputTensor(item["name"], item["datatype"], item["shape"], params)
-        size = params.get("binary_data_size")
-        if size is not None and view is not None:
-            tensor.raw = view[offset:offset + size]
-            offset += size
-        elif size is not None:
-            tensor.raw = b""
-        else:
+        size = params.get("binary_data_size") if params else None
+        if size is None:
             data = item["data"]
-            tensor.data = (data if not any(type(v) is list for v in data)
-                           else flatten(data, tensor.datatype, element_count(tensor.shape),
-                                        f"input {tensor.name!r}"))
+            for v in data:
+                if type(v) is list:  # nested: flatten (the checks already passed)
+                    data = flatten(data, tensor.datatype, element_count(tensor.shape),
+                                   f"input {tensor.name!r}")
+                    break
+            tensor.data = data
+        else:
+            tensor.raw = view[offset:offset + size] if view is not None else b""
+            offset += size
         inputs.append(tensor)
-    params = header.get("parameters") or {}
-    outputs = [RequestedOutput(o["name"], bool((o.get("parameters") or {}).get("binary_data")))
-               for o in header.get("outputs") or ()]
-    return InferRequest(header, inputs, outputs, bool(params.get("binary_data_output")))
+    request = InferRequest(header, inputs)
+    params = header.get("parameters")
+    if params:
+        request.binary_output = bool(params.get("binary_data_output"))
+    outputs = header.get("outputs")
+    if outputs:
+        request.outputs = [RequestedOutput(o["name"], bool((o.get("parameters") or {})
+                                                           .get("binary_data")))
+                           for o in outputs]
+    return request
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -223,4 +231,4 @@ def worker_inputs(header: bytes, request: InferRequest) -> list[Input]:
 
 def header_bytes(header: dict[str, Any]) -> bytes:
     """A header built by a front end (gRPC) as the bytes a worker receives."""
-    return json.dumps(header, separators=(",", ":")).encode()
+    return _COMPACT.encode(header).encode()
