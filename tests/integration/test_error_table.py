@@ -73,8 +73,7 @@ async def kserve_v1_call(session: aiohttp.ClientSession, server: ServerProcess, 
 
 async def oip_rest_call(session: aiohttp.ClientSession, server: ServerProcess, model: str,
                         order: dict[str, Any], *, version: str | None = None,
-                        timeout_ms: int | None = None,
-                        client_timeout: aiohttp.ClientTimeout = TIMEOUT) -> int:
+                        timeout_ms: int | None = None, give_up_after: float = 60.0) -> int:
     """The order rides at the top level of the v2 request, where a handler in the default
     `handler_input: request` mode finds it (its body is the request); the deadline is the
     protocol's `timeout` parameter, in microseconds."""
@@ -83,7 +82,8 @@ async def oip_rest_call(session: aiohttp.ClientSession, server: ServerProcess, m
         "inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [0]}], **order}
     if timeout_ms is not None:
         body["parameters"] = {"timeout": timeout_ms * 1000}
-    async with session.post(base(server) + path, json=body, timeout=client_timeout) as r:
+    async with session.post(base(server) + path, json=body,
+                            timeout=aiohttp.ClientTimeout(total=give_up_after)) as r:
         await r.read()
         return r.status
 
