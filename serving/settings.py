@@ -42,6 +42,8 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "prefer_direct_buffer", "unregister_model_timeout", "use_env_allowed_urls",
     "model_metrics_auto_detect", "cpp_log_config",
     "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
+    # TorchServe's switch to the Open Inference Protocol: here it is always served (/v2).
+    "ts_open_inference_protocol",
     # gRPC is not served yet: its addresses are accepted so that a config keeps starting.
     "grpc_inference_address", "grpc_management_address", "grpc_inference_port",
     "grpc_management_port",
@@ -56,7 +58,6 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
     "private_key_file": "TLS is not served directly; terminate TLS at a proxy",
     "service_envelope": "request envelopes (kserve, kservev2, json) are not implemented; "
                         "KServe v1 is served at /v1/models/{model}:predict",
-    "ts_open_inference_protocol": "the Open Inference Protocol is not served yet",
 }
 
 # TorchServe's default: any http(s) URL passes this check; the address rules

@@ -14,6 +14,9 @@ from serving.errors import BadRequest, MethodNotAllowed, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
 from serving.gateway.guard import LIVENESS_PATH
+from serving.gateway.oip import PREFIX as OIP_PREFIX
+from serving.gateway.oip import OipEndpoint
+from serving.gateway.oip_operations import OIP_ERROR_SCHEMA, OIP_OPERATIONS
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
@@ -34,12 +37,13 @@ HOT_PREFIXES = ("/predictions/", "/explanations/")
 
 
 class InferenceApp:
-    """Routes `/predictions` and `/explanations` straight to their endpoint; everything
-    else goes to the FastAPI app."""
+    """Routes `/predictions`, `/explanations` and OIP's `/v2` straight to their endpoint;
+    everything else goes to the FastAPI app."""
 
     def __init__(self, plane: DataPlane, max_kserve_instances: int) -> None:
         self.predictions = PredictionEndpoint(plane, explain=False)
         self.explanations = PredictionEndpoint(plane, explain=True)
+        self.oip = OipEndpoint(plane)
         self.api = create_inference_api(plane, max_kserve_instances)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,6 +65,9 @@ class InferenceApp:
             endpoint = self.predictions if family == "predictions" else self.explanations
             await endpoint(scope, receive, send)
             return
+        if scope["type"] == "http" and (path == OIP_PREFIX or path.startswith("/v2/")):
+            await self.oip(scope, receive, send)
+            return
         await self.api(scope, receive, send)
 
 
@@ -68,7 +75,7 @@ def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI
     app = FastAPI(title="Inference API", version="0.12", openapi_url="/api-description",
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    install_openapi(app, INFERENCE)
+    install_openapi(app, {**INFERENCE, **OIP_OPERATIONS}, {"OipError": OIP_ERROR_SCHEMA})
     limit = plane.max_request_size
 
     @app.get("/ping")

@@ -15,7 +15,7 @@ import ts
 from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
-from serving.errors import ClientCancelled, InsufficientStorage, ServingError
+from serving.errors import BadRequest, ClientCancelled, InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
 from serving.handlers.logcontext import current_request_ids
 from serving.handlers.metrics import HandlerMetrics
@@ -25,6 +25,8 @@ from serving.handlers.streaming import (
     IntermediateSocket,
     StreamCancelled,
 )
+from serving.oip import handler_bridge
+from serving.oip.metadata import UNDECLARED, ModelMetadata, from_model_yaml
 from serving.types import InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,10 @@ class HandlerService:
         self.context = context
         self.decode_input = decode_input
         self.optimization: dict[str, Any] | None = None  # the pipeline's report, if one ran
+        # How OIP requests reach this handler and its answers become tensors (oip: block).
+        self.oip: ModelMetadata = UNDECLARED
+        self._oip_items: dict[int, handler_bridge.OipItem] = {}
+        self._version = ""  # the archive's model version, which OIP answers carry
 
     @classmethod
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
@@ -69,6 +75,8 @@ class HandlerService:
                           ts.__version__, limit_max_image_pixels, metrics, model_yaml_config)
         handler = load_handler(handler_spec)
         service = cls(handler, context, decode_input)
+        service.oip = from_model_yaml(model_yaml_config)
+        service._version = str((manifest.get("model") or {}).get("modelVersion") or "")
         handler.initialize(context)
         return service
 
@@ -77,10 +85,39 @@ class HandlerService:
         """Run one batch; a failure of the batch as a whole is returned, not raised.
         `intermediate` receives what a streaming handler sends before its final answers;
         `cancelled` tells which requests' clients went away (a streaming handler is stopped
-        once all have)."""
+        once all have).
+
+        An OIP request whose tensors cannot be decoded is answered with its error and left
+        out of the batch the handler sees.
+        """
+        rows: list[dict[str, Any]] = []
+        kept: list[WorkItem] = []
+        refused: dict[int, InferenceResponse] = {}
+        self._oip_items = {}
+        for i, item in enumerate(items):
+            try:
+                rows.append(self._inputs(item, len(kept)))
+                kept.append(item)
+            except ServingError as e:
+                refused[i] = _error_answer(e)
+            except Exception as e:  # an OIP tensor numpy cannot build: that request's error
+                log.warning("request %s: its inputs cannot be decoded", item.request_id,
+                            exc_info=True)
+                refused[i] = _error_answer(BadRequest(
+                    f"the request's inputs cannot be decoded: {type(e).__name__}: {e}"))
+        if not kept:
+            return [refused[i] for i in range(len(items))]
+        answers = self._run(kept, rows, intermediate, cancelled)
+        if not refused or isinstance(answers, ServingError):
+            return answers
+        merged = iter(answers)
+        return [refused[i] if i in refused else next(merged) for i in range(len(items))]
+
+    def _run(self, items: list[WorkItem], batch: list[dict[str, Any]],
+             intermediate: Intermediate | None, cancelled: Cancelled | None
+             ) -> list[InferenceResponse] | ServingError:
         ctx = self.context
         ctx.metrics.drain()  # what was recorded between batches goes with no batch
-        batch = [self._inputs(item) for item in items]
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]
         ctx.metrics.request_ids = ctx.request_ids
@@ -129,13 +166,20 @@ class HandlerService:
             log.warning("handler output cannot be serialised", exc_info=True)
             return PredictionFailed("Unsupported model output data type.")
 
-    def _inputs(self, item: WorkItem) -> dict[str, Any]:
+    def _inputs(self, item: WorkItem, idx: int) -> dict[str, Any]:
+        if handler_bridge.is_oip(item.inputs):
+            oip = handler_bridge.decode(item.inputs)
+            self._oip_items[idx] = oip
+            return handler_bridge.handler_row(oip, self.oip)
         return {name: decode_value(ctype, value, self.decode_input)
                 for name, ctype, value in item.inputs}
 
     def _result(self, idx: int, value: Any) -> InferenceResponse:
         ctx = self.context
         status, _ = ctx.get_response_status(idx)
+        oip = self._oip_items.get(idx)
+        if oip is not None and int(status or 200) < 400:
+            return self._oip_result(idx, value, oip)
         headers = _http_headers(ctx.get_response_headers(idx))
         if headers.get(STREAM_NEXT) == "true":  # it streamed: this answer is its last
             headers[STREAM_NEXT] = "false"
@@ -143,6 +187,24 @@ class HandlerService:
         content_type = next((headers.pop(k) for k in list(headers)
                              if k.lower() == "content-type"), None) or inferred
         return InferenceResponse(body, int(status or 200), content_type, headers)
+
+
+    def _oip_result(self, idx: int, value: Any, oip: handler_bridge.OipItem
+                    ) -> InferenceResponse:
+        ctx = self.context
+        try:
+            body, ctype, headers = handler_bridge.encode_answer(
+                value, oip, self.oip, ctx.model_name, self._version, ctx.request_ids[idx])
+        except ServingError as e:
+            log.warning("OIP answer of request %s: %s", ctx.request_ids[idx], e.message)
+            return _error_answer(e)
+        return InferenceResponse(body, 200, ctype, headers)
+
+
+def _error_answer(error: ServingError) -> InferenceResponse:
+    """One request's error, as a handler's per-request status answers it."""
+    return InferenceResponse(error.message.encode("utf-8"), error.code,
+                             "text/plain; charset=utf-8", {})
 
 
 def _http_headers(raw: dict[str, Any]) -> dict[str, str]:
