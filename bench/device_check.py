@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
              "--models", "resnet50-gpu.mar,resnet50-bf16.mar",
              "--disable-token-auth",  # loopback only; no key file written into the checkout
              "--inference-address", f"http://127.0.0.1:{port}",
-             "--management-address", f"http://127.0.0.1:{mport}"],
+             "--management-address", f"http://127.0.0.1:{mport}",
+             "--grpc-inference-port", str(free_port()),
+             "--grpc-management-port", str(free_port())],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             result["models"] = run_checks(port, mport, inputs, expected, started, reference,

@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--ts-config", type=Path, help="a TorchServe config.properties")
     start.add_argument("--inference-address", help="e.g. http://127.0.0.1:8080")
     start.add_argument("--management-address", help="e.g. http://127.0.0.1:8081")
+    start.add_argument("--grpc-inference-port", type=int,
+                       help="port of TorchServe's gRPC inference API (default 7070)")
+    start.add_argument("--grpc-management-port", type=int,
+                       help="port of TorchServe's gRPC management API (default 7071)")
     start.add_argument("--enable-model-api", action="store_true", default=None,
                        help="allow registering and unregistering models over the API")
     start.add_argument("--disable-token-auth", action="store_true", default=None,
@@ -60,6 +64,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model_store": args.model_store, "load_models": models,
         "inference_address": args.inference_address,
         "management_address": args.management_address,
+        "grpc_inference_port": args.grpc_inference_port,
+        "grpc_management_port": args.grpc_management_port,
         "enable_model_api": args.enable_model_api,
         "disable_token_authorization": args.disable_token_authorization,
         "default_workers_per_model": args.default_workers_per_model,
@@ -111,7 +117,13 @@ def _value(args: list[str], name: str) -> str | None:
 
 
 def _start(args: argparse.Namespace) -> int:
+    import os
+
     from serving.settings import build_settings
+
+    # Workers are started by fork+exec: grpc's fork handlers have nothing to protect and only
+    # log a warning each time. Read by grpc when it is first imported, so set it here.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
