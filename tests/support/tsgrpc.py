@@ -7,8 +7,10 @@ packages, and protobuf refuses a second definition of a message.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -47,3 +49,9 @@ def compile_torchserve_stubs(out: Path) -> dict[str, ModuleType]:
             "inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")}
     finally:
         sys.path.remove(str(out))
+
+
+@functools.cache
+def torchserve_stubs() -> dict[str, ModuleType]:
+    """The stubs, compiled once per test process."""
+    return compile_torchserve_stubs(Path(tempfile.mkdtemp(prefix="ts-grpc-stubs-")))
