@@ -20,6 +20,7 @@ with atheris.instrument_imports(include=["serving", "starlette.formparsers", "mu
     from serving.errors import BadRequest, PayloadTooLarge
     from serving.gateway.bodies import body_inputs, read_body
     from serving.handlers.service import decode_value
+    from serving.jsondepth import check_json_depth
 
 CONTENT_TYPES = ("multipart/form-data; boundary=", "application/x-www-form-urlencoded",
                  "application/json", "text/plain; charset=", "application/octet-stream",
@@ -68,7 +69,10 @@ def test_one_input(data: bytes) -> None:
         if read_back != body:
             raise AssertionError("read_body changed the body")
     try:
-        inputs = body_inputs(body, content_type, 100)  # the default max_json_depth
+        inputs = body_inputs(body, content_type)
+        for item in inputs:  # what the data plane checks before any worker parses it
+            if item.content_type == "application/json":
+                check_json_depth(item.value, 100)  # the default max_json_depth
     except BadRequest:
         return
     for item in inputs:

@@ -87,6 +87,15 @@ class HeadersTooLarge(ServingError):
     type_name = "RequestHeaderFieldsTooLargeException"
 
 
+class ClientCancelled(ServingError):
+    """The client went away (closed the connection, cancelled the call) before its answer:
+    the work was withdrawn. Nobody reads an HTTP answer then; gRPC says CANCELLED. 499 is
+    nginx's "client closed request", the code logs and metrics see."""
+
+    code = 499
+    type_name = "ClientCancelledException"
+
+
 class InternalError(ServingError):
     code = 500
     type_name = "InternalServerException"
@@ -140,6 +149,7 @@ _GRPC_BY_HTTP = {
     409: "ABORTED",
     413: "RESOURCE_EXHAUSTED",
     429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }

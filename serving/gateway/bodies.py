@@ -6,7 +6,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from serving.errors import BadRequest, PayloadTooLarge
-from serving.gateway.jsondepth import check_json_depth
 from serving.gateway.multipart import multipart_inputs
 from serving.types import Input
 
@@ -44,19 +43,14 @@ async def read_body(receive: Receive, declared: str | None, limit: int,
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def body_inputs(body: bytes, content_type: str | None, max_json_depth: int) -> list[Input]:
+def body_inputs(body: bytes, content_type: str | None) -> list[Input]:
     """Form fields become one input each, named by the field; any other body is `body`.
 
-    Whatever the worker will parse as JSON is checked against `max_json_depth` here (400),
-    so that no worker ever parses a body nested deep enough to exhaust its stack.
+    (The data plane checks the JSON ones against `max_json_depth`, whatever front end.)
     """
     mime = mime_type(content_type)
     if mime == "multipart/form-data":
-        inputs = multipart_inputs(body, content_type or "")
-        for item in inputs:
-            if item.content_type == "application/json":
-                check_json_depth(item.value, max_json_depth)
-        return inputs
+        return multipart_inputs(body, content_type or "")
     if mime == "application/x-www-form-urlencoded":
         try:
             fields = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
@@ -64,6 +58,4 @@ def body_inputs(body: bytes, content_type: str | None, max_json_depth: int) -> l
             raise BadRequest("form body is not valid UTF-8") from None
         # TorchServe sends form attributes without a content type: the handler gets bytes.
         return [Input(name, "", value.encode("utf-8")) for name, value in fields]
-    if mime == "application/json":
-        check_json_depth(body, max_json_depth)
     return [Input("body", mime, body)]

@@ -16,8 +16,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.errors import HeadersTooLarge, ServingError, UriTooLong, http_status
-from serving.gateway.requestids import new_request_id
 from serving.gateway.responses import error_body
+from serving.routing.requestids import new_request_id
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from serving.errors import BadRequest, MethodNotAllowed, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
-from serving.gateway.jsondepth import loads
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
@@ -22,11 +21,12 @@ from serving.gateway.predictions import (
     Scope,
     Send,
     handler_headers,
-    infer,
+    request_timeout_ms,
 )
 from serving.gateway.requestids import request_id_of, scope_request_id
 from serving.gateway.responses import send_error
-from serving.routing.manager import ModelManager
+from serving.jsondepth import loads
+from serving.routing.dataplane import DataPlane
 from serving.types import InferenceRequest, InferenceResponse, Input
 
 HOT_PREFIXES = ("/predictions/", "/explanations/")
@@ -36,11 +36,10 @@ class InferenceApp:
     """Routes `/predictions` and `/explanations` straight to their endpoint; everything
     else goes to the FastAPI app."""
 
-    def __init__(self, manager: ModelManager) -> None:
-        limit = manager.settings.max_request_size
-        self.predictions = PredictionEndpoint(manager, limit, explain=False)
-        self.explanations = PredictionEndpoint(manager, limit, explain=True)
-        self.api = create_inference_api(manager)
+    def __init__(self, plane: DataPlane, max_kserve_instances: int) -> None:
+        self.predictions = PredictionEndpoint(plane, explain=False)
+        self.explanations = PredictionEndpoint(plane, explain=True)
+        self.api = create_inference_api(plane, max_kserve_instances)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -64,19 +63,18 @@ class InferenceApp:
         await self.api(scope, receive, send)
 
 
-def create_inference_api(manager: ModelManager) -> FastAPI:
+def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI:
     app = FastAPI(title="Inference API", version="0.12", openapi_url="/api-description",
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
     install_openapi(app, INFERENCE)
-    settings = manager.settings
-    limit = settings.max_request_size
+    limit = plane.max_request_size
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
-        if not manager.accepting:
+        if plane.draining:
             return JSONResponse({"status": "Draining"}, status_code=503)
-        if manager.healthy():
+        if plane.server_ready():
             return JSONResponse({"status": "Healthy"})
         return JSONResponse({"status": "Unhealthy"}, status_code=500)
 
@@ -84,24 +82,25 @@ def create_inference_api(manager: ModelManager) -> FastAPI:
     async def kserve_v1_predict(model_name: str, request: Request) -> Response:
         """KServe v1: each instance is its own request to the handler, so they batch."""
         body = await read_body(request.receive, request.headers.get("content-length"), limit)
-        instances = _instances(body, settings.max_json_depth)
+        instances = _instances(body, plane.max_json_depth)
         # Each instance takes a place in the model's queue: a request that cannot fit is
         # refused whole rather than answered 503 for the instances beyond the queue.
-        queue = manager.registry.get(model_name, None).settings.job_queue_size
-        most = min(settings.max_kserve_instances, queue)
+        queue = plane.model_info(model_name, None).settings.job_queue_size
+        most = min(max_kserve_instances, queue)
         if len(instances) > most:
-            why = ("max_kserve_instances" if most == settings.max_kserve_instances
+            why = ("max_kserve_instances" if most == max_kserve_instances
                    else f"the job queue of model {model_name}")
             raise BadRequest(f"KServe v1 request has {len(instances)} instances; at most "
                              f"{most} are accepted per request ({why})")
         request_id = scope_request_id(request.scope)
         visible = handler_headers(request.scope)
+        timeout_ms = request_timeout_ms(visible)
         answers = await asyncio.gather(*(
-            infer(manager, model_name, None,
-                  InferenceRequest(f"{request_id}:{i}",
-                                   [Input("data", "application/json",
-                                          json.dumps(inst).encode())], visible),
-                  None)
+            plane.infer(model_name, None,
+                        InferenceRequest(f"{request_id}:{i}",
+                                         [Input("data", "application/json",
+                                                json.dumps(inst).encode())], visible),
+                        timeout_ms=timeout_ms)
             for i, inst in enumerate(instances)), return_exceptions=True)
         predictions = []
         for answer in answers:

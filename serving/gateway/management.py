@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from serving.errors import BadRequest, MethodNotAllowed
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
-from serving.gateway.jsondepth import loads
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import MANAGEMENT
 from serving.gateway.params import Params
+from serving.jsondepth import loads
 from serving.routing.describe import describe, list_models
 from serving.routing.manager import ModelManager, Registration
 

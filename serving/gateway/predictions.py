@@ -1,22 +1,21 @@
 """`POST /predictions/...` and `/explanations/...`: the hot path, as a raw ASGI endpoint.
 
 It skips FastAPI's per-request machinery (dependency solving, Request objects) because every
-microsecond here is paid by every inference; the routes around it are ordinary FastAPI.
+microsecond here is paid by every inference; the routes around it are ordinary FastAPI. It
+only translates: HTTP request -> `DataPlane.infer` -> HTTP response (errors by `http_status`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from serving.errors import InternalError, ServingError
+from serving.errors import BadRequest, ClientCancelled, InternalError, ServingError
 from serving.gateway.bodies import body_inputs, read_body
-from serving.gateway.requestids import request_id_of
 from serving.gateway.responses import send_answer, send_error
-from serving.routing.manager import ModelManager
-from serving.types import InferenceRequest, InferenceResponse
+from serving.routing.dataplane import DataPlane
+from serving.types import InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -24,69 +23,65 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+# A client's own bound on how long its request may wait for a worker, in ms (capped by the
+# model's clientTimeoutInMills). TorchServe has no such header.
+REQUEST_TIMEOUT_HEADER = "x-request-timeout-ms"
+
 
 def handler_headers(scope: Scope) -> dict[str, str]:
     """Request headers as the handler sees them through `context.get_request_header`."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def infer(manager: ModelManager, name: str, version: str | None,
-                request: InferenceRequest, receive: Receive | None) -> InferenceResponse:
-    """Submit and wait; if the client disconnects meanwhile, the job is withdrawn.
-
-    `receive` is the ASGI receive of a request whose body was read already: uvicorn then
-    returns from it only when the client goes away. None: do not watch.
-    """
-    job = manager.submit(name, version, request)
-    future = job.future
-    if receive is None:
-        return await future
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(lambda w: None if w.cancelled() else job.cancel())
+def request_timeout_ms(headers: Mapping[str, str]) -> int | None:
+    """`x-request-timeout-ms` as whole milliseconds of at least 1; None when absent."""
+    raw = headers.get(REQUEST_TIMEOUT_HEADER)
+    if raw is None:
+        return None
     try:
-        return await future
-    finally:
-        if not watcher.done():
-            watcher.cancel()
+        asked = int(raw)
+    except ValueError:
+        asked = 0
+    if asked < 1:
+        raise BadRequest(f"{REQUEST_TIMEOUT_HEADER}: expected a whole number of "
+                         f"milliseconds of at least 1, got {raw!r:.40}")
+    return asked
 
 
 class PredictionEndpoint:
     """ASGI app for one family of routes (`predictions` or `explanations`)."""
 
-    def __init__(self, manager: ModelManager, max_request_size: int, explain: bool) -> None:
-        self._manager = manager
-        self._limit = max_request_size
-        self._response_limit = manager.settings.max_response_size
-        self._max_json_depth = manager.settings.max_json_depth
+    def __init__(self, plane: DataPlane, explain: bool) -> None:
+        self._plane = plane
+        self._limit = plane.max_request_size
         self._explain = explain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
         visible = handler_headers(scope)
-        request_id = request_id_of(visible)
+        plane = self._plane
+        request_id = plane.request_id(visible.get("x-request-id"))
         try:
             body = await read_body(receive, visible.get("content-length"), self._limit)
-            inputs = body_inputs(body, visible.get("content-type"), self._max_json_depth)
-            if self._explain:
-                visible["explain"] = "True"
+            inputs = body_inputs(body, visible.get("content-type"))
             if params.get("url_path"):
                 visible["url_path"] = params["url_path"]
-            request = InferenceRequest(request_id, inputs, visible)
-            answer = await infer(self._manager, params["model_name"],
-                                 params.get("model_version"), request, receive)
+            timeout_ms = request_timeout_ms(visible)
+            # The body is read: uvicorn's receive() now returns only when the client goes.
+            answer = await plane.infer(params["model_name"], params.get("model_version"),
+                                       InferenceRequest(request_id, inputs, visible),
+                                       explain=self._explain, timeout_ms=timeout_ms,
+                                       disconnected=receive())
+        except ClientCancelled:
+            return  # nobody is listening for an answer
         except ServingError as e:
             await send_error(send, e, request_id)
             return
-        except (ConnectionAbortedError, asyncio.CancelledError):
-            return  # nobody is listening for an answer
+        except ConnectionAbortedError:
+            return  # gone while sending its body
         except Exception as e:  # a bug: answer it as one, and keep the connection
             log.exception("unexpected error on %s", scope.get("path"))
             await send_error(send, InternalError(f"Internal error: {type(e).__name__}"),
                              request_id)
-            return
-        if len(answer.body) > self._response_limit:
-            await send_error(send, InternalError(
-                f"Response of {len(answer.body)} bytes exceeds max_response_size "
-                f"({self._response_limit} bytes)"), request_id)
             return
         await send_answer(send, answer, request_id)

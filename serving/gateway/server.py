@@ -24,6 +24,7 @@ from serving.gateway.guard import Guarded
 from serving.gateway.httplimits import limited_protocol
 from serving.gateway.inference import InferenceApp
 from serving.gateway.management import create_management_app
+from serving.routing.dataplane import DataPlane
 from serving.routing.manager import ModelManager, Registration
 from serving.routing.registry import ModelVersion
 from serving.routing.resources import Resources
@@ -96,7 +97,9 @@ class Server:
             os.sched_setaffinity(0, set(reserved))
             log.info("gateway pinned to CPU(s) %s", format_cpulist(reserved))
         manager = ModelManager(s, self.work_dir, listener, resources)
-        apps: list[Any] = [InferenceApp(manager), create_management_app(manager)]
+        plane = DataPlane(manager)
+        apps: list[Any] = [InferenceApp(plane, s.max_kserve_instances),
+                           create_management_app(manager)]
         auth = None
         if s.disable_token_authorization:
             log.warning("Token authorization is disabled: anyone who can reach the APIs can "

@@ -1,4 +1,5 @@
-"""The one object both front ends call: register, scale, unregister, describe, submit."""
+"""The control plane: register, scale, unregister, describe; inference goes through
+serving/routing/dataplane.py."""
 
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ from serving.errors import (
 from serving.handlers.archive import ArchiveLimits, UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
 from serving.optimize.config import check_named_files, from_model_yaml
-from serving.routing.batcher import Batcher, Job
+from serving.routing.batcher import Batcher
 from serving.routing.download import download, is_remote
 from serving.routing.registry import ModelSettings, ModelVersion, Registry
 from serving.routing.resources import Resources
 from serving.routing.scheduler import Scheduler
 from serving.settings import Settings
-from serving.types import InferenceRequest
 from serving.workers import pinning
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 
 # At shutdown, after the drain: how long an idle worker may take to exit on its own.
 SHUTDOWN_GRACE_S = 2.0
-# A client's own bound on how long its request may wait for a worker, in ms (capped by the
-# model's clientTimeoutInMills). TorchServe has no such header.
-REQUEST_TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
 @dataclass
@@ -74,18 +71,6 @@ class ModelManager:
         # Archives downloaded from a URL: deleted on unregister, as TorchServe does.
         self._downloaded: dict[ModelVersion, Path] = {}
         self.accepting = True  # false once shutdown starts: new requests get 503
-
-    # -- data plane -------------------------------------------------------------------
-    def submit(self, name: str, version: str | None, request: InferenceRequest) -> Job:
-        """Queue a request for a model version; raises ServingError instead of waiting."""
-        if not self.accepting:
-            raise ServiceUnavailable("Server is shutting down")
-        mv = self.registry.get(name, version)
-        if not mv.pool.accepting:
-            detail = f" ({mv.pool.last_error})" if mv.pool.last_error else ""
-            raise ServiceUnavailable(f"No worker is available to serve model: {name}{detail}")
-        return mv.scheduler.submit(request, queue_timeout(mv.settings.client_timeout_ms,
-                                                          request.headers))
 
     # -- control plane ----------------------------------------------------------------
     def require_open(self) -> None:
@@ -401,23 +386,6 @@ def remove_extracted(archive: UnpackedArchive) -> None:
 async def _remove_extracted(archive: UnpackedArchive) -> None:
     """rmtree of a large model blocks for seconds: never on the event loop."""
     await asyncio.get_running_loop().run_in_executor(None, remove_extracted, archive)
-
-
-def queue_timeout(client_timeout_ms: int | None, headers: dict[str, str]) -> float | None:
-    """Seconds a request may wait in the queue: the model's `clientTimeoutInMills` (0: no
-    bound, as in TorchServe), lowered by the request's own `x-request-timeout-ms`."""
-    bounds = [client_timeout_ms] if client_timeout_ms else []
-    raw = headers.get(REQUEST_TIMEOUT_HEADER)
-    if raw is not None:
-        try:
-            asked = int(raw)
-        except ValueError:
-            asked = 0
-        if asked < 1:
-            raise BadRequest(f"{REQUEST_TIMEOUT_HEADER}: expected a whole number of "
-                             f"milliseconds of at least 1, got {raw!r:.40}")
-        bounds.append(asked)
-    return min(bounds) / 1000 if bounds else None
 
 
 def check_sendable(model_yaml: dict[str, Any], source: str) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from serving.errors import BadRequest
-from serving.gateway.jsondepth import check_json_depth, json_depth, loads
+from serving.jsondepth import check_json_depth, json_depth, loads
 
 
 @pytest.mark.parametrize(("body", "depth"), [

@@ -9,8 +9,9 @@ import weakref
 import pytest
 
 from serving.errors import BadRequest, ServiceUnavailable
+from serving.gateway.predictions import request_timeout_ms
 from serving.routing.batcher import Batcher, Job, QueueFull, QueueTimeout
-from serving.routing.manager import queue_timeout
+from serving.routing.dataplane import queue_timeout
 from serving.routing.scheduler import Scheduler
 from serving.types import InferenceRequest, Input
 from tests.unit.routing.test_batcher import FakeWorker, run
@@ -109,16 +110,24 @@ async def test_failing_the_queue_answers_every_waiting_request_and_forgets_them(
     assert len(s.batcher) == 0 and s.batcher.queued_bytes == 0 and not s._deadlines
 
 
-def test_request_header_lowers_the_models_client_timeout_and_is_validated():
-    assert queue_timeout(None, {}) is None
-    assert queue_timeout(0, {}) is None                # TorchServe: 0 means no bound
-    assert queue_timeout(2000, {}) == 2.0
-    assert queue_timeout(2000, {"x-request-timeout-ms": "500"}) == 0.5
-    assert queue_timeout(2000, {"x-request-timeout-ms": "9000"}) == 2.0  # capped by the model
-    assert queue_timeout(None, {"x-request-timeout-ms": "9000"}) == 9.0
-    for bad in ("0", "-5", "soon", "1.5"):
+def test_request_bound_lowers_the_models_client_timeout_and_is_validated():
+    assert queue_timeout(None, None) is None
+    assert queue_timeout(0, None) is None                # TorchServe: 0 means no bound
+    assert queue_timeout(2000, None) == 2.0
+    assert queue_timeout(2000, 500) == 0.5
+    assert queue_timeout(2000, 9000) == 2.0              # capped by the model
+    assert queue_timeout(None, 9000) == 9.0
+    for bad_ms in (0, -5):
+        with pytest.raises(BadRequest):
+            queue_timeout(2000, bad_ms)
+
+
+def test_the_rest_header_is_read_as_whole_milliseconds():
+    assert request_timeout_ms({}) is None
+    assert request_timeout_ms({"x-request-timeout-ms": "500"}) == 500
+    for bad in ("0", "-5", "soon", "1.5", ""):
         with pytest.raises(BadRequest) as info:
-            queue_timeout(2000, {"x-request-timeout-ms": bad})
+            request_timeout_ms({"x-request-timeout-ms": bad})
         assert "x-request-timeout-ms" in info.value.message
 
 

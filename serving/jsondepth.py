@@ -1,8 +1,8 @@
 """JSON nesting depth, measured on the raw bytes before anything parses them.
 
 Python's json module recurses once per `[`/`{`: a body nested a few thousand deep raises
-RecursionError wherever it is parsed. The gateway refuses such bodies (400) so that neither
-it nor a worker ever parses one.
+RecursionError wherever it is parsed. The data plane refuses such inputs (400) whatever front
+end they came through, so that neither the gateway nor a worker ever parses one.
 """
 
 from __future__ import annotations
