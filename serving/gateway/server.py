@@ -117,7 +117,7 @@ class Server:
                                            proxy_headers=False, server_header=False,
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
                    for app in apps]
-        grpc_servers = GrpcServers(s, manager, auth)
+        grpc_servers = GrpcServers(s, manager, plane, auth)
         try:
             await grpc_servers.start()
         except BaseException:

@@ -11,7 +11,7 @@ from serving.errors import ServingError
 from serving.gateway.grpc.protos import open_inference_pb2 as pb
 from serving.gateway.grpc.protos import open_inference_pb2_grpc as pb_grpc
 from serving.gateway.grpc.status import unary
-from serving.routing.manager import ModelManager
+from serving.routing.dataplane import DataPlane
 
 Context: TypeAlias = grpc.aio.ServicerContext  # grpc is untyped: Any to mypy
 SERVER_NAME = "serving"
@@ -19,8 +19,8 @@ SERVER_VERSION = "0.1.0"
 
 
 class OipService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, manager: ModelManager) -> None:
-        self._manager = manager
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
 
     @unary
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context
@@ -30,15 +30,13 @@ class OipService(pb_grpc.GRPCInferenceServiceServicer):
     @unary
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Context
                           ) -> pb.ServerReadyResponse:
-        m = self._manager
-        return pb.ServerReadyResponse(ready=m.accepting and m.healthy())
+        return pb.ServerReadyResponse(ready=self._plane.server_ready())
 
     @unary
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context
                          ) -> pb.ModelReadyResponse:
-        mv = self._manager.registry.get(request.name, request.version or None)
-        ready = self._manager.accepting and mv.pool.accepting and mv.pool.ready_count > 0
-        return pb.ModelReadyResponse(ready=ready)
+        return pb.ModelReadyResponse(
+            ready=self._plane.model_ready(request.name, request.version or None))
 
     @unary
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context
@@ -48,8 +46,8 @@ class OipService(pb_grpc.GRPCInferenceServiceServicer):
     @unary
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context
                             ) -> pb.ModelMetadataResponse:
-        mv = self._manager.registry.get(request.name, request.version or None)
-        versions = [v.version for v in self._manager.registry.versions(request.name)]
+        mv = self._plane.model_info(request.name, request.version or None)
+        versions = [v.version for v in self._plane.model_versions(request.name)]
         return pb.ModelMetadataResponse(name=mv.name, versions=versions,
                                         platform="pytorch_torchserve")
 

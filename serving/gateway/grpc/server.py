@@ -22,6 +22,7 @@ from serving.gateway.grpc.protos import (
     management_pb2_grpc,
     open_inference_pb2_grpc,
 )
+from serving.routing.dataplane import DataPlane
 from serving.routing.manager import ModelManager
 from serving.settings import Settings
 
@@ -130,10 +131,11 @@ class GrpcServers:
     """Both gRPC servers: `start` binds them (a busy port is a start-up error), `stop` ends
     them after the REST APIs' drain."""
 
-    def __init__(self, settings: Settings, manager: ModelManager,
+    def __init__(self, settings: Settings, manager: ModelManager, plane: DataPlane,
                  auth: TokenAuthorization | None) -> None:
         self._settings = settings
         self._manager = manager
+        self._plane = plane
         self._auth = auth
         self._servers: list[grpc.aio.Server] = []
         self._health: list[health_aio.HealthServicer] = []
@@ -147,9 +149,9 @@ class GrpcServers:
 
     def _add_inference(self, server: grpc.aio.Server) -> Sequence[str]:
         inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            inference.InferenceService(self._manager), server)
+            inference.InferenceService(self._plane), server)
         open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            oip.OipService(self._manager), server)
+            oip.OipService(self._plane), server)
         return (inference.SERVICE_NAME, oip.SERVICE_NAME)
 
     def _add_management(self, server: grpc.aio.Server) -> Sequence[str]:
