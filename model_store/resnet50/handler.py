@@ -34,14 +34,23 @@ class ResNet50Handler(BaseHandler):
 
     @timed
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
+        # Rows that came over the Open Inference Protocol carry "oip" (the request header);
+        # they are answered with every class's probability, the declared output tensor.
+        self._oip_rows = ["oip" in row for row in data]
         return torch.stack([self._to_tensor(row) for row in data]).to(self.device)
 
     @timed
-    def postprocess(self, data: torch.Tensor) -> list[dict[str, float]]:
-        top = torch.softmax(data.float(), dim=1).topk(TOP_K, dim=1)
+    def postprocess(self, data: torch.Tensor) -> list[Any]:
+        probabilities = torch.softmax(data.float(), dim=1)
+        top = probabilities.topk(TOP_K, dim=1)
+        oip_rows = getattr(self, "_oip_rows", [])
         return [
-            {self._label(i): p for i, p in zip(indices, probs, strict=True)}
-            for indices, probs in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+            probabilities[row].cpu()
+            if row < len(oip_rows) and oip_rows[row]
+            else {self._label(i): p for i, p in zip(indices, probs, strict=True)}
+            for row, (indices, probs) in enumerate(
+                zip(top.indices.tolist(), top.values.tolist(), strict=True)
+            )
         ]
 
     def _label(self, index: int) -> str:

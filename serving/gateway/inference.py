@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from serving.errors import BadRequest, MethodNotAllowed, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
+from serving.gateway.oip import PREFIX as OIP_PREFIX
+from serving.gateway.oip import OipEndpoint
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
@@ -33,12 +35,13 @@ HOT_PREFIXES = ("/predictions/", "/explanations/")
 
 
 class InferenceApp:
-    """Routes `/predictions` and `/explanations` straight to their endpoint; everything
-    else goes to the FastAPI app."""
+    """Routes `/predictions`, `/explanations` and OIP's `/v2` straight to their endpoint;
+    everything else goes to the FastAPI app."""
 
     def __init__(self, plane: DataPlane, max_kserve_instances: int) -> None:
         self.predictions = PredictionEndpoint(plane, explain=False)
         self.explanations = PredictionEndpoint(plane, explain=True)
+        self.oip = OipEndpoint(plane)
         self.api = create_inference_api(plane, max_kserve_instances)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,6 +62,9 @@ class InferenceApp:
             }
             endpoint = self.predictions if family == "predictions" else self.explanations
             await endpoint(scope, receive, send)
+            return
+        if scope["type"] == "http" and (path == OIP_PREFIX or path.startswith("/v2/")):
+            await self.oip(scope, receive, send)
             return
         await self.api(scope, receive, send)
 

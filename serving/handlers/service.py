@@ -18,6 +18,8 @@ from ts.utils.util import PredictionException
 from serving.errors import InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
 from serving.handlers.metrics import HandlerMetrics
+from serving.oip import handler_bridge
+from serving.oip.metadata import UNDECLARED, ModelMetadata, from_model_yaml
 from serving.types import InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class HandlerService:
         self.context = context
         self.decode_input = decode_input
         self.optimization: dict[str, Any] | None = None  # the pipeline's report, if one ran
+        # How OIP requests reach this handler and its answers become tensors (oip: block).
+        self.oip: ModelMetadata = UNDECLARED
+        self._oip_items: dict[int, handler_bridge.OipItem] = {}
 
     @classmethod
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
@@ -56,14 +61,38 @@ class HandlerService:
                           ts.__version__, limit_max_image_pixels, metrics, model_yaml_config)
         handler = load_handler(handler_spec)
         service = cls(handler, context, decode_input)
+        service.oip = from_model_yaml(model_yaml_config)
         handler.initialize(context)
         return service
 
     def predict(self, items: list[WorkItem]) -> list[InferenceResponse] | ServingError:
-        """Run one batch; a failure of the batch as a whole is returned, not raised."""
+        """Run one batch; a failure of the batch as a whole is returned, not raised.
+
+        An OIP request whose tensors cannot be decoded is answered with its error and left
+        out of the batch the handler sees.
+        """
+        rows: list[dict[str, Any]] = []
+        kept: list[WorkItem] = []
+        refused: dict[int, InferenceResponse] = {}
+        self._oip_items = {}
+        for i, item in enumerate(items):
+            try:
+                rows.append(self._inputs(item, len(kept)))
+                kept.append(item)
+            except ServingError as e:
+                refused[i] = _error_answer(e)
+        if not kept:
+            return [refused[i] for i in range(len(items))]
+        answers = self._predict(kept, rows)
+        if not refused or isinstance(answers, ServingError):
+            return answers
+        merged = iter(answers)
+        return [refused[i] if i in refused else next(merged) for i in range(len(items))]
+
+    def _predict(self, items: list[WorkItem], batch: list[dict[str, Any]]
+                 ) -> list[InferenceResponse] | ServingError:
         ctx = self.context
         ctx.metrics.pending.clear()  # updates are recorded per batch; see handlers/metrics.py
-        batch = [self._inputs(item) for item in items]
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]
         ctx.metrics.request_ids = ctx.request_ids
@@ -96,18 +125,44 @@ class HandlerService:
             log.warning("handler output cannot be serialised", exc_info=True)
             return PredictionFailed("Unsupported model output data type.")
 
-    def _inputs(self, item: WorkItem) -> dict[str, Any]:
+    def _inputs(self, item: WorkItem, idx: int) -> dict[str, Any]:
+        if handler_bridge.is_oip(item.inputs):
+            oip = handler_bridge.decode(item.inputs, self.oip)
+            self._oip_items[idx] = oip
+            return handler_bridge.handler_row(oip, self.oip)
         return {name: decode_value(ctype, value, self.decode_input)
                 for name, ctype, value in item.inputs}
 
     def _result(self, idx: int, value: Any) -> InferenceResponse:
         ctx = self.context
         status, _ = ctx.get_response_status(idx)
+        oip = self._oip_items.get(idx)
+        if oip is not None and int(status or 200) < 400:
+            return self._oip_result(idx, value, oip)
         headers = _http_headers(ctx.get_response_headers(idx))
         body, inferred = encode_value(value)
         content_type = next((headers.pop(k) for k in list(headers)
                              if k.lower() == "content-type"), None) or inferred
         return InferenceResponse(body, int(status or 200), content_type, headers)
+
+
+    def _oip_result(self, idx: int, value: Any, oip: handler_bridge.OipItem
+                    ) -> InferenceResponse:
+        ctx = self.context
+        version = str((ctx.manifest.get("model") or {}).get("modelVersion") or "")
+        try:
+            body, ctype, headers = handler_bridge.encode_answer(
+                value, oip, self.oip, ctx.model_name, version, ctx.request_ids[idx])
+        except ServingError as e:
+            log.warning("OIP answer of request %s: %s", ctx.request_ids[idx], e.message)
+            return _error_answer(e)
+        return InferenceResponse(body, 200, ctype, headers)
+
+
+def _error_answer(error: ServingError) -> InferenceResponse:
+    """One request's error, as a handler's per-request status answers it."""
+    return InferenceResponse(error.message.encode("utf-8"), error.code,
+                             "text/plain; charset=utf-8", {})
 
 
 def _http_headers(raw: dict[str, Any]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from serving.errors import (
 )
 from serving.handlers.archive import ArchiveLimits, UnpackedArchive, unpack
 from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
+from serving.oip.metadata import from_model_yaml as oip_metadata
 from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher
 from serving.routing.download import download, is_remote
@@ -150,6 +151,7 @@ class ModelManager:
         model_yaml = read_model_yaml(archive.model_dir, manifest.config_file)
         settings = self._model_settings(reg, name, version, model_yaml)
         check_sendable(model_yaml, manifest.config_file or "model-config.yaml")
+        oip = oip_metadata(model_yaml, manifest.config_file or "model-config.yaml")
         optimization = from_model_yaml(model_yaml, reg.optimization)
         if optimization is not None:
             check_named_files(optimization, archive.model_dir)
@@ -176,7 +178,8 @@ class ModelManager:
                           handler=handler, runtime=reg.runtime or manifest.runtime,
                           settings=settings, model_yaml=model_yaml, scheduler=scheduler,
                           pool=pool, loaded_at_startup=loaded_at_startup,
-                          optimization=optimization.model_dump() if optimization else None)
+                          optimization=optimization.model_dump() if optimization else None,
+                          oip=oip)
         mv_holder.append(mv)
         self.registry.add(mv)
         return mv

@@ -9,6 +9,7 @@ from packaging.version import InvalidVersion, Version
 
 from serving.errors import ModelNotFound, ModelVersionNotFound
 from serving.handlers.archive import UnpackedArchive
+from serving.oip.metadata import UNDECLARED, ModelMetadata
 from serving.routing.scheduler import Scheduler
 from serving.workers.supervisor import WorkerPool
 
@@ -47,6 +48,7 @@ class ModelVersion:
     pool: WorkerPool
     loaded_at_startup: bool = False
     optimization: dict[str, Any] | None = None  # the validated `optimization:` config
+    oip: ModelMetadata = UNDECLARED  # the declared OIP metadata (`oip:` block)
 
 
 class Registry:
