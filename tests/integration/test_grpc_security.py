@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.support.archives import build_mar
 from tests.support.server import ROOT, ServerProcess
@@ -112,6 +113,13 @@ def test_token_authorization(token_server: ServerProcess, ts: dict[str, ModuleTy
         with pytest.raises(grpc.RpcError) as caught:
             list(stub.StreamPredictions(request, timeout=TIMEOUT))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The OIP service on the same port takes the same key.
+        oip = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            oip.ServerReady(service_pb2.ServerReadyRequest(), timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert oip.ServerReady(service_pb2.ServerReadyRequest(), timeout=TIMEOUT,
+                               metadata=metadata(srv, "inference")).ready
         # Health needs no key (a probe has none); it tells nothing about the models.
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status == \
