@@ -29,9 +29,14 @@ class InferenceRequest:
 
 @dataclass(slots=True)
 class InferenceResponse:
-    """One request's answer as the handler shaped it: status, content type, headers, body."""
+    """One request's answer as the handler shaped it: status, content type, headers, body.
+
+    `final` is False for an intermediate answer of a streaming handler (TorchServe's
+    `send_intermediate_predict_response`); the last answer of every request is final.
+    """
 
     body: bytes
     status: int = 200
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    final: bool = True

@@ -101,13 +101,19 @@ def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI
         request_id = scope_request_id(request.scope)
         visible = handler_headers(request.scope)
         timeout_ms = request_timeout_ms(visible)
-        answers = await asyncio.gather(*(
-            plane.infer(model_name, None,
-                        InferenceRequest(f"{request_id}:{i}",
-                                         [Input("data", "application/json",
-                                                json.dumps(inst).encode())], visible),
-                        timeout_ms=timeout_ms)
-            for i, inst in enumerate(instances)), return_exceptions=True)
+        # The body is read: receive() returns when the client goes, which withdraws every
+        # instance (each watches through a shield, so that one finishing stops no other).
+        gone = asyncio.ensure_future(request.receive())
+        try:
+            answers = await asyncio.gather(*(
+                plane.infer(model_name, None,
+                            InferenceRequest(f"{request_id}:{i}",
+                                             [Input("data", "application/json",
+                                                    json.dumps(inst).encode())], visible),
+                            timeout_ms=timeout_ms, disconnected=asyncio.shield(gone))
+                for i, inst in enumerate(instances)), return_exceptions=True)
+        finally:
+            gone.cancel()
         predictions = []
         for answer in answers:
             if isinstance(answer, ServingError):

@@ -13,9 +13,9 @@ from typing import Any
 
 from serving.errors import BadRequest, ClientCancelled, InternalError, ServingError
 from serving.gateway.bodies import body_inputs, read_body
-from serving.gateway.responses import send_answer, send_error
-from serving.routing.dataplane import DataPlane
-from serving.types import InferenceRequest
+from serving.gateway.responses import error_body, send_answer, send_error
+from serving.routing.dataplane import DataPlane, ResponseStream
+from serving.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,11 @@ class PredictionEndpoint:
                 visible["url_path"] = params["url_path"]
             timeout_ms = request_timeout_ms(visible)
             # The body is read: uvicorn's receive() now returns only when the client goes.
-            answer = await plane.infer(params["model_name"], params.get("model_version"),
-                                       InferenceRequest(request_id, inputs, visible),
-                                       explain=self._explain, timeout_ms=timeout_ms,
-                                       disconnected=receive())
+            answers = plane.stream(params["model_name"], params.get("model_version"),
+                                   InferenceRequest(request_id, inputs, visible),
+                                   explain=self._explain, timeout_ms=timeout_ms,
+                                   disconnected=receive())
+            answer = await answers.__anext__()
         except ClientCancelled:
             return  # nobody is listening for an answer
         except ServingError as e:
@@ -84,4 +85,34 @@ class PredictionEndpoint:
             await send_error(send, InternalError(f"Internal error: {type(e).__name__}"),
                              request_id)
             return
-        await send_answer(send, answer, request_id)
+        if answer.final:
+            await send_answer(send, answer, request_id)
+        else:
+            await self._send_stream(send, answer, answers, request_id)
+
+    @staticmethod
+    async def _send_stream(send: Send, first: InferenceResponse, answers: ResponseStream,
+                           request_id: str) -> None:
+        """A streaming handler's answers as one chunked response, as TorchServe sends them:
+        the first answer's status and headers, then each answer's body as a chunk.
+
+        A client that does not read chunks gets the bodies one after the other. An error
+        after the first chunk cannot change the status any more: its JSON body is the last
+        chunk and the connection is closed without the end of the chunked body, so that no
+        client takes the truncated answer for a whole one.
+        """
+        await send_answer(send, first, request_id, more=True)
+        try:
+            async for answer in answers:
+                await send({"type": "http.response.body", "body": answer.body,
+                            "more_body": not answer.final})
+        except ClientCancelled:
+            return
+        except ServingError as e:
+            log.warning("request %s: the stream failed after it started: %s", request_id,
+                        e.message)
+            await send({"type": "http.response.body", "body": error_body(e),
+                        "more_body": True})
+            # Returning with the response incomplete: uvicorn closes the connection.
+        finally:
+            answers.close()

@@ -34,9 +34,12 @@ async def send_error(send: Send, error: ServingError, request_id: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_answer(send: Send, answer: InferenceResponse, request_id: str) -> None:
-    headers = [(b"x-request-id", request_id.encode("latin-1")),
-               (b"content-length", str(len(answer.body)).encode())]
+async def send_answer(send: Send, answer: InferenceResponse, request_id: str,
+                      more: bool = False) -> None:
+    """The answer as a whole response; `more`: as the first chunk of a chunked one."""
+    headers = [(b"x-request-id", request_id.encode("latin-1"))]
+    if not more:
+        headers.append((b"content-length", str(len(answer.body)).encode()))
     if answer.content_type:
         headers.append((b"content-type", answer.content_type.encode("latin-1")))
     for key, value in answer.headers.items():
@@ -46,4 +49,4 @@ async def send_answer(send: Send, answer: InferenceResponse, request_id: str) ->
         headers.append((lowered.encode("latin-1"), str(value).encode("latin-1")))
     await send({"type": "http.response.start", "status": http_status(answer.status),
                 "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
+    await send({"type": "http.response.body", "body": answer.body, "more_body": more})

@@ -15,9 +15,15 @@ import ts
 from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
-from serving.errors import InsufficientStorage, ServingError
+from serving.errors import ClientCancelled, InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
 from serving.handlers.metrics import HandlerMetrics
+from serving.handlers.streaming import (
+    Cancelled,
+    Intermediate,
+    IntermediateSocket,
+    StreamCancelled,
+)
 from serving.oip import handler_bridge
 from serving.oip.metadata import UNDECLARED, ModelMetadata, from_model_yaml
 from serving.types import InferenceResponse
@@ -32,6 +38,11 @@ class WorkItem:
     request_id: str
     headers: dict[str, str]
     inputs: list[tuple[str, str, Any]]  # (name, content type, raw bytes-like value)
+
+
+# The response header by which TorchServe marks a streamed answer: "true" on intermediate
+# answers, "false" on the last.
+STREAM_NEXT = "ts_stream_next"
 
 
 class PredictionFailed(ServingError):
@@ -65,42 +76,63 @@ class HandlerService:
         handler.initialize(context)
         return service
 
-    def predict(self, items: list[WorkItem]) -> list[InferenceResponse] | ServingError:
+    def predict(self, items: list[WorkItem], intermediate: Intermediate | None = None,
+                cancelled: Cancelled | None = None) -> list[InferenceResponse] | ServingError:
         """Run one batch; a failure of the batch as a whole is returned, not raised.
+        `intermediate` receives what a streaming handler sends before its final answers;
+        `cancelled` tells which requests' clients went away (a streaming handler is stopped
+        once all have); both speak of requests by their index in `items`.
 
         An OIP request whose tensors cannot be decoded is answered with its error and left
         out of the batch the handler sees.
         """
         rows: list[dict[str, Any]] = []
-        kept: list[WorkItem] = []
+        kept: list[int] = []  # index in `items` of each request the handler sees
         refused: dict[int, InferenceResponse] = {}
         self._oip_items = {}
         for i, item in enumerate(items):
             try:
                 rows.append(self._inputs(item, len(kept)))
-                kept.append(item)
+                kept.append(i)
             except ServingError as e:
                 refused[i] = _error_answer(e)
         if not kept:
             return [refused[i] for i in range(len(items))]
-        answers = self._predict(kept, rows)
+        if refused:
+            intermediate, cancelled = _reindexed(kept, intermediate, cancelled)
+        answers = self._run([items[i] for i in kept], rows, intermediate, cancelled)
         if not refused or isinstance(answers, ServingError):
             return answers
         merged = iter(answers)
         return [refused[i] if i in refused else next(merged) for i in range(len(items))]
 
-    def _predict(self, items: list[WorkItem], batch: list[dict[str, Any]]
-                 ) -> list[InferenceResponse] | ServingError:
+    def _run(self, items: list[WorkItem], batch: list[dict[str, Any]],
+             intermediate: Intermediate | None, cancelled: Cancelled | None
+             ) -> list[InferenceResponse] | ServingError:
         ctx = self.context
         ctx.metrics.pending.clear()  # updates are recorded per batch; see handlers/metrics.py
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]
         ctx.metrics.request_ids = ctx.request_ids
+        # Where TorchServe's send_intermediate_predict_response writes.
+        ctx.cl_socket = stream = IntermediateSocket([item.request_id for item in items],
+                                                    intermediate, _http_headers, cancelled)
+        try:
+            return self._predict(items, batch)
+        finally:
+            stream.closed = True
+
+    def _predict(self, items: list[WorkItem], batch: list[dict[str, Any]]
+                 ) -> list[InferenceResponse] | ServingError:
+        ctx = self.context
         start = time.perf_counter()
         try:
             outputs = self.handler.entry_point(batch, ctx)
         except PredictionException as e:
             return PredictionFailed(str(e.message), int(e.error_code))
+        except StreamCancelled:
+            log.info("stopped streaming: every client of the batch went away")
+            return ClientCancelled("The client went away; the handler was stopped")
         except (MemoryError, torch.OutOfMemoryError):
             log.exception("out of memory in the handler")
             return InsufficientStorage("Out of resources")
@@ -140,6 +172,8 @@ class HandlerService:
         if oip is not None and int(status or 200) < 400:
             return self._oip_result(idx, value, oip)
         headers = _http_headers(ctx.get_response_headers(idx))
+        if headers.get(STREAM_NEXT) == "true":  # it streamed: this answer is its last
+            headers[STREAM_NEXT] = "false"
         body, inferred = encode_value(value)
         content_type = next((headers.pop(k) for k in list(headers)
                              if k.lower() == "content-type"), None) or inferred
@@ -157,6 +191,25 @@ class HandlerService:
             log.warning("OIP answer of request %s: %s", ctx.request_ids[idx], e.message)
             return _error_answer(e)
         return InferenceResponse(body, 200, ctype, headers)
+
+
+def _reindexed(kept: list[int], intermediate: Intermediate | None,
+               cancelled: Cancelled | None) -> tuple[Intermediate | None, Cancelled | None]:
+    """The callbacks of a batch some of whose requests the handler does not see: its
+    positions (0..len(kept)-1) translated to and from the batch's."""
+    position = {original: k for k, original in enumerate(kept)}
+    deliver, gone = None, None
+    if intermediate is not None:
+        send = intermediate
+
+        def deliver(answers: list[tuple[int, InferenceResponse]]) -> None:
+            send([(kept[k], answer) for k, answer in answers])
+    if cancelled is not None:
+        ask = cancelled
+
+        def gone() -> set[int]:
+            return {position[i] for i in ask() if i in position}
+    return deliver, gone
 
 
 def _error_answer(error: ServingError) -> InferenceResponse:

@@ -13,6 +13,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from serving.errors import ResponseTimeout, ServiceUnavailable
 from serving.types import InferenceRequest, InferenceResponse
@@ -40,7 +41,13 @@ class QueueTimeout(ResponseTimeout):
 
 @dataclass(slots=True, eq=False)
 class Job:
-    """One request on its way through routing; its future is resolved exactly once."""
+    """One request on its way through routing: a stream of results, of which the last, and
+    only it, resolves the future (exactly once).
+
+    Intermediate answers of a streaming handler go to `listener`, if one listens (the data
+    plane's `stream`); nobody listening, they are dropped. The listener is also called with
+    None when the final result is set, so that one wake-up serves both kinds of news.
+    """
 
     request: InferenceRequest
     future: asyncio.Future[InferenceResponse]
@@ -50,6 +57,11 @@ class Job:
     withdraw: Callable[[Job], None] | None = None  # set by the scheduler that queued it
     size: int = 0  # body bytes, counted against the queue's byte bound while queued
     deadline: float | None = None  # loop time after which it may no longer start
+    listener: Callable[[InferenceResponse | None], None] | None = None
+    # While it runs: who runs it, the batch it is in (as the runner names it) and its place.
+    runner: Any = None
+    batch_token: object = None
+    index: int = 0
 
     def release(self) -> None:
         """Drop the request (and its body) of a job that will never run."""
@@ -60,6 +72,13 @@ class Job:
         if self.withdraw is not None:
             self.withdraw(self)
 
+    def partial(self, answer: InferenceResponse) -> None:
+        """An intermediate answer: to the listener, unless the job is over (answered,
+        cancelled: the client went away) or nobody listens."""
+        listener = self.listener
+        if listener is not None and not self.future.done():
+            listener(answer)
+
     def resolve(self, result: InferenceResponse | BaseException) -> None:
         """Set the answer unless one was given already (a timeout, a cancellation)."""
         self.state = JobState.DONE
@@ -69,6 +88,8 @@ class Job:
             self.future.set_exception(result)
         else:
             self.future.set_result(result)
+        if self.listener is not None:
+            self.listener(None)
 
 
 class Batcher:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable
+from collections import deque
+from collections.abc import Awaitable
 
 from serving.errors import (
     BadRequest,
@@ -20,6 +21,7 @@ from serving.errors import (
     InternalError,
     PayloadTooLarge,
     ServiceUnavailable,
+    ServingError,
 )
 from serving.jsondepth import check_json_depth
 from serving.routing.batcher import Job
@@ -127,23 +129,27 @@ class DataPlane:
                 if not watcher.done():
                     watcher.cancel()
         if len(answer.body) > self.max_response_size:
-            raise InternalError(f"Response of {len(answer.body)} bytes exceeds "
-                                f"max_response_size ({self.max_response_size} bytes)")
+            raise _too_large(answer, self.max_response_size)
         return answer
 
-    async def stream(self, model: str, version: str | None, request: InferenceRequest, *,
-                     explain: bool = False, timeout_ms: int | None = None,
-                     disconnected: Awaitable[object] | None = None
-                     ) -> AsyncIterator[InferenceResponse]:
-        """The handler's intermediate answers as they come, then its final one.
+    def stream(self, model: str, version: str | None, request: InferenceRequest, *,
+               explain: bool = False, timeout_ms: int | None = None,
+               disconnected: Awaitable[object] | None = None) -> ResponseStream:
+        """The handler's intermediate answers as they come (`final` False), then its final
+        one (`final` True), after which the iteration ends.
 
-        Same arguments and errors as `infer` (raised from the iteration). Closing the
-        iterator before its end (`aclose()`, or leaving an `async for` by an exception)
-        means the client went away: the work is withdrawn and what it still sends dropped.
+        Same arguments as `infer`; its errors are raised by the iteration (an error after
+        intermediate answers ends the stream with it). `aclose()` before the end means the
+        client went away: the work is withdrawn (or, if it runs, what it still sends is
+        dropped); so does cancelling the task that iterates.
         """
-        answer = await self.infer(model, version, request, explain=explain,
-                                  timeout_ms=timeout_ms, disconnected=disconnected)
-        yield answer
+        try:
+            job = self.submit(model, version, request, explain=explain, timeout_ms=timeout_ms)
+        except ServingError as e:
+            if inspect.iscoroutine(disconnected):
+                disconnected.close()
+            return ResponseStream(None, e, None, self.max_response_size)
+        return ResponseStream(job, None, disconnected, self.max_response_size)
 
     # -- state ------------------------------------------------------------------------
     def server_live(self) -> bool:
@@ -195,3 +201,108 @@ def queue_timeout(client_timeout_ms: int | None, timeout_ms: int | None) -> floa
             return min(client_timeout_ms, timeout_ms) / 1000
         return timeout_ms / 1000
     return client_timeout_ms / 1000 if client_timeout_ms else None
+
+
+def _too_large(answer: InferenceResponse, limit: int) -> InternalError:
+    return InternalError(f"Response of {len(answer.body)} bytes exceeds max_response_size "
+                         f"({limit} bytes)")
+
+
+class ResponseStream:
+    """The answers of one request as they come: an async iterator (and async context manager
+    that closes it). Made by `DataPlane.stream`."""
+
+    __slots__ = ("_error", "_items", "_job", "_limit", "_over", "_signal", "_watcher")
+
+    def __init__(self, job: Job | None, error: BaseException | None,
+                 disconnected: Awaitable[object] | None, limit: int) -> None:
+        self._job = job
+        self._error = error  # raised by the first step: the request was refused
+        self._limit = limit
+        self._items: deque[InferenceResponse] = deque()
+        self._signal: asyncio.Future[None] | None = None
+        self._over = False
+        self._watcher: asyncio.Future[object] | None = None
+        if job is not None:
+            job.listener = self._push
+            if disconnected is not None:
+                watcher = asyncio.ensure_future(disconnected)
+                watcher.add_done_callback(self._gone)
+                self._watcher = watcher
+
+    def _push(self, answer: InferenceResponse | None) -> None:
+        """The job's listener: an intermediate answer, or None when the final one is set."""
+        if answer is not None:
+            self._items.append(answer)
+        signal = self._signal
+        if signal is not None and not signal.done():
+            signal.set_result(None)
+
+    def _gone(self, watcher: asyncio.Future[object]) -> None:
+        if watcher.cancelled() or self._job is None:
+            return
+        self._job.cancel()
+        self._push(None)
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> InferenceResponse:
+        if self._over:
+            raise StopAsyncIteration
+        job = self._job
+        if job is None:
+            self._over = True
+            assert self._error is not None
+            raise self._error
+        future = job.future
+        items = self._items
+        try:
+            while not items and not future.done():
+                self._signal = asyncio.get_running_loop().create_future()
+                await self._signal
+        except asyncio.CancelledError:
+            self._finish()  # the task iterating was cancelled: the client is gone
+            raise
+        if items:
+            answer = items.popleft()
+        else:
+            self._finish()
+            if future.cancelled():
+                watcher = self._watcher
+                if watcher is not None and watcher.done() and not watcher.cancelled():
+                    raise ClientCancelled("The client went away before its answer; the "
+                                          "request was withdrawn")
+                raise asyncio.CancelledError
+            answer = future.result()  # the final answer, or its error raised
+        if len(answer.body) > self._limit:
+            self._finish()
+            raise _too_large(answer, self._limit)
+        return answer
+
+    def _finish(self) -> None:
+        """Over: withdraw the work if it is not done, stop watching the client."""
+        self._over = True
+        self._items.clear()
+        job = self._job
+        if job is not None:
+            job.listener = None
+            if not job.future.done():
+                job.cancel()
+        watcher = self._watcher
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+
+    def close(self) -> None:
+        """Stop: the client went away or the front end gave up on the answers."""
+        if not self._over:
+            self._finish()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ResponseStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

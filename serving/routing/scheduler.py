@@ -25,7 +25,12 @@ class BatchRunner(Protocol):
     """What the scheduler needs of a worker."""
 
     def run(self, requests: Sequence[InferenceRequest], done: _Done,
-            timeout: float | None) -> None: ...
+            timeout: float | None, partial: _Partial | None = None) -> object:
+        """Start a batch; returns a token naming it for `cancel`."""
+
+    def cancel(self, token: object, index: int) -> None:
+        """The client of the request at `index` of that batch went away (best effort: a
+        streaming handler stops sending for it; others finish, their answer dropped)."""
 
     @property
     def has_room(self) -> bool: ...
@@ -33,6 +38,12 @@ class BatchRunner(Protocol):
 
 class _Done(Protocol):
     def __call__(self, result: BatchResult, /) -> None: ...
+
+
+class _Partial(Protocol):
+    """An intermediate answer for the request at `index` of the batch."""
+
+    def __call__(self, index: int, answer: InferenceResponse, /) -> None: ...
 
 
 class Scheduler:
@@ -75,12 +86,15 @@ class Scheduler:
         return job
 
     def cancel(self, job: Job) -> None:
-        """The client went away: drop the job if queued; if running, its answer is dropped."""
+        """The client went away: drop the job if queued; if running, its answer is dropped
+        and its worker told (a streaming handler then stops)."""
         if self.batcher.discard(job):
             job.future.cancel()
             self._check_settled()
         elif not job.future.done():
             job.future.cancel()
+            if job.state is JobState.RUNNING and job.runner is not None:
+                job.runner.cancel(job.batch_token, job.index)
 
     def add_worker(self, worker: BatchRunner) -> None:
         """A worker is ready for a batch."""
@@ -103,8 +117,12 @@ class Scheduler:
             for job in batch:
                 job.started = now
             self.inflight += len(batch)
-            worker.run([job.request for job in batch], partial(self._done, batch),
-                       self.response_timeout)
+            token = worker.run([job.request for job in batch], partial(self._done, batch),
+                               self.response_timeout, partial(_partial, batch))
+            for i, job in enumerate(batch):  # so that a client going away can be told
+                job.runner = worker
+                job.batch_token = token
+                job.index = i
             if worker.has_room:  # a worker that overlaps batches takes one more
                 self._idle.insert(0, worker)
         if self._idle and len(self.batcher):
@@ -205,3 +223,6 @@ class Scheduler:
         """(pending requests, remaining queue capacity) for describe."""
         return len(self.batcher), self.batcher.remaining_capacity
 
+
+def _partial(batch: list[Job], index: int, answer: InferenceResponse) -> None:
+    batch[index].partial(answer)

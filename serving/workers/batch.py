@@ -3,7 +3,9 @@
 PREDICT meta: `{"batch": n, "items": [{"id", "h": {headers}, "in": [[name, content type]]}]}`
 with one blob per input, in order. RESULT meta: `{"batch": n, "items": [{"id", "s": status,
 "ct": content type, "h": {headers}}]}` with one blob per item, or `{"batch": n, "error": {...}}`
-when the whole batch failed.
+when the whole batch failed. STREAM meta (intermediate answers of a streaming handler, sent
+before the batch's RESULT): `{"batch": n, "items": [{"i": index in the batch, "id", "s", "ct",
+"h"}]}` with one blob per item.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from serving.errors import ServingError
 from serving.types import InferenceRequest, InferenceResponse
-from serving.workers.ipc import Blob, Message, ProtocolError
+from serving.workers.ipc import Blob, Kind, Message, ProtocolError
 
 if TYPE_CHECKING:
     from serving.handlers.service import HandlerService
+    from serving.workers.channel import BlockingChannel
 
 
 def encode_batch(batch_id: int, requests: Sequence[InferenceRequest]
@@ -55,25 +58,66 @@ def decode_result(msg: Message, requests: Sequence[InferenceRequest]
     for item, req, blob in zip(items, requests, msg.blobs, strict=True):
         if not isinstance(item, dict) or item.get("id") != req.request_id:
             raise ProtocolError("answers do not match the batch's request ids")
-        status, ctype, headers = item.get("s"), item.get("ct"), item.get("h")
-        if type(status) is not int or not (ctype is None or isinstance(ctype, str)) or \
-                not isinstance(headers, dict) or \
-                not all(isinstance(v, str) for v in headers.values()):
-            raise ProtocolError(f"answer for request {req.request_id!r:.60} is malformed")
-        answers.append(InferenceResponse(bytes(blob), status, ctype, headers))
+        answers.append(_answer(item, req, blob, True))
     return answers
 
 
-def run_batch(service: HandlerService, msg: Message) -> tuple[dict[str, Any], list[Blob]]:
-    """Worker side: run a PREDICT message through the handler, build the RESULT message."""
+def decode_stream(msg: Message, requests: Sequence[InferenceRequest]
+                  ) -> list[tuple[int, InferenceResponse]]:
+    """Gateway side: the intermediate answers of a STREAM message, by index in the batch;
+    ProtocolError unless each names a request of the batch by its index and id."""
+    items = msg.meta.get("items")
+    if not isinstance(items, list) or len(items) != len(msg.blobs):
+        raise ProtocolError("intermediate result is not a list of answers with their bodies")
+    answers = []
+    for item, blob in zip(items, msg.blobs, strict=True):
+        index = item.get("i") if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < len(requests) or \
+                item.get("id") != requests[index].request_id:
+            raise ProtocolError("intermediate answer does not match a request of the batch")
+        answers.append((index, _answer(item, requests[index], blob, False)))
+    return answers
+
+
+def _answer(item: dict[str, Any], req: InferenceRequest, blob: Blob, final: bool
+            ) -> InferenceResponse:
+    status, ctype, headers = item.get("s"), item.get("ct"), item.get("h")
+    if type(status) is not int or not (ctype is None or isinstance(ctype, str)) or \
+            not isinstance(headers, dict) or \
+            not all(isinstance(v, str) for v in headers.values()):
+        raise ProtocolError(f"answer for request {req.request_id!r:.60} is malformed")
+    return InferenceResponse(bytes(blob), status, ctype, headers, final)
+
+
+
+def run_batch(service: HandlerService, msg: Message, channel: BlockingChannel | None = None
+              ) -> tuple[dict[str, Any], list[Blob]]:
+    """Worker side: run a PREDICT message through the handler, build the RESULT message.
+    Through `channel`, intermediate answers go out at once (STREAM) and cancellations come
+    in."""
     from serving.handlers.service import WorkItem
 
     blobs = iter(msg.blobs)
     work = [WorkItem(item["id"], item["h"],
                      [(name, ctype, next(blobs)) for name, ctype in item["in"]])
             for item in msg.meta["items"]]
-    results = service.predict(work)
     batch_id = msg.meta["batch"]
+    intermediate = None
+    if channel is not None:
+        def intermediate(answers: list[tuple[int, InferenceResponse]]) -> None:
+            items = [{"i": i, "id": work[i].request_id, "s": r.status, "ct": r.content_type,
+                      "h": r.headers} for i, r in answers]
+            channel.send(Kind.STREAM, {"batch": batch_id, "items": items},
+                         [r.body for _, r in answers])
+    cancelled = None
+    if channel is not None:
+        def cancelled() -> set[int]:
+            return channel.cancelled(batch_id)
+    try:
+        results = service.predict(work, intermediate, cancelled)
+    finally:
+        if channel is not None:
+            channel.forget(batch_id)
     if isinstance(results, ServingError):
         return {"batch": batch_id, "error": results.to_dict()}, []
     items = [{"id": w.request_id, "s": r.status, "ct": r.content_type, "h": r.headers}

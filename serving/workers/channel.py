@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import socket
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from serving.workers.ipc import (
     Blob,
@@ -55,17 +58,75 @@ def send_buffers(sock: socket.socket, buffers: Sequence[Blob]) -> None:
 
 
 class BlockingChannel:
-    """The worker's end: one thread reads a frame, runs it, writes the answer."""
+    """The worker's end: one thread reads a frame, runs it, writes the answer.
+
+    While a streaming handler runs, `cancelled` looks ahead in the socket (without blocking)
+    for CANCEL messages; other messages read then wait in order for `recv`.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._rfile = sock.makefile("rb", buffering=1 << 16)
+        self._rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 16))
+        # A handler may stream its intermediate answers from threads of its own: one frame
+        # at a time, never interleaved.
+        self._send_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._ahead: deque[Message | None] = deque()  # read while looking for CANCELs
+        self._cancelled: dict[int, set[int]] = {}  # batch id -> indexes whose client left
 
     def send(self, kind: Kind, meta: dict[str, Any], blobs: Sequence[Blob] = ()) -> None:
-        send_buffers(self._sock, encode(kind, meta, blobs))
+        buffers = encode(kind, meta, blobs)
+        with self._send_lock:
+            send_buffers(self._sock, buffers)
 
     def recv(self) -> Message | None:
-        """The next message, or None when the gateway closed the connection."""
+        """The next message other than CANCEL, or None when the gateway closed the
+        connection."""
+        while True:
+            with self._read_lock:
+                msg = self._ahead.popleft() if self._ahead else self._read()
+            if msg is None or msg.kind != Kind.CANCEL:
+                return msg
+            self._note_cancel(msg)
+
+    def cancelled(self, batch_id: int) -> set[int]:
+        """The indexes of the batch whose client went away, as far as the gateway said so
+        until now; reads what has arrived without waiting for more."""
+        with self._read_lock:
+            while self._readable():
+                msg = self._read()
+                if msg is not None and msg.kind == Kind.CANCEL:
+                    self._note_cancel(msg)
+                else:
+                    self._ahead.append(msg)
+                    if msg is None:
+                        break
+        return self._cancelled.get(batch_id, set())
+
+    def forget(self, batch_id: int) -> None:
+        """A batch is over: its cancellations (and any of older batches) go."""
+        for old in [b for b in self._cancelled if b <= batch_id]:
+            del self._cancelled[old]
+
+    def _note_cancel(self, msg: Message) -> None:
+        batch, index = msg.meta.get("batch"), msg.meta.get("i")
+        if type(batch) is int and type(index) is int:
+            self._cancelled.setdefault(batch, set()).add(index)
+
+    def _readable(self) -> bool:
+        """Whether a frame has (begun to) arrive: buffered already, or in the socket."""
+        if self._ahead and self._ahead[-1] is None:
+            return False  # the connection is closed
+        with self._send_lock:  # non-blocking for a moment: no send may run meanwhile
+            self._sock.setblocking(False)
+            try:
+                return bool(self._rfile.peek(1))
+            except BlockingIOError:
+                return False
+            finally:
+                self._sock.setblocking(True)
+
+    def _read(self) -> Message | None:
         head = self._rfile.read(4)
         if len(head) < 4:
             return None

@@ -33,6 +33,7 @@ class Kind(enum.IntEnum):
     PONG = 7
     STREAM = 8     # worker -> gateway: an intermediate answer for one request of a batch
     SHUTDOWN = 9   # gateway -> worker: finish and exit
+    CANCEL = 10    # gateway -> worker: {batch, i}: the client of that request went away
 
 
 @dataclass(slots=True)

@@ -166,19 +166,20 @@ def _serve(channel: BlockingChannel, service: HandlerService) -> int:
         if msg is None or msg.kind == Kind.SHUTDOWN:
             return 0
         if msg.kind == Kind.PREDICT:
-            meta, blobs = _run(service, msg)
+            meta, blobs = _run(service, msg, channel)
             channel.send(Kind.RESULT, meta, blobs)
         elif msg.kind == Kind.PING:
             channel.send(Kind.PONG, _pong(msg.meta))
 
 
-def _run(service: HandlerService, msg: Message) -> tuple[dict[str, Any], list[Blob]]:
+def _run(service: HandlerService, msg: Message, channel: BlockingChannel
+         ) -> tuple[dict[str, Any], list[Blob]]:
     """One batch; whatever goes wrong fails that batch only: no request makes a worker exit
     (the handler's own errors are answered inside `run_batch`, this is the last resort)."""
     from serving.workers.batch import run_batch
 
     try:
-        return run_batch(service, msg)
+        return run_batch(service, msg, channel)
     except BaseException as e:
         log.exception("a batch could not be run; the worker keeps serving")
         error = InternalError(f"Worker could not run the batch: {type(e).__name__}")

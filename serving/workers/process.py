@@ -17,7 +17,7 @@ from typing import Any
 
 from serving.errors import InternalError, ResponseTimeout, ServingError, WorkerDied
 from serving.types import InferenceRequest, InferenceResponse
-from serving.workers.batch import decode_result, encode_batch
+from serving.workers.batch import decode_result, decode_stream, encode_batch
 from serving.workers.channel import WorkerConnection
 from serving.workers.ipc import MAX_FRAME, Kind, Message, Oversize, ProtocolError
 from serving.workers.listener import WorkerListener
@@ -26,6 +26,8 @@ from serving.workers.pinning import spawn_env
 log = logging.getLogger(__name__)
 
 BatchCallback = Callable[[list[InferenceResponse] | ServingError], None]
+# An intermediate answer of a streaming handler, for the request at an index of the batch.
+PartialCallback = Callable[[int, InferenceResponse], None]
 
 # What a RESULT frame may carry beyond its bodies: the frame's and each answer's metadata.
 FRAME_META_ALLOWANCE = 64 * 1024
@@ -135,12 +137,14 @@ class Worker:
         self.state = WorkerState.READY
 
     def run(self, requests: Sequence[InferenceRequest], done: BatchCallback,
-            timeout: float | None) -> None:
-        """Send one batch; `done` is called exactly once with its answers or an error."""
+            timeout: float | None, partial: PartialCallback | None = None) -> int:
+        """Send one batch; `done` is called exactly once with its answers or an error, and
+        `partial` with each intermediate answer a streaming handler sends before. Returns
+        the batch's id (for `cancel`)."""
         assert self._conn is not None and len(self._inflight) < self.max_inflight
         self._batch_id += 1
         meta, blobs = encode_batch(self._batch_id, requests)
-        self._inflight.append(_Batch(self._batch_id, requests, done, timeout))
+        self._inflight.append(_Batch(self._batch_id, requests, done, timeout, partial))
         if len(self._inflight) == 1:
             self._arm_deadline()
         self.state = WorkerState.BUSY
@@ -148,6 +152,16 @@ class Worker:
             self._conn.send(Kind.PREDICT, meta, blobs)
         except ConnectionError:
             self._fail_inflight(WorkerDied(f"worker {self.id} connection closed"))
+        return self._batch_id
+
+    def cancel(self, token: object, index: int) -> None:
+        """Tell the worker that the client of a request of a batch it holds went away: a
+        streaming handler is stopped at its next intermediate answer for it."""
+        if self._conn is None or self._conn.closed or \
+                not any(b.batch_id == token for b in self._inflight):
+            return
+        with contextlib.suppress(ConnectionError):
+            self._conn.send(Kind.CANCEL, {"batch": token, "i": index})
 
     def _arm_deadline(self) -> None:
         # The deadline runs for the batch the worker is working on: a batch queued behind
@@ -170,9 +184,7 @@ class Worker:
                 self._ping_timer.cancel()
                 self._ping_timer = None
             return
-        if msg.kind == Kind.STREAM:
-            return
-        if msg.kind != Kind.RESULT:
+        if msg.kind != Kind.RESULT and msg.kind != Kind.STREAM:
             self._broken(f"a {msg.kind.name} message, which only the gateway sends")
             return
         batch_id = msg.meta.get("batch")
@@ -183,12 +195,26 @@ class Worker:
                 return  # an answer to a batch already failed (timed out): dropped
             self._broken(f"a result for batch {batch_id!r:.40}, which it was not running")
             return
+        if msg.kind == Kind.STREAM:
+            self._on_stream(msg, head)
+            return
         try:
             result = decode_result(msg, head.requests)
         except ProtocolError as e:
             self._broken(f"a malformed result ({e})")
             return
         self._finish_head(result)
+
+    def _on_stream(self, msg: Message, head: _Batch) -> None:
+        """Intermediate answers for requests of the batch being worked on."""
+        try:
+            answers = decode_stream(msg, head.requests)
+        except ProtocolError as e:
+            self._broken(f"a malformed intermediate result ({e})")
+            return
+        if head.partial is not None:
+            for index, answer in answers:
+                head.partial(index, answer)
 
     def _finish_head(self, result: list[InferenceResponse] | ServingError) -> None:
         head = self._inflight.popleft()
@@ -200,10 +226,10 @@ class Worker:
             self._on_idle(self)
 
     def _frame_limit(self, kind: int) -> int:
-        """The most body bytes the next frame of `kind` may declare: a RESULT carries the
-        answers of the oldest batch in flight, each up to max_response_size."""
+        """The most body bytes the next frame of `kind` may declare: a RESULT (or STREAM)
+        carries answers of the oldest batch in flight, each up to max_response_size."""
         limit = self.spec.max_response_size
-        if kind != Kind.RESULT or not self._inflight:
+        if (kind != Kind.RESULT and kind != Kind.STREAM) or not self._inflight:
             return CONTROL_FRAME_LIMIT
         if limit is None:
             return MAX_FRAME
@@ -211,13 +237,15 @@ class Worker:
         return min(MAX_FRAME, n * (limit + ITEM_META_ALLOWANCE) + FRAME_META_ALLOWANCE)
 
     def _on_oversize(self, frame: Oversize) -> None:
-        # The frame's bytes are skipped as they arrive; its batch is answered now.
-        if frame.kind != Kind.RESULT or not self._inflight:
+        # The frame's bytes are skipped as they arrive; its batch is answered now (what the
+        # worker still sends for it is dropped as an answer to a batch no longer running).
+        if (frame.kind != Kind.RESULT and frame.kind != Kind.STREAM) or not self._inflight:
             self._broken(f"a frame of {frame.size} bytes (kind {frame.kind})")
             return
         n = len(self._inflight[0].requests)
-        log.warning("worker %s answered a batch of %d with %d bytes, more than "
-                    "max_response_size allows; its requests get 500", self.id, n, frame.size)
+        log.warning("worker %s %s a batch of %d with %d bytes, more than "
+                    "max_response_size allows; its requests get 500", self.id,
+                    "sent for" if frame.kind == Kind.STREAM else "answered", n, frame.size)
         self._finish_head(InternalError(
             f"Response of {frame.size} bytes for a batch of {n} exceeds max_response_size "
             f"({self.spec.max_response_size} bytes per response)"))
@@ -322,6 +350,7 @@ class _Batch:
     requests: Sequence[InferenceRequest]
     done: BatchCallback
     timeout: float | None
+    partial: PartialCallback | None = None
 
 
 async def _first(fut: asyncio.Future[Any], exited: asyncio.Event, what: str) -> Any:

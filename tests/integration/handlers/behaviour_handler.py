@@ -12,7 +12,7 @@ class BehaviourHandler:
     def handle(self, data, context):
         orders = []
         for row in data:
-            body = row.get("body")
+            body = row.get("body", row.get("data"))  # a KServe v1 instance is "data"
             if isinstance(body, (bytes, bytearray)):
                 body = json.loads(body)
             orders.append(body or {})

@@ -65,15 +65,20 @@ class FakeWorker:
         self.depth = depth
         self.batches: list[list[str]] = []
         self.pending: list = []
+        self.cancelled: list = []
 
     @property
     def has_room(self) -> bool:
         return len(self.pending) < self.depth
 
-    def run(self, requests: Sequence[InferenceRequest], done, timeout) -> None:
+    def run(self, requests: Sequence[InferenceRequest], done, timeout, partial=None) -> int:
         assert self.has_room, "a worker got a batch beyond what it declared it can hold"
         self.batches.append([r.request_id for r in requests])
         self.pending.append((requests, done))
+        return len(self.batches)
+
+    def cancel(self, token: object, index: int) -> None:
+        self.cancelled.append((token, index))
 
     def answer(self, error: ServingError | None = None) -> None:
         requests, done = self.pending.pop(0)
