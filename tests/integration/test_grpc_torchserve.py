@@ -354,3 +354,73 @@ def test_health_and_reflection(grpc_server: ServerProcess, which: str):
         names = {s.name for s in answers[0].list_services_response.service}
         assert names == {*expected[which], "grpc.health.v1.Health",
                          "grpc.reflection.v1alpha.ServerReflection"}
+
+
+# -- streaming handlers ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stream_ledger(grpc_server: ServerProcess, management: Any, store: Path,
+                  ts: dict[str, ModuleType], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `stream` model (stream_handler.py: TorchServe's send_intermediate_predict_response)."""
+    path = tmp_path_factory.mktemp("stream") / "ledger.txt"
+    build_mar(store, "stream", "stream_handler.py",
+              config=f"minWorkers: 1\nresponseTimeout: 120\nledger: {json.dumps(str(path))}\n")
+    management.RegisterModel(ts["management_pb2"].RegisterModelRequest(
+        url="stream.mar", synchronous=True), timeout=120)
+    return path
+
+
+def stream_tokens(ledger: Path, tag: str) -> int:
+    if not ledger.exists():
+        return 0
+    return sum(1 for line in ledger.read_text().splitlines() if line.startswith(f"{tag} "))
+
+
+def test_stream_predictions_carries_intermediate_answers(inference: Any, stream_ledger: Path,
+                                                         ts: dict[str, ModuleType],
+                                                         tmp_path: Path):
+    go = tmp_path / "go"  # the handler sends its second token only once this exists
+    answers = inference.StreamPredictions(
+        predict(ts, "stream", body=order(tokens=3, wait_for=str(go))), timeout=TIMEOUT)
+    first = next(answers)  # arrives while the handler still waits: it was not buffered
+    go.touch()
+    assert [first.prediction, *(a.prediction for a in answers)] == [b"t0", b"t1", b"t2", b"end"]
+    # Predictions (unary) takes the final answer only.
+    unary = inference.Predictions(predict(ts, "stream", body=order(tokens=2)), timeout=TIMEOUT)
+    assert unary.prediction == b"end"
+
+
+def test_stream_error_after_the_first_answer_ends_the_call(inference: Any, stream_ledger: Path,
+                                                           ts: dict[str, ModuleType]):
+    answers = inference.StreamPredictions(
+        predict(ts, "stream", body=order(tokens=3, fail_after=1)), timeout=TIMEOUT)
+    assert next(answers).prediction == b"t0"
+    with pytest.raises(grpc.RpcError) as caught:
+        list(answers)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # 503 "Prediction failed"
+    assert "Prediction failed" in caught.value.details()
+
+
+def test_cancelling_a_stream_stops_the_handler(grpc_server: ServerProcess, inference: Any,
+                                               stream_ledger: Path, ts: dict[str, ModuleType]):
+    answers = inference.StreamPredictions(
+        predict(ts, "stream", body=order(tokens=200, sleep=0.05, tag="gone")), timeout=TIMEOUT)
+    assert [next(answers).prediction, next(answers).prediction] == [b"t0", b"t1"]
+    answers.cancel()
+    # The handler is stopped at its next token after the gateway notices, long before its
+    # 200 tokens (10 s); the worker then serves the next request.
+    wait_for(lambda: inference.Predictions(
+        predict(ts, "stream", body=order(tokens=1, tag="after")), timeout=TIMEOUT
+    ).prediction == b"end", timeout=60)
+    assert 2 <= stream_tokens(stream_ledger, "gone") < 100
+    assert "every client of the batch went away" in grpc_server.log()
+
+
+def test_stream_predictions2_streams_each_request(inference: Any, stream_ledger: Path,
+                                                  ts: dict[str, ModuleType]):
+    pb = ts["inference_pb2"]
+    requests = [pb.PredictionsRequest(model_name="stream", sequence_id="s",
+                                      input={"body": order(tokens=n)}) for n in (2, 0)]
+    answers = list(inference.StreamPredictions2(iter(requests), timeout=TIMEOUT))
+    assert [a.prediction for a in answers] == [b"t0", b"t1", b"end", b"end"]
+    assert all(a.sequence_id == "s" for a in answers)
