@@ -122,8 +122,7 @@ class DataPlane:
             except asyncio.CancelledError:
                 job.cancel()
                 if watcher.done() and not watcher.cancelled():
-                    raise ClientCancelled("The client went away before its answer; the "
-                                          "request was withdrawn") from None
+                    raise _cancelled() from None
                 raise
             finally:
                 if not watcher.done():
@@ -203,6 +202,11 @@ def queue_timeout(client_timeout_ms: int | None, timeout_ms: int | None) -> floa
     return client_timeout_ms / 1000 if client_timeout_ms else None
 
 
+def _cancelled() -> ClientCancelled:
+    return ClientCancelled("The client went away before its answer; the request was "
+                           "withdrawn")
+
+
 def _too_large(answer: InferenceResponse, limit: int) -> InternalError:
     return InternalError(f"Response of {len(answer.body)} bytes exceeds max_response_size "
                          f"({limit} bytes)")
@@ -257,6 +261,9 @@ class ResponseStream:
             raise self._error
         future = job.future
         items = self._items
+        if self._client_gone():  # while the caller was busy with the previous answer
+            self._finish()
+            raise _cancelled()
         try:
             while not items and not future.done():
                 self._signal = asyncio.get_running_loop().create_future()
@@ -268,17 +275,17 @@ class ResponseStream:
             answer = items.popleft()
         else:
             self._finish()
-            if future.cancelled():
-                watcher = self._watcher
-                if watcher is not None and watcher.done() and not watcher.cancelled():
-                    raise ClientCancelled("The client went away before its answer; the "
-                                          "request was withdrawn")
-                raise asyncio.CancelledError
+            if future.cancelled():  # withdrawn: the client went away
+                raise _cancelled()
             answer = future.result()  # the final answer, or its error raised
         if len(answer.body) > self._limit:
             self._finish()
             raise _too_large(answer, self._limit)
         return answer
+
+    def _client_gone(self) -> bool:
+        watcher = self._watcher
+        return watcher is not None and watcher.done() and not watcher.cancelled()
 
     def _finish(self) -> None:
         """Over: withdraw the work if it is not done, stop watching the client."""
