@@ -40,6 +40,8 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "prefer_direct_buffer", "unregister_model_timeout", "use_env_allowed_urls",
     "model_metrics_auto_detect", "metric_time_interval", "cpp_log_config",
     "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
+    # TorchServe's switch to the Open Inference Protocol: here it is always served (/v2).
+    "ts_open_inference_protocol",
 })
 # TorchServe keys whose meaning this server cannot honour yet: silently ignoring them would
 # leave a user believing they are protected, so they stop the start-up instead.
@@ -49,7 +51,6 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
     "keystore_type": "TLS is not served directly; terminate TLS at a proxy",
     "service_envelope": "request envelopes (kserve, kservev2, json) are not implemented; "
                         "KServe v1 is served at /v1/models/{model}:predict",
-    "ts_open_inference_protocol": "the Open Inference Protocol is not served yet",
 }
 
 # TorchServe's default: any http(s) URL passes this check; the address rules

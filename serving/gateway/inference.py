@@ -15,6 +15,7 @@ from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
 from serving.gateway.oip import PREFIX as OIP_PREFIX
 from serving.gateway.oip import OipEndpoint
+from serving.gateway.oip_operations import OIP_ERROR_SCHEMA, OIP_OPERATIONS
 from serving.gateway.openapi import install_openapi
 from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
@@ -73,7 +74,7 @@ def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI
     app = FastAPI(title="Inference API", version="0.12", openapi_url="/api-description",
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    install_openapi(app, INFERENCE)
+    install_openapi(app, {**INFERENCE, **OIP_OPERATIONS}, {"OipError": OIP_ERROR_SCHEMA})
     limit = plane.max_request_size
 
     @app.get("/ping")

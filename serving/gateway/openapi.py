@@ -109,7 +109,8 @@ def description_paths() -> Paths:
     }
 
 
-def document(app: FastAPI, operations: Paths) -> dict[str, Any]:
+def document(app: FastAPI, operations: Paths,
+             schemas: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """FastAPI's document for `app`, with `operations` replacing or adding operations.
 
     A FastAPI route without a hand-written operation keeps FastAPI's, with its 422 (which the
@@ -125,23 +126,27 @@ def document(app: FastAPI, operations: Paths) -> dict[str, Any]:
                 responses["400"] = error(400)
     for path, ops in operations.items():
         paths.setdefault(path, {}).update(ops)
+    extra_schemas = schemas
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     # FastAPI's validation-error schemas describe 422s that this server never sends.
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Error"] = ERROR_SCHEMA
+    schemas.update(extra_schemas or {})
     return doc
 
 
-def install_openapi(app: FastAPI, operations: Paths) -> None:
-    """Serve the document at `OPTIONS /`, `GET /openapi.json` and the app's `openapi_url`."""
+def install_openapi(app: FastAPI, operations: Paths,
+                    schemas: dict[str, dict[str, Any]] | None = None) -> None:
+    """Serve the document at `OPTIONS /`, `GET /openapi.json` and the app's `openapi_url`;
+    `schemas` are component schemas the operations refer to besides `Error`."""
     operations = {**description_paths(), **operations}
     built: dict[str, Any] = {}
 
     def openapi() -> dict[str, Any]:
         if not built:
-            built.update(document(app, operations))
+            built.update(document(app, operations, schemas))
         return built
 
     app.openapi = openapi  # type: ignore[method-assign]

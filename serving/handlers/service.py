@@ -15,7 +15,7 @@ import ts
 from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
-from serving.errors import ClientCancelled, InsufficientStorage, ServingError
+from serving.errors import BadRequest, ClientCancelled, InsufficientStorage, ServingError
 from serving.handlers.loader import Handler, load_handler
 from serving.handlers.metrics import HandlerMetrics
 from serving.handlers.streaming import (
@@ -61,6 +61,7 @@ class HandlerService:
         # How OIP requests reach this handler and its answers become tensors (oip: block).
         self.oip: ModelMetadata = UNDECLARED
         self._oip_items: dict[int, handler_bridge.OipItem] = {}
+        self._version = ""  # the archive's model version, which OIP answers carry
 
     @classmethod
     def load(cls, *, model_name: str, model_dir: Path, manifest: dict[str, Any],
@@ -73,6 +74,7 @@ class HandlerService:
         handler = load_handler(handler_spec)
         service = cls(handler, context, decode_input)
         service.oip = from_model_yaml(model_yaml_config)
+        service._version = str((manifest.get("model") or {}).get("modelVersion") or "")
         handler.initialize(context)
         return service
 
@@ -96,6 +98,11 @@ class HandlerService:
                 kept.append(i)
             except ServingError as e:
                 refused[i] = _error_answer(e)
+            except Exception as e:  # an OIP tensor numpy cannot build: that request's error
+                log.warning("request %s: its inputs cannot be decoded", item.request_id,
+                            exc_info=True)
+                refused[i] = _error_answer(BadRequest(
+                    f"the request's inputs cannot be decoded: {type(e).__name__}: {e}"))
         if not kept:
             return [refused[i] for i in range(len(items))]
         if refused:
@@ -159,7 +166,7 @@ class HandlerService:
 
     def _inputs(self, item: WorkItem, idx: int) -> dict[str, Any]:
         if handler_bridge.is_oip(item.inputs):
-            oip = handler_bridge.decode(item.inputs, self.oip)
+            oip = handler_bridge.decode(item.inputs)
             self._oip_items[idx] = oip
             return handler_bridge.handler_row(oip, self.oip)
         return {name: decode_value(ctype, value, self.decode_input)
@@ -183,10 +190,9 @@ class HandlerService:
     def _oip_result(self, idx: int, value: Any, oip: handler_bridge.OipItem
                     ) -> InferenceResponse:
         ctx = self.context
-        version = str((ctx.manifest.get("model") or {}).get("modelVersion") or "")
         try:
             body, ctype, headers = handler_bridge.encode_answer(
-                value, oip, self.oip, ctx.model_name, version, ctx.request_ids[idx])
+                value, oip, self.oip, ctx.model_name, self._version, ctx.request_ids[idx])
         except ServingError as e:
             log.warning("OIP answer of request %s: %s", ctx.request_ids[idx], e.message)
             return _error_answer(e)

@@ -37,17 +37,20 @@ import numpy as np
 
 from serving.errors import BadRequest, ServingError
 from serving.oip.metadata import ModelMetadata, TensorMetadata
-from serving.oip.requests import HEADER_LENGTH, OIP_REQUEST, InferRequest, parse_request
+from serving.oip.requests import HEADER_LENGTH, OIP_REQUEST, InferRequest, checked_request
 from serving.oip.tensors import (
     NUMPY_DTYPES,
     array_to_raw,
     datatype_of,
+    join_bytes,
     json_to_raw,
     raw_to_array,
     raw_to_json,
 )
 
 DEFAULT_OUTPUT = "output0"
+# One encoder: json.dumps with separators= builds a new one per call (~5 µs).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class AnswerError(ServingError):
@@ -62,50 +65,46 @@ class OipItem:
     """One OIP request of a batch, decoded in the worker."""
 
     request: InferRequest
-    arrays: list[np.ndarray[Any, Any]]  # one per input, in the request's order
+
+    def array(self, i: int) -> np.ndarray[Any, Any]:
+        """Input `i` as an array of its shape (BYTES: object array of bytes)."""
+        tensor = self.request.inputs[i]
+        raw = tensor.raw if tensor.raw is not None else json_to_raw(tensor.data or [],
+                                                                    tensor.datatype)
+        return raw_to_array(raw, tensor.datatype, tensor.shape)
 
 
 def is_oip(inputs: Sequence[tuple[str, str, Any]]) -> bool:
     return bool(inputs) and inputs[0][1] == OIP_REQUEST
 
 
-def decode(inputs: Sequence[tuple[str, str, Any]], metadata: ModelMetadata) -> OipItem:
-    """The request a front end sent (`requests.worker_inputs`): header, then binary tensors."""
+def decode(inputs: Sequence[tuple[str, str, Any]]) -> OipItem:
+    """The request a front end checked and sent (`requests.worker_inputs`): the header, then
+    the binary tensors."""
     try:
         header = json.loads(bytes(inputs[0][2]))
     except (ValueError, RecursionError):
         raise BadRequest("the OIP request header is not valid JSON") from None
-    binary = b"".join(bytes(value) for _, _, value in inputs[1:])
-    request = parse_request(header, binary, metadata)
-    arrays = []
-    for tensor in request.inputs:
-        if tensor.raw is not None:
-            arrays.append(raw_to_array(tensor.raw, tensor.datatype, tensor.shape))
-        else:
-            raw = json_to_raw(tensor.data or [], tensor.datatype)
-            arrays.append(raw_to_array(raw, tensor.datatype, tensor.shape))
-    return OipItem(request, arrays)
+    binary = (b"" if len(inputs) == 1 else bytes(inputs[1][2]) if len(inputs) == 2
+              else b"".join(bytes(value) for _, _, value in inputs[1:]))
+    try:
+        return OipItem(checked_request(header, binary))
+    except (KeyError, TypeError, AttributeError) as e:  # not from parse_request: a bug
+        raise BadRequest(f"malformed OIP request header: {type(e).__name__}: {e}") from None
 
 
 def handler_row(item: OipItem, metadata: ModelMetadata) -> dict[str, Any]:
     """The handler's `data[i]` for an OIP request (see the module doc)."""
-    header = item.request.header
+    request = item.request
+    header = request.header
     if metadata.handler_input == "body":
-        if len(item.arrays) != 1:
-            raise BadRequest(f"this model takes exactly one input, got {len(item.arrays)}")
-        tensor, array = item.request.inputs[0], item.arrays[0]
-        if tensor.datatype == "BYTES":
-            if array.size != 1:
-                raise BadRequest(f"input {tensor.name!r}: this model takes one BYTES "
-                                 f"element, got {array.size}")
-            raw = bytearray(array.reshape(-1)[0])
-        else:
-            raw = bytearray(array_to_raw(array, tensor.datatype))
-        return {"body": raw, "oip": _without_data(header)}
+        if len(request.inputs) != 1:
+            raise BadRequest(f"this model takes exactly one input, got {len(request.inputs)}")
+        return {"body": _body(item), "oip": _without_data(header)}
     inputs = []
-    for tensor, array in zip(item.request.inputs, item.arrays, strict=True):
+    for i, tensor in enumerate(request.inputs):
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape,
-                 "data": _as_lists(array, tensor.datatype)}
+                 "data": _nested(item, i)}
         if tensor.parameters:
             entry["parameters"] = tensor.parameters
         inputs.append(entry)
@@ -114,16 +113,39 @@ def handler_row(item: OipItem, metadata: ModelMetadata) -> dict[str, Any]:
     return {"body": body}
 
 
+def _body(item: OipItem) -> bytearray:
+    """The one input as a `/predictions` body: raw bytes, or a BYTES tensor's one element."""
+    tensor = item.request.inputs[0]
+    if tensor.datatype != "BYTES":
+        if tensor.raw is not None and tensor.datatype != "BF16":
+            return bytearray(tensor.raw)
+        return bytearray(array_to_raw(item.array(0), tensor.datatype))
+    count = len(tensor.data) if tensor.data is not None else item.array(0).size
+    if count != 1:
+        raise BadRequest(f"input {tensor.name!r}: this model takes one BYTES element, "
+                         f"got {count}")
+    if tensor.data is not None:
+        return bytearray(str(tensor.data[0]).encode("utf-8"))
+    return bytearray(item.array(0).reshape(-1)[0])
+
+
+def _nested(item: OipItem, i: int) -> Any:
+    """Input `i`'s data as a nested list in its shape (BYTES as str, or bytes if not UTF-8)."""
+    tensor = item.request.inputs[i]
+    if tensor.data is not None and len(tensor.shape) == 1:
+        if tensor.datatype in ("FP16", "FP32", "FP64"):
+            return [float(v) for v in tensor.data]
+        return tensor.data  # already flat, checked, of the right kind
+    array = item.array(i)
+    if tensor.datatype != "BYTES":
+        return array.tolist()
+    return np.vectorize(_text, otypes=[object])(array).tolist() if array.size else []
+
+
 def _without_data(header: dict[str, Any]) -> dict[str, Any]:
     out = {key: value for key, value in header.items() if key != "inputs"}
     out["inputs"] = [{k: v for k, v in t.items() if k != "data"} for t in header["inputs"]]
     return out
-
-
-def _as_lists(array: np.ndarray[Any, Any], datatype: str) -> Any:
-    if datatype != "BYTES":
-        return array.tolist()
-    return np.vectorize(_text, otypes=[object])(array).tolist() if array.size else []
 
 
 def _text(value: bytes) -> str | bytes:
@@ -138,30 +160,62 @@ def encode_answer(answer: Any, item: OipItem, metadata: ModelMetadata, model_nam
                   model_version: str, request_id: str) -> tuple[bytes, str, dict[str, str]]:
     """The response for one request: (body, content type, headers). The body is the REST
     answer, binary tensor data extension included when an output is asked in binary."""
-    outputs = _outputs(answer, metadata)
-    outputs = _requested(outputs, item.request)
+    try:
+        outputs = _outputs(answer, metadata)
+    except (TypeError, ValueError, OverflowError) as e:  # numpy refusing a conversion
+        raise AnswerError(f"the handler's answer cannot be made into output tensors: "
+                          f"{e}") from None
     request = item.request
-    asked_binary = {o.name for o in request.outputs if o.binary}
+    if request.outputs:
+        outputs = _requested(outputs, request)
+        asked_binary = {o.name for o in request.outputs if o.binary}
+    else:
+        asked_binary = set()
     header_outputs = []
     tail: list[bytes] = []
-    for name, datatype, shape, raw in outputs:
+    for name, datatype, shape, array in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if request.binary_output or name in asked_binary:
+            raw = join_bytes(array) if isinstance(array, list) else array_to_raw(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
         else:
-            entry["data"] = raw_to_json(raw, datatype, f"output {name!r}")
+            entry["data"] = _json_data(array, datatype, name)
         header_outputs.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
                                 "id": request.id or request_id, "outputs": header_outputs}
-    head = json.dumps(response, separators=(",", ":")).encode()
+    head = _COMPACT.encode(response).encode()
     if not tail:
         return head, "application/json", {}
     return (head + b"".join(tail), "application/octet-stream",
             {HEADER_LENGTH: str(len(head))})
 
 
-Output = tuple[str, str, list[int], bytes]  # name, datatype, shape, raw bytes
+# name, datatype, shape, values (an array; a flat list of str for a BYTES answer built here)
+Output = tuple[str, str, list[int], np.ndarray[Any, Any] | list[str]]
+
+
+def _json_data(array: np.ndarray[Any, Any] | list[str], datatype: str, name: str
+               ) -> list[Any]:
+    """An output's values as a flat JSON list (BYTES as UTF-8 text)."""
+    if isinstance(array, list):
+        return array
+    if datatype == "BYTES":
+        values = []
+        for v in array.reshape(-1).tolist():
+            if isinstance(v, bytes | bytearray):
+                try:
+                    v = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest(f"output {name!r}: holds bytes that are not UTF-8 text, "
+                                     "which JSON cannot carry; ask for it with binary_data"
+                                     ) from None
+            values.append(v if isinstance(v, str) else str(v))
+        return values
+    if datatype == "BF16":
+        return raw_to_json(array_to_raw(array, datatype), datatype, name)
+    flat: list[Any] = np.asarray(array, dtype=NUMPY_DTYPES[datatype]).reshape(-1).tolist()
+    return flat
 
 
 def _outputs(answer: Any, metadata: ModelMetadata) -> list[Output]:
@@ -197,7 +251,7 @@ def _v2_output(out: Any, i: int) -> Output:
     if array.size != int(np.prod(shape)):
         raise AnswerError(f"handler answer output {name!r}: shape {list(shape)} needs "
                           f"{int(np.prod(shape))} elements, data has {array.size}")
-    return name, datatype, list(shape), array_to_raw(array, datatype)
+    return name, datatype, list(shape), array
 
 
 def _declared_output(value: Any, declared: TensorMetadata) -> Output:
@@ -207,7 +261,7 @@ def _declared_output(value: Any, declared: TensorMetadata) -> Output:
         raise AnswerError(f"output {declared.name!r}: the handler's answer is not "
                           f"{declared.datatype} data ({e})") from None
     shape = _resolve_shape(declared, array)
-    return declared.name, declared.datatype, shape, array_to_raw(array, declared.datatype)
+    return declared.name, declared.datatype, shape, array
 
 
 def _resolve_shape(declared: TensorMetadata, array: np.ndarray[Any, Any]) -> list[int]:
@@ -226,6 +280,8 @@ def _resolve_shape(declared: TensorMetadata, array: np.ndarray[Any, Any]) -> lis
 
 
 def _undeclared_output(value: Any) -> Output:
+    if type(value) is dict:  # the common non-tensor answer ({"ok": true}): its JSON text
+        return DEFAULT_OUTPUT, "BYTES", [1], [_json_text(value)]
     array: np.ndarray[Any, Any] | None = None
     if _is_tensor(value) or isinstance(value, np.ndarray):
         array = _array(value, None)
@@ -243,15 +299,23 @@ def _undeclared_output(value: Any) -> Output:
     except ValueError:  # a dtype OIP has no name for (complex, datetime)
         array = None
     if array is None:
-        try:
-            array = _bytes_array([json.dumps(value)])
-        except (TypeError, ValueError) as e:
-            raise AnswerError(f"the handler's answer cannot be an output tensor: {e}") from None
+        array = _bytes_array([_json_text(value)])
         datatype = "BYTES"
-    return DEFAULT_OUTPUT, datatype, list(array.shape), array_to_raw(array, datatype)
+    return DEFAULT_OUTPUT, datatype, list(array.shape), array
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise AnswerError(f"the handler's answer cannot be an output tensor: {e}") from None
 
 
 def _bytes_array(items: list[Any]) -> np.ndarray[Any, Any]:
+    if len(items) == 1:
+        array = np.empty(1, dtype=object)
+        array[0] = items[0]
+        return array
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array

@@ -24,6 +24,7 @@ OIP_REQUEST = "application/x-oip-request+json"
 OIP_TENSOR = "application/x-oip-tensor"
 HEADER_LENGTH = "inference-header-content-length"
 Blob = bytes | bytearray | memoryview
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # dumps(separators=) builds one per call
 
 
 @dataclass(slots=True)
@@ -74,6 +75,40 @@ def parse_request(header: Any, binary: Blob, metadata: ModelMetadata) -> InferRe
     if not isinstance(binary_output, bool):
         raise BadRequest("parameters.binary_data_output: must be true or false")
     return InferRequest(header, inputs, outputs, binary_output, _timeout_ms(params))
+
+
+def checked_request(header: dict[str, Any], binary: Blob) -> InferRequest:
+    """A request rebuilt from a header `parse_request` has passed (the worker's side: the
+    front end checked it, and `worker_inputs` only takes a checked request)."""
+    view = memoryview(binary).cast("B") if binary else None
+    offset = 0
+    inputs = []
+    for item in header["inputs"]:
+        params = item.get("parameters") or {}
+        tensor = InputTensor(item["name"], item["datatype"], item["shape"], params)
+        size = params.get("binary_data_size") if params else None
+        if size is None:
+            data = item["data"]
+            for v in data:
+                if type(v) is list:  # nested: flatten (the checks already passed)
+                    data = flatten(data, tensor.datatype, element_count(tensor.shape),
+                                   f"input {tensor.name!r}")
+                    break
+            tensor.data = data
+        else:
+            tensor.raw = view[offset:offset + size] if view is not None else b""
+            offset += size
+        inputs.append(tensor)
+    request = InferRequest(header, inputs)
+    params = header.get("parameters")
+    if params:
+        request.binary_output = bool(params.get("binary_data_output"))
+    outputs = header.get("outputs")
+    if outputs:
+        request.outputs = [RequestedOutput(o["name"], bool((o.get("parameters") or {})
+                                                           .get("binary_data")))
+                           for o in outputs]
+    return request
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -196,4 +231,4 @@ def worker_inputs(header: bytes, request: InferRequest) -> list[Input]:
 
 def header_bytes(header: dict[str, Any]) -> bytes:
     """A header built by a front end (gRPC) as the bytes a worker receives."""
-    return json.dumps(header, separators=(",", ":")).encode()
+    return _COMPACT.encode(header).encode()

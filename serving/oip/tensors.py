@@ -32,6 +32,7 @@ _INTEGER_RANGES = {
 }
 _FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
 _LENGTH = struct.Struct("<I")
+MAX_RANK = 32  # numpy's limit on dims (64 in numpy 2; 32 keeps both)
 
 
 def check_datatype(datatype: Any, where: str) -> str:
@@ -42,11 +43,15 @@ def check_datatype(datatype: Any, where: str) -> str:
 
 
 def check_shape(shape: Any, where: str) -> list[int]:
-    """A request's shape: a list of whole numbers >= 0."""
+    """A request's shape: a list of whole numbers >= 0 (int64, as the protocol's dims are)."""
     if not isinstance(shape, list) or not all(
-            type(d) is int and d >= 0 for d in shape):
-        raise BadRequest(f"{where}: shape must be a list of whole numbers >= 0, "
+            type(d) is int and 0 <= d < 2**63 for d in shape):
+        raise BadRequest(f"{where}: shape must be a list of whole numbers from 0 to 2^63-1, "
                          f"got {shape!r:.80}")
+    if len(shape) > MAX_RANK:
+        raise BadRequest(f"{where}: shape has {len(shape)} dims; at most {MAX_RANK}")
+    if math.prod(shape) >= 2**63:
+        raise BadRequest(f"{where}: shape {shape!r:.80} has more elements than int64 counts")
     return shape
 
 

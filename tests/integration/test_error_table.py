@@ -92,9 +92,27 @@ async def torchserve_grpc_call(session: aiohttp.ClientSession, server: ServerPro
     return 200
 
 
+async def oip_rest_call(session: aiohttp.ClientSession, server: ServerProcess, model: str,
+                        order: dict[str, Any], *, version: str | None = None,
+                        timeout_ms: int | None = None,
+                        client_timeout: aiohttp.ClientTimeout = TIMEOUT) -> int:
+    """The order rides at the top level of the v2 request, where a handler in the default
+    `handler_input: request` mode finds it (its body is the request); the deadline is the
+    protocol's `timeout` parameter, in microseconds."""
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    body: dict[str, Any] = {
+        "inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [0]}], **order}
+    if timeout_ms is not None:
+        body["parameters"] = {"timeout": timeout_ms * 1000}
+    async with session.post(base(server) + path, json=body, timeout=client_timeout) as r:
+        await r.read()
+        return r.status
+
+
 FRONT_ENDS = [
     FrontEnd("rest", rest_call, http_status),
     FrontEnd("kserve-v1", kserve_v1_call, http_status, versions=False),
+    FrontEnd("oip-rest", oip_rest_call, http_status),
     FrontEnd("torchserve-grpc", torchserve_grpc_call, grpc_status_name),
 ]
 

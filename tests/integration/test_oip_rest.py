@@ -278,3 +278,65 @@ def test_token_authorization_applies(store: Path, tmp_path: Path) -> None:
         with triton.InferenceServerClient(url) as c:
             assert not c.is_server_ready()
             assert c.is_server_ready(headers=srv.bearer("inference"))
+
+
+@pytest.fixture(scope="module")
+def default_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The shipped minilm and resnet50 archives, built by model_store.build."""
+    from model_store.build import build_all
+
+    store = tmp_path_factory.mktemp("default-store")
+    build_all(store, only=["minilm", "resnet50"])
+    log = tmp_path_factory.mktemp("logs") / "default.log"
+    with ServerProcess(log, "--models", "all", model_store=store) as srv:
+        srv.wait_ready(models=("minilm", "resnet50"), timeout=600)
+        yield srv
+
+
+@pytest.mark.slow
+def test_minilm_over_oip_gives_the_predictions_embedding(default_models: ServerProcess
+                                                         ) -> None:
+    sentence = "A man is playing a guitar."
+    reference = default_models.inference.post(
+        "/predictions/minilm", content=sentence.encode(),
+        headers={"content-type": "text/plain"})
+    assert reference.status_code == 200, reference.text
+    expected = np.array(reference.json(), dtype=np.float32)
+    with triton.InferenceServerClient(f"127.0.0.1:{default_models.inference_port}",
+                                      network_timeout=120) as c:
+        metadata = c.get_model_metadata("minilm")
+        assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [1]}]
+        assert metadata["outputs"] == [{"name": "embedding", "datatype": "FP32",
+                                        "shape": [384]}]
+        for binary in (False, True):
+            text = _input("text", np.array([sentence.encode()], dtype=object), "BYTES", binary)
+            result = c.infer("minilm", [text],
+                             outputs=[triton.InferRequestedOutput("embedding", binary)])
+            embedding = result.as_numpy("embedding")
+            assert embedding.shape == (384,) and embedding.dtype == np.float32
+            np.testing.assert_allclose(embedding, expected, rtol=0, atol=1e-6)
+            assert abs(float(np.linalg.norm(embedding)) - 1.0) < 1e-4
+
+
+@pytest.mark.slow
+def test_resnet50_over_oip_gives_probabilities(default_models: ServerProcess) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((3, 224, 224)).astype(np.float32)
+    top5 = default_models.inference.post(
+        "/predictions/resnet50", content=image.tobytes(),
+        headers={"content-type": "application/octet-stream"})
+    assert top5.status_code == 200, top5.text
+    with triton.InferenceServerClient(f"127.0.0.1:{default_models.inference_port}",
+                                      network_timeout=120) as c:
+        result = c.infer("resnet50", [_input("input", image, "FP32", True)])
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (1000,) and probabilities.dtype == np.float32
+    assert abs(float(probabilities.sum()) - 1.0) < 1e-3
+    best = np.argsort(probabilities)[::-1][:5]
+    expected = top5.json()
+    assert [str(i) for i in best] == list(expected)
+    np.testing.assert_allclose(probabilities[best], list(expected.values()), rtol=1e-4)
+    wrong = default_models.inference.post("/v2/models/resnet50/infer", json=_x(
+        [0.0] * 12, [3, 2, 2], name="input"))
+    assert wrong.status_code == 400
+    assert "shape [3, 2, 2] does not match the model's [3, 224, 224]" in wrong.json()["error"]

@@ -24,7 +24,7 @@ def _item(header: dict[str, Any], binary: bytes, metadata: ModelMetadata
           ) -> handler_bridge.OipItem:
     request = parse_request(header, binary, metadata)
     inputs = worker_inputs(json.dumps(header).encode(), request)
-    return handler_bridge.decode([(i.name, i.content_type, i.value) for i in inputs], metadata)
+    return handler_bridge.decode([(i.name, i.content_type, i.value) for i in inputs])
 
 
 def test_binary_inputs_take_their_bytes_in_order() -> None:
@@ -37,12 +37,13 @@ def test_binary_inputs_take_their_bytes_in_order() -> None:
         {"name": "b", "datatype": "BYTES", "shape": [2],
          "parameters": {"binary_data_size": len(b)}}]}
     item = _item(header, a.tobytes() + b, UNDECLARED)
-    assert item.arrays[0].tolist() == [[0, 1], [2, 3]]
-    assert item.arrays[1].tolist() == [7]
-    assert item.arrays[2].tolist() == [b"hi", b"there"]
+    assert item.array(0).tolist() == [[0, 1], [2, 3]]
+    assert item.array(1).tolist() == [7]
+    assert item.array(2).tolist() == [b"hi", b"there"]
     row = handler_bridge.handler_row(item, UNDECLARED)
     assert row["body"]["inputs"][2]["data"] == ["hi", "there"]
     assert row["body"]["inputs"][0]["data"] == [[0.0, 1.0], [2.0, 3.0]]
+    assert row["body"]["inputs"][1]["data"] == [7]
 
 
 @pytest.mark.parametrize(("header", "binary", "message"), [
@@ -133,3 +134,19 @@ def test_body_mode_gives_the_handler_the_raw_tensor() -> None:
     text = {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": ["héllo"]}]}
     assert handler_bridge.handler_row(_item(text, b"", metadata), metadata)["body"] == \
         bytearray("héllo".encode())
+
+
+def test_a_worker_answer_reads_back_into_tensors() -> None:
+    from serving.oip.responses import read_answer
+    from serving.types import InferenceResponse
+
+    header = {"id": "q", "parameters": {"binary_data_output": True},
+              "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+    item = _item(header, b"", DECLARED)
+    body, ctype, headers = handler_bridge.encode_answer([3.0, 4.0], item, DECLARED, "m", "2",
+                                                        "rid")
+    answer = read_answer(InferenceResponse(body, 200, ctype, headers))
+    assert (answer.model_name, answer.model_version, answer.id) == ("m", "2", "q")
+    (out,) = answer.outputs
+    assert (out.name, out.datatype, out.shape, out.data) == ("y", "FP32", [2], None)
+    assert out.raw is not None and np.frombuffer(out.raw, "<f4").tolist() == [3.0, 4.0]
