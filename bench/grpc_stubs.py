@@ -19,7 +19,7 @@ from types import ModuleType
 
 import ts
 
-PROTOS = ("inference.proto", "management.proto")
+PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
 
 
 def torchserve_jar() -> Path:
@@ -27,9 +27,9 @@ def torchserve_jar() -> Path:
 
 
 def compile_torchserve_stubs(out: Path) -> dict[str, ModuleType]:
-    """Extract proto/inference.proto and proto/management.proto from TorchServe's jar,
-    compile them with grpcio-tools into `out`, import and return the four modules by name
-    (`inference_pb2`, `inference_pb2_grpc`, `management_pb2`, `management_pb2_grpc`)."""
+    """Extract proto/inference.proto, management.proto and open_inference_grpc.proto from
+    TorchServe's jar, compile them with grpcio-tools into `out`, import and return the modules
+    by name (`inference_pb2`, `inference_pb2_grpc`, `management_pb2`, ...)."""
     import google.rpc.status_pb2
     import grpc_tools
     from grpc_tools import protoc
@@ -47,7 +47,8 @@ def compile_torchserve_stubs(out: Path) -> dict[str, ModuleType]:
     sys.path.insert(0, str(out))
     try:
         return {name: importlib.import_module(name) for name in (
-            "inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")}
+            "inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc",
+            "open_inference_grpc_pb2", "open_inference_grpc_pb2_grpc")}
     finally:
         sys.path.remove(str(out))
 

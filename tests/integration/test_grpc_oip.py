@@ -148,3 +148,27 @@ def test_same_port_serves_torchserve_predictions(oip_server: ServerProcess):
         answer = stub.Predictions(ts["inference_pb2"].PredictionsRequest(
             model_name="echo", input={"body": b"four"}), timeout=TIMEOUT)
         assert json.loads(answer.prediction)["inputs"]["body"]["value"] == 4
+
+
+def test_torchserve_oip_stubs_are_answered_too(oip_server: ServerProcess):
+    """TorchServe's own OIP proto (package org.pytorch.serve.grpc.openinference) reaches the
+    same service: stubs compiled from it work unchanged."""
+    from tests.support.tsgrpc import torchserve_stubs
+
+    ts = torchserve_stubs()
+    pb = ts["open_inference_grpc_pb2"]
+    with grpc.insecure_channel(f"127.0.0.1:{oip_server.grpc_inference_port}") as channel:
+        stub = ts["open_inference_grpc_pb2_grpc"].GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT).live
+        assert stub.ModelReady(pb.ModelReadyRequest(name="double"), timeout=TIMEOUT).ready
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="double"), timeout=TIMEOUT)
+        assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1])]
+        request = pb.ModelInferRequest(model_name="double", id="ts-oip")
+        request.inputs.add(name="x", datatype="FP32", shape=[2])
+        request.raw_input_contents.append(np.array([1.5, -3], dtype="<f4").tobytes())
+        response = stub.ModelInfer(request, timeout=TIMEOUT)
+        assert (response.id, [o.name for o in response.outputs]) == ("ts-oip", ["y"])
+        assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == [3, -6]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(pb.ModelInferRequest(model_name="missing"), timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -205,3 +205,28 @@ def _error_message(answer: InferenceResponse) -> str:
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# TorchServe 0.12 serves the same protocol under a package of its own (proto/
+# open_inference_grpc.proto in its jar); the messages are the same on the wire, so stubs
+# compiled from TorchServe's file are answered by the same servicer.
+TORCHSERVE_SERVICE_NAME = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
+RPCS: dict[str, tuple[Any, Any]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+
+
+def add_to_server(servicer: OipService, server: Any) -> tuple[str, ...]:
+    """Serve `servicer` under both service names; returns them."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, name), request_deserializer=request.FromString,
+        response_serializer=response.SerializeToString)
+        for name, (request, response) in RPCS.items()}
+    names = (SERVICE_NAME, TORCHSERVE_SERVICE_NAME)
+    for name in names:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
+    return names

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
@@ -20,7 +21,6 @@ from serving.gateway.grpc import inference, management, oip
 from serving.gateway.grpc.protos import (
     inference_pb2_grpc,
     management_pb2_grpc,
-    open_inference_pb2_grpc,
 )
 from serving.routing.dataplane import DataPlane
 from serving.routing.manager import ModelManager
@@ -127,6 +127,14 @@ def _credentials(s: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, chain)])
 
 
+def _has_descriptor(service: str) -> bool:
+    try:
+        descriptor_pool.Default().FindServiceByName(service)
+    except KeyError:
+        return False
+    return True
+
+
 class GrpcServers:
     """Both gRPC servers: `start` binds them (a busy port is a start-up error), `stop` ends
     them after the REST APIs' drain."""
@@ -150,9 +158,7 @@ class GrpcServers:
     def _add_inference(self, server: grpc.aio.Server) -> Sequence[str]:
         inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(  # type: ignore[no-untyped-call]
             inference.InferenceService(self._plane), server)
-        open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            oip.OipService(self._plane), server)
-        return (inference.SERVICE_NAME, oip.SERVICE_NAME)
+        return (inference.SERVICE_NAME, *oip.add_to_server(oip.OipService(self._plane), server))
 
     def _add_management(self, server: grpc.aio.Server) -> Sequence[str]:
         management_pb2_grpc.add_ManagementAPIsServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -168,8 +174,11 @@ class GrpcServers:
         names = list(add(server))
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME],
-                                            server)
+        # Reflection describes the services whose descriptors this process holds (TorchServe's
+        # alias of the OIP service has none of its own).
+        described = [n for n in names if _has_descriptor(n)]
+        reflection.enable_server_reflection(
+            [*described, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
         host = f"[{listener.host}]" if ":" in listener.host else listener.host
         address = f"{host}:{listener.port}"
         try:
