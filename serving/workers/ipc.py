@@ -18,7 +18,7 @@ HEADER = struct.Struct("<IBI")
 MAX_FRAME = 2**32 - 1
 # Sent in HELLO; the gateway refuses a worker that speaks another version (a worker started
 # from another installation of this package) instead of misreading its frames.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: STREAM answers are delivered, CANCEL added
 
 Blob = bytes | bytearray | memoryview
 

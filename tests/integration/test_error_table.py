@@ -1,10 +1,15 @@
 """The error table: every error the data plane raises, driven through every front end on
 this branch, on a real server with real clients.
 
-Each front end is a small adapter: `call(session, model, order, version=..., timeout_ms=...)`
-returns the status its client sees, and `status(code)` says what that front end must answer
-for an error code of serving/errors.py (REST: `http_status`). A new front end (TorchServe gRPC,
-OIP REST/gRPC) is one more `FrontEnd` in FRONT_ENDS: every case then runs through it too.
+Each front end is a small adapter: `call(session, server, model, order, *, version=None,
+timeout_ms=None, give_up_after=60.0)` sends `order` (a JSON object the test handlers read)
+and returns the status its client sees — `timeout_ms` is the request's own deadline (REST:
+`x-request-timeout-ms`; gRPC: the call's deadline), and after `give_up_after` seconds the
+client hangs up (cancels the call) and the adapter raises `asyncio.TimeoutError`. `session`
+is an aiohttp session that adapters of other protocols may ignore. `status(code)` says what
+that front end must answer for an error code of serving/errors.py (REST: `http_status`; gRPC:
+`grpc_status_name`). A new front end (TorchServe gRPC, OIP REST/gRPC) is one more `FrontEnd`
+in FRONT_ENDS: every case then runs through it too.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from tests.support.server import ServerProcess
 from tests.support.tsgrpc import torchserve_stubs
 
 MAX_REQUEST = 100_000
-TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,10 @@ def timeout_header(timeout_ms: int | None) -> dict[str, str]:
 
 async def rest_call(session: aiohttp.ClientSession, server: ServerProcess, model: str,
                     order: dict[str, Any], *, version: str | None = None,
-                    timeout_ms: int | None = None,
-                    client_timeout: aiohttp.ClientTimeout = TIMEOUT) -> int:
+                    timeout_ms: int | None = None, give_up_after: float = 60.0) -> int:
     path = f"/predictions/{model}" + (f"/{version}" if version else "")
-    async with session.post(base(server) + path, json=order, timeout=client_timeout,
+    async with session.post(base(server) + path, json=order,
+                            timeout=aiohttp.ClientTimeout(total=give_up_after),
                             headers=timeout_header(timeout_ms)) as r:
         await r.read()
         return r.status
@@ -59,11 +63,11 @@ async def rest_call(session: aiohttp.ClientSession, server: ServerProcess, model
 
 async def kserve_v1_call(session: aiohttp.ClientSession, server: ServerProcess, model: str,
                          order: dict[str, Any], *, version: str | None = None,
-                         timeout_ms: int | None = None,
-                         client_timeout: aiohttp.ClientTimeout = TIMEOUT) -> int:
+                         timeout_ms: int | None = None, give_up_after: float = 60.0) -> int:
     assert version is None
     async with session.post(f"{base(server)}/v1/models/{model}:predict",
-                            json={"instances": [order]}, timeout=client_timeout,
+                            json={"instances": [order]},
+                            timeout=aiohttp.ClientTimeout(total=give_up_after),
                             headers=timeout_header(timeout_ms)) as r:
         await r.read()
         return r.status
@@ -229,8 +233,7 @@ async def client_cancelled(fe: FrontEnd, s: aiohttp.ClientSession, server: Serve
     busy = asyncio.create_task(fe.call(s, server, "queue", {"sleep": 2, "tag": "busy"}))
     await wait_started(ledger, "busy")
     with pytest.raises(asyncio.TimeoutError):
-        await fe.call(s, server, "queue", {"tag": "gone"},
-                      client_timeout=aiohttp.ClientTimeout(total=0.5))
+        await fe.call(s, server, "queue", {"tag": "gone"}, give_up_after=0.5)
     assert await busy == 200
     assert await fe.call(s, server, "queue", {"tag": "kept"}) == 200
     assert "gone" not in tags(ledger)

@@ -16,6 +16,7 @@ import uvloop
 
 from serving.errors import ServingError
 from serving.types import InferenceRequest, Input
+from serving.workers.ipc import PROTOCOL_VERSION
 from serving.workers.process import WorkerState
 from tests.support.stub_worker import stub
 
@@ -54,13 +55,15 @@ def test_a_worker_of_another_protocol_version_is_refused(short_dir: Path,
                                                          caplog: pytest.LogCaptureFixture
                                                          ) -> None:
     async def body() -> None:
-        with pytest.raises(ServingError, match="protocol 2, this server speaks 1"):
+        with pytest.raises(ServingError, match=f"protocol {PROTOCOL_VERSION + 1}, this server "
+                                               f"speaks {PROTOCOL_VERSION}"):
             async with stub(short_dir, "version"):
                 pass
 
     with caplog.at_level(logging.ERROR, logger="serving.workers.listener"):
         uvloop.run(body())
-    assert "speaks worker protocol 2, this server speaks 1; refusing it" in caplog.text
+    assert (f"speaks worker protocol {PROTOCOL_VERSION + 1}, this server speaks "
+            f"{PROTOCOL_VERSION}; refusing it") in caplog.text
     assert not (short_dir / "w.log").exists()  # it was sent nothing
 
 
