@@ -85,6 +85,22 @@ async def measure(server: ServerProcess, by_label: dict[str, Target], levels: Se
     return rows
 
 
+def paired_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Each OIP run against the /predictions run just before it (same rep and level): on a
+    shared box this cancels most of the drift that separates two medians."""
+    lines = ["", "Paired ratios (each OIP run over the /predictions run right before it):", "",
+             "| c | OIP / predictions req/s, per rep | median |", "|---:|---|---:|"]
+    runs = {(r["label"], int(r["concurrency"]), int(r["rep"])): r for r in rows}
+    for level in sorted({int(r["concurrency"]) for r in rows}):
+        ratios = [ratio(float(oip["rps"]), float(pred["rps"]))
+                  for (label, c, rep), oip in runs.items() if label == OIP and c == level
+                  if (pred := runs.get((PREDICTIONS, c, rep))) is not None]
+        if ratios:
+            lines.append(f"| {level} | {', '.join(f'{x:.3f}' for x in ratios)} | "
+                         f"{statistics.median(ratios):.3f} |")
+    return lines
+
+
 def cpu_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["", "Server CPU per request (median over reps; all requests of the run, warm-up "
              "included):", "", "| endpoint | c | gateway µs | worker µs | total µs |",
@@ -111,7 +127,9 @@ def render(cells: list[Aggregate], machine: dict[str, str], plan: Plan, reps: in
         "medians over reps.",
         "",
         f"Machine: {machine.get('cpu', '?')}, {machine.get('logical cpus', '?')} logical CPUs; "
-        f"{machine.get('date', '?')}; load average at the start of the runs: {load}.",
+        f"{machine.get('date', '?')}; load average at the start of the runs: {load}. On a "
+        "shared box the paired ratios and the server CPU per request (below) are the steadier "
+        "figures: other tenants take wall time from both endpoints, not CPU time per request.",
         "",
         "| endpoint | c | req/s (min-max) | p50 ms | p99 ms | errors | client CPU |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -138,15 +156,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,16")
     parser.add_argument("--quick", action="store_true", help="1 rep of 3 s (a smoke)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/oip")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render report.md from raw/results.jsonl")
     args = parser.parse_args(argv)
     reps, duration = (1, 3.0) if args.quick else (args.reps, args.duration)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "raw"  # not committed (.gitignore): the archive and the rows
+    plan = Plan(warmup_s=args.warmup, duration_s=duration)
+    if args.report_only:
+        rows = [json.loads(line) for line in (raw / "results.jsonl").read_text().splitlines()]
+        reps = max(int(r["rep"]) for r in rows) + 1
+        plan = Plan(warmup_s=float(rows[0]["warmup_s"]), duration_s=float(rows[0]["window_s"]))
+        write_report(out, rows, plan, reps)
+        return 0
     store = raw / "store"
     build_all(store, only=["noop"])
-    plan = Plan(warmup_s=args.warmup, duration_s=duration)
     models = {"noop": ModelConfig("noop.mar", batch_size=1, max_batch_delay_ms=5)}
     with ProjectServer(store, models, pin_cpus=SERVER_CPUS) as server, pinned(CLIENT_CPUS):
         by_label = targets(server.base_url)
@@ -155,13 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = asyncio.run(measure(server, by_label, levels, plan, reps))
         server.check_alive()
     (raw / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(out, rows, plan, reps)
+    return 0
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], plan: Plan, reps: int) -> None:
     loads = sorted(float(r["load_1m"]) for r in rows)
-    report = render(aggregate(rows), facts(), plan, reps,
+    machine = {**facts(), "date": f"run started {rows[0]['started_at']}"} if rows else facts()
+    report = render(aggregate(rows), machine, plan, reps,
                     f"{loads[0]:.2f}-{loads[-1]:.2f}" if loads else "?")
-    report += "\n".join(cpu_table(rows)) + "\n"
+    report += "\n".join(paired_table(rows) + cpu_table(rows)) + "\n"
     (out / "report.md").write_text(report)
     print(report)
-    return 0
 
 
 if __name__ == "__main__":

@@ -84,9 +84,38 @@ def bodies(out: Path) -> None:
         (out / f"{name}.bin").write_bytes(head + bytes([0, 100]) + body)
 
 
+def oip(out: Path) -> None:
+    """OIP requests in oip_fuzz.layout: metadata choice, header length, header, binary."""
+    import json
+
+    import numpy as np
+
+    fp32 = np.arange(4, dtype="<f4").tobytes()
+    text = (5).to_bytes(4, "little") + b"hello"
+    seeds = {
+        "json": (0, {"id": "a", "inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT64",
+                                            "data": [[1, 2], [3, 4]]}]}, b""),
+        "binary": (2, {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 16}}],
+                       "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}, fp32),
+        "bytes": (3, {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                  "parameters": {"binary_data_size": 9}}],
+                      "parameters": {"binary_data_output": True}}, text),
+        "mixed": (1, {"inputs": [{"name": "b", "shape": [3], "datatype": "BOOL",
+                                  "data": [True, False, True]},
+                                 {"name": "h", "shape": [1], "datatype": "BF16",
+                                  "parameters": {"binary_data_size": 2}}]}, b"\x80\x3f"),
+    }
+    for name, (choice, header, binary) in seeds.items():
+        head = json.dumps(header).encode()
+        (out / f"{name}.bin").write_bytes(bytes([choice]) + len(head).to_bytes(2, "big")
+                                          + head + binary)
+
+
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else CORPUS
-    for name, make in (("archive", archives), ("ipc", frames), ("bodies", bodies)):
+    for name, make in (("archive", archives), ("ipc", frames), ("bodies", bodies),
+                       ("oip", oip)):
         folder = root / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

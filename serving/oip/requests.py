@@ -70,6 +70,8 @@ def parse_request(header: Any, binary: Blob, metadata: ModelMetadata) -> InferRe
         raise BadRequest(f"id: must be a string, got {header['id']!r:.40}")
     inputs = _inputs(header.get("inputs"), binary)
     check_declared(inputs, metadata)
+    if metadata.handler_input == "body":
+        _check_body_input(inputs)
     outputs = _outputs(header.get("outputs"), metadata)
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
@@ -186,6 +188,16 @@ def check_declared(inputs: list[InputTensor], metadata: ModelMetadata) -> None:
     missing = [t.name for t in metadata.inputs if t.name not in given]
     if missing:
         raise BadRequest(f"missing input(s) {', '.join(missing)}")
+
+
+def _check_body_input(inputs: list[InputTensor]) -> None:
+    """`handler_input: body` hands one input to the handler as a /predictions body."""
+    if len(inputs) != 1:
+        raise BadRequest(f"this model takes exactly one input, got {len(inputs)}")
+    tensor = inputs[0]
+    if tensor.datatype == "BYTES" and element_count(tensor.shape) != 1:
+        raise BadRequest(f"input {tensor.name!r:.60}: this model takes one BYTES element, "
+                         f"got {element_count(tensor.shape)}")
 
 
 def _outputs(value: Any, metadata: ModelMetadata) -> list[RequestedOutput]:

@@ -25,7 +25,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 
-@pytest.mark.parametrize("harness", ["ipc", "bodies", "archive"])
+@pytest.mark.parametrize("harness", ["ipc", "bodies", "archive", "oip"])
 def test_harness_short_run(harness: str, corpus: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FUZZ_KNOWN"}
     proc = subprocess.run(

@@ -340,3 +340,23 @@ def test_resnet50_over_oip_gives_probabilities(default_models: ServerProcess) ->
         [0.0] * 12, [3, 2, 2], name="input"))
     assert wrong.status_code == 400
     assert "shape [3, 2, 2] does not match the model's [3, 224, 224]" in wrong.json()["error"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client: triton.InferenceServerClient, algorithm: str) -> None:
+    x = np.arange(6, dtype=np.float32)
+    result = client.infer("double", [_input("x", x, "FP32", True)],
+                          request_compression_algorithm=algorithm)
+    np.testing.assert_array_equal(result.as_numpy("y"), 2 * x)
+
+
+def test_a_compressed_body_past_the_limit_is_413(oip_server: ServerProcess) -> None:
+    import gzip
+
+    bomb = gzip.compress(b" " * 8_000_000)  # ~8 kB that inflate past max_request_size
+    r = _post(oip_server, "/v2/models/double/infer", bomb, {"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "Decompressed" in r.json()["error"]
+    r = _post(oip_server, "/v2/models/double/infer", b"not gzip", {"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "cannot be decompressed" in r.json()["error"]
+    r = _post(oip_server, "/v2/models/double/infer", b"{}", {"Content-Encoding": "br"})
+    assert r.status_code == 400 and "not supported" in r.json()["error"]

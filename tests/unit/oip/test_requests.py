@@ -150,3 +150,14 @@ def test_a_worker_answer_reads_back_into_tensors() -> None:
     (out,) = answer.outputs
     assert (out.name, out.datatype, out.shape, out.data) == ("y", "FP32", [2], None)
     assert out.raw is not None and np.frombuffer(out.raw, "<f4").tolist() == [3.0, 4.0]
+
+
+def test_body_mode_takes_one_input_and_one_bytes_element() -> None:
+    metadata = from_model_yaml({"oip": {"handler_input": "body"}})
+    two = {"inputs": [{"name": "a", "datatype": "INT8", "shape": [1], "data": [1]},
+                      {"name": "b", "datatype": "INT8", "shape": [1], "data": [1]}]}
+    with pytest.raises(BadRequest, match="exactly one input, got 2"):
+        parse_request(two, b"", metadata)
+    texts = {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}]}
+    with pytest.raises(BadRequest, match="one BYTES element, got 2"):
+        parse_request(texts, b"", metadata)
