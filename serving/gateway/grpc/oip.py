@@ -23,7 +23,8 @@ from serving.gateway.grpc.protos import open_inference_pb2_grpc as pb_grpc
 from serving.gateway.grpc.status import abort, unary
 from serving.gateway.oip import SERVER_NAME
 from serving.oip.metadata import model_metadata_dict
-from serving.oip.requests import HEADER_LENGTH, header_bytes, parse_request, worker_inputs
+from serving.oip.requests import header_bytes, parse_request, worker_inputs
+from serving.oip.responses import read_answer
 from serving.oip.tensors import (
     element_count,
     flatten,
@@ -102,24 +103,17 @@ def to_header(message: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
 
 def to_response(answer: InferenceResponse) -> pb.ModelInferResponse:
     """The worker's OIP answer (a JSON header, then the outputs' bytes) as the message."""
-    body = answer.body
-    length = int(answer.headers.get(HEADER_LENGTH, len(body)))
-    head = json.loads(body[:length])
-    offset = length
-    response = pb.ModelInferResponse(model_name=head.get("model_name", ""),
-                                     model_version=head.get("model_version", ""),
-                                     id=head.get("id", ""))
-    for out in head.get("outputs", []):
-        name, datatype, shape = out["name"], out["datatype"], out["shape"]
-        size = out.get("parameters", {}).get("binary_data_size")
-        if size is not None:
-            blob = body[offset:offset + size]
-            offset += size
-        else:  # data as JSON: the worker answers binary when asked, but stay whole
-            count = element_count(shape)
-            blob = json_to_raw(flatten(out["data"], datatype, count, name), datatype)
-        response.outputs.add(name=name, datatype=datatype, shape=shape)
-        response.raw_output_contents.append(blob)
+    read = read_answer(answer)
+    response = pb.ModelInferResponse(model_name=read.model_name,
+                                     model_version=read.model_version, id=read.id)
+    for out in read.outputs:
+        raw = out.raw
+        if raw is None:  # data as JSON: the worker answers binary when asked, but stay whole
+            count = element_count(out.shape)
+            raw = json_to_raw(flatten(out.data or [], out.datatype, count, out.name),
+                              out.datatype)
+        response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        response.raw_output_contents.append(raw)
     return response
 
 
