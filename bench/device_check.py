@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
              "--disable-token-auth",  # loopback only; no key file written into the checkout
              "--inference-address", f"http://127.0.0.1:{port}",
              "--management-address", f"http://127.0.0.1:{mport}",
-             "--metrics-address", f"http://127.0.0.1:{free_port()}"],
+             "--metrics-address", f"http://127.0.0.1:{free_port()}",
+             "--grpc-inference-port", str(free_port()),
+             "--grpc-management-port", str(free_port())],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             result["models"] = run_checks(port, mport, inputs, expected, started, reference,

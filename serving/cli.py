@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--access-log", action="store_true", default=None,
                        help="log one line per HTTP request (access_log.log under "
                             "LOG_LOCATION, else stderr)")
+    start.add_argument("--grpc-inference-port", type=int,
+                       help="port of TorchServe's gRPC inference API (default 7070)")
+    start.add_argument("--grpc-management-port", type=int,
+                       help="port of TorchServe's gRPC management API (default 7071)")
     start.add_argument("--enable-model-api", action="store_true", default=None,
                        help="allow registering and unregistering models over the API")
     start.add_argument("--disable-token-auth", action="store_true", default=None,
@@ -97,6 +101,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         # TorchServe's environment variables for where log and metric files go.
         "log_location": os.environ.get("LOG_LOCATION") or None,
         "metrics_location": os.environ.get("METRICS_LOCATION") or None,
+        "grpc_inference_port": args.grpc_inference_port,
+        "grpc_management_port": args.grpc_management_port,
         "enable_model_api": args.enable_model_api,
         "disable_token_authorization": args.disable_token_authorization,
         "default_workers_per_model": args.default_workers_per_model,
@@ -211,7 +217,13 @@ def _value(args: list[str], name: str) -> str | None:
 
 
 def _start(args: argparse.Namespace) -> int:
+    import os
+
     from serving.settings import build_settings
+
+    # Workers are started by fork+exec: grpc's fork handlers have nothing to protect and only
+    # log a warning each time. Read by grpc when it is first imported, so set it here.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -37,16 +38,12 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "initial_distribution_port", "plugins_path", "snapshot_store", "model_snapshot",
     "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers", "blacklist_env_vars",
     "system_metrics_cmd", "model_server_home", "preload_model", "ipex_enable",
-    "ipex_gpu_enable", "max_response_size_in_mb",
-    "enable_grpc_ssl", "maxRetryTimeoutInSec",
+    "ipex_gpu_enable", "max_response_size_in_mb", "maxRetryTimeoutInSec",
     "prefer_direct_buffer", "unregister_model_timeout", "use_env_allowed_urls",
     "model_metrics_auto_detect", "cpp_log_config",
     "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
     # TorchServe's switch to the Open Inference Protocol: here it is always served (/v2).
     "ts_open_inference_protocol",
-    # gRPC is not served yet: its addresses are accepted so that a config keeps starting.
-    "grpc_inference_address", "grpc_management_address", "grpc_inference_port",
-    "grpc_management_port",
 })
 # TorchServe keys whose meaning this server cannot honour yet: silently ignoring them would
 # leave a user believing they are protected, so they stop the start-up instead.
@@ -54,8 +51,6 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
     "keystore": "TLS is not served directly; terminate TLS at a proxy",
     "keystore_pass": "TLS is not served directly; terminate TLS at a proxy",
     "keystore_type": "TLS is not served directly; terminate TLS at a proxy",
-    "certificate_file": "TLS is not served directly; terminate TLS at a proxy",
-    "private_key_file": "TLS is not served directly; terminate TLS at a proxy",
     "service_envelope": "request envelopes (kserve, kservev2, json) are not implemented; "
                         "KServe v1 is served at /v1/models/{model}:predict",
 }
@@ -94,8 +89,20 @@ class Settings(BaseModel):
     inference_address: Address = Address(host="127.0.0.1", port=8080)
     management_address: Address = Address(host="127.0.0.1", port=8081)
     metrics_address: Address = Address(host="127.0.0.1", port=8082)
+    # TorchServe's gRPC APIs (serving/gateway/grpc/): a host (no scheme) and a port each.
+    grpc_inference_address: str = "127.0.0.1"
+    grpc_management_address: str = "127.0.0.1"
     grpc_inference_port: int = Field(7070, ge=0, le=65535)
     grpc_management_port: int = Field(7071, ge=0, le=65535)
+    # ms a connection may live before the server asks the client to reconnect, and ms it then
+    # has to finish its calls; None: no bound (TorchServe's default).
+    grpc_inference_max_connection_age_ms: int | None = Field(None, ge=1)
+    grpc_management_max_connection_age_ms: int | None = Field(None, ge=1)
+    grpc_inference_max_connection_age_grace_ms: int | None = Field(None, ge=0)
+    grpc_management_max_connection_age_grace_ms: int | None = Field(None, ge=0)
+    enable_grpc_ssl: bool = False  # TLS on both gRPC listeners, with the two files below
+    certificate_file: Path | None = None  # PEM certificate chain (gRPC only)
+    private_key_file: Path | None = None  # PEM private key (gRPC only)
     model_store: Path | None = None
     load_models: list[str] = Field(default_factory=list)
     models: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
@@ -174,6 +181,28 @@ class Settings(BaseModel):
             value = value.resolve()  # workers read it from the model's folder
         return value
 
+    @field_validator("grpc_inference_address", "grpc_management_address")
+    @classmethod
+    def _grpc_host(cls, value: str) -> str:
+        host = value.strip().removeprefix("[").removesuffix("]")
+        bad = not host or "/" in host or " " in host
+        if ":" in host and not bad:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                bad = True
+        if bad:
+            raise ValueError(f"{value!r}: expected a host name or IP address, without scheme "
+                             "or port (the port is grpc_*_port)")
+        return host
+
+    @field_validator("certificate_file", "private_key_file")
+    @classmethod
+    def _pem_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no file {str(value)!r}")
+        return value
+
     @field_validator("model_store")
     @classmethod
     def _model_store(cls, value: Path | None) -> Path | None:
@@ -227,6 +256,16 @@ class Settings(BaseModel):
         if value.upper() not in logging.getLevelNamesMapping():
             raise ValueError(f"unknown log level {value!r}")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _grpc_tls(self) -> Settings:
+        files = (self.certificate_file, self.private_key_file)
+        if self.enable_grpc_ssl and None in files:
+            raise ValueError("enable_grpc_ssl needs certificate_file and private_key_file")
+        if not self.enable_grpc_ssl and any(files):
+            raise ValueError("certificate_file/private_key_file serve only gRPC, with "
+                             "enable_grpc_ssl=true; REST TLS belongs to a proxy in front")
+        return self
 
     @model_validator(mode="after")
     def _workers_bounded(self) -> Settings:

@@ -1,5 +1,5 @@
-"""The server process: one event loop running every HTTP front end, the workers' socket, and
-the start-up and shutdown sequences."""
+"""The server process: one event loop running every HTTP and gRPC front end, the workers'
+socket, and the start-up and shutdown sequences."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import uvicorn
 
 from serving.errors import ConfigError, ServingError
 from serving.gateway.auth import KEY_FILE_NAME, TokenAuthorization, TokenKind
+from serving.gateway.grpc.server import GrpcServers
 from serving.gateway.guard import Guarded
 from serving.gateway.httplimits import limited_protocol
 from serving.gateway.inference import InferenceApp
@@ -93,13 +94,6 @@ class Server:
                    (bind(s.management_address, "management_address"), "Management API")]
         if metrics is not None:
             sockets.append((bind(s.metrics_address, "metrics_address"), "Metrics API"))
-        if self._on_listening is not None:
-            try:
-                self._on_listening()
-            except BaseException:
-                for sock, _ in sockets:
-                    sock.close()
-                raise
         listener = WorkerListener(self.work_dir / "workers.sock")
         await listener.start()
         loop = asyncio.get_running_loop()
@@ -142,6 +136,22 @@ class Server:
                                            proxy_headers=False, server_header=False,
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
                    for app in apps]
+        grpc_servers = GrpcServers(s, manager, plane, auth)
+        try:
+            await grpc_servers.start()
+        except BaseException:
+            await grpc_servers.stop(0)
+            await listener.close()
+            raise
+        if self._on_listening is not None:  # every port is bound: REST's and gRPC's
+            try:
+                self._on_listening()
+            except BaseException:
+                await grpc_servers.stop(0)
+                await listener.close()
+                for sock, _ in sockets:
+                    sock.close()
+                raise
         tasks = [asyncio.create_task(srv.serve(sockets=[sock]))
                  for srv, (sock, _) in zip(servers, sockets, strict=True)]
         for (sock, what) in sockets:
@@ -176,10 +186,12 @@ class Server:
             watcher.cancel()
             trimmer.cancel()
             manager.accepting = False
+            await grpc_servers.draining()
             await manager.close(drain_timeout=s.drain_timeout)
             for srv in servers:
                 srv.should_exit = True
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, grpc_servers.stop(SHUTDOWN_GRACE_S),
+                                 return_exceptions=True)
             await listener.close()
             if metrics is not None:
                 await metrics.stop()

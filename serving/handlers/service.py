@@ -85,19 +85,19 @@ class HandlerService:
         """Run one batch; a failure of the batch as a whole is returned, not raised.
         `intermediate` receives what a streaming handler sends before its final answers;
         `cancelled` tells which requests' clients went away (a streaming handler is stopped
-        once all have).
+        once all have); both speak of requests by their index in `items`.
 
         An OIP request whose tensors cannot be decoded is answered with its error and left
         out of the batch the handler sees.
         """
         rows: list[dict[str, Any]] = []
-        kept: list[WorkItem] = []
+        kept: list[int] = []  # index in `items` of each request the handler sees
         refused: dict[int, InferenceResponse] = {}
         self._oip_items = {}
         for i, item in enumerate(items):
             try:
                 rows.append(self._inputs(item, len(kept)))
-                kept.append(item)
+                kept.append(i)
             except ServingError as e:
                 refused[i] = _error_answer(e)
             except Exception as e:  # an OIP tensor numpy cannot build: that request's error
@@ -107,7 +107,9 @@ class HandlerService:
                     f"the request's inputs cannot be decoded: {type(e).__name__}: {e}"))
         if not kept:
             return [refused[i] for i in range(len(items))]
-        answers = self._run(kept, rows, intermediate, cancelled)
+        if refused:
+            intermediate, cancelled = _reindexed(kept, intermediate, cancelled)
+        answers = self._run([items[i] for i in kept], rows, intermediate, cancelled)
         if not refused or isinstance(answers, ServingError):
             return answers
         merged = iter(answers)
@@ -199,6 +201,25 @@ class HandlerService:
             log.warning("OIP answer of request %s: %s", ctx.request_ids[idx], e.message)
             return _error_answer(e)
         return InferenceResponse(body, 200, ctype, headers)
+
+
+def _reindexed(kept: list[int], intermediate: Intermediate | None,
+               cancelled: Cancelled | None) -> tuple[Intermediate | None, Cancelled | None]:
+    """The callbacks of a batch some of whose requests the handler does not see: its
+    positions (0..len(kept)-1) translated to and from the batch's."""
+    position = {original: k for k, original in enumerate(kept)}
+    deliver, gone = None, None
+    if intermediate is not None:
+        send = intermediate
+
+        def deliver(answers: list[tuple[int, InferenceResponse]]) -> None:
+            send([(kept[k], answer) for k, answer in answers])
+    if cancelled is not None:
+        ask = cancelled
+
+        def gone() -> set[int]:
+            return {position[i] for i in ask() if i in position}
+    return deliver, gone
 
 
 def _error_answer(error: ServingError) -> InferenceResponse:

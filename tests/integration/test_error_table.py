@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
-from serving.errors import http_status
+from serving.errors import grpc_status_name, http_status
 from tests.support.archives import build_mar
 from tests.support.polling import wait_for
 from tests.support.server import ServerProcess
+from tests.support.tsgrpc import torchserve_stubs
 
 MAX_REQUEST = 100_000
 
@@ -35,7 +37,7 @@ MAX_REQUEST = 100_000
 @dataclass(frozen=True)
 class FrontEnd:
     name: str
-    call: Callable[..., Awaitable[int]]
+    call: Callable[..., Awaitable[int | str]]
     status: Callable[[int], object]
     versions: bool = True  # whether a request can name a model version
 
@@ -71,6 +73,26 @@ async def kserve_v1_call(session: aiohttp.ClientSession, server: ServerProcess, 
         return r.status
 
 
+async def torchserve_grpc_call(session: aiohttp.ClientSession, server: ServerProcess,
+                               model: str, order: dict[str, Any], *,
+                               version: str | None = None, timeout_ms: int | None = None,
+                               give_up_after: float = 60.0) -> int | str:
+    """TorchServe's gRPC Predictions, with stubs from TorchServe's own protos: 200 when the
+    call succeeds, else the status name."""
+    ts = torchserve_stubs()
+    request = ts["inference_pb2"].PredictionsRequest(
+        model_name=model, model_version=version or "", input={"body": json.dumps(order).encode()})
+    deadline = timeout_ms / 1000 if timeout_ms is not None else None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_inference_port}") as channel:
+        stub = ts["inference_pb2_grpc"].InferenceAPIsServiceStub(channel)
+        try:
+            # Past give_up_after, wait_for cancels the call (the client hangs up).
+            await asyncio.wait_for(stub.Predictions(request, timeout=deadline), give_up_after)
+        except grpc.aio.AioRpcError as e:
+            return str(e.code().name)
+    return 200
+
+
 async def oip_rest_call(session: aiohttp.ClientSession, server: ServerProcess, model: str,
                         order: dict[str, Any], *, version: str | None = None,
                         timeout_ms: int | None = None, give_up_after: float = 60.0) -> int:
@@ -92,6 +114,7 @@ FRONT_ENDS = [
     FrontEnd("rest", rest_call, http_status),
     FrontEnd("kserve-v1", kserve_v1_call, http_status, versions=False),
     FrontEnd("oip-rest", oip_rest_call, http_status),
+    FrontEnd("torchserve-grpc", torchserve_grpc_call, grpc_status_name),
 ]
 
 
@@ -182,7 +205,7 @@ async def queue_deadline(fe: FrontEnd, s: aiohttp.ClientSession, server: ServerP
 
 
 async def response_timeout(fe: FrontEnd, s: aiohttp.ClientSession, server: ServerProcess,
-                           ledger: Path) -> tuple[int, int]:
+                           ledger: Path) -> tuple[object, int]:
     status = await fe.call(s, server, "mortal", {"sleep": 30})  # responseTimeout is 2 s
     ready_again(server, "mortal")
     return status, 504
@@ -201,7 +224,7 @@ async def worker_died(fe: FrontEnd, s: aiohttp.ClientSession, server: ServerProc
 
 
 async def client_cancelled(fe: FrontEnd, s: aiohttp.ClientSession, server: ServerProcess,
-                           ledger: Path) -> tuple[int, int]:
+                           ledger: Path) -> tuple[object, int]:
     """The client hangs up while its request waits: it is withdrawn (never reaches the
     handler). Nobody is left to read an HTTP status; the code is 499 in the data plane."""
     busy = asyncio.create_task(fe.call(s, server, "queue", {"sleep": 2, "tag": "busy"}))
@@ -211,7 +234,7 @@ async def client_cancelled(fe: FrontEnd, s: aiohttp.ClientSession, server: Serve
     assert await busy == 200
     assert await fe.call(s, server, "queue", {"tag": "kept"}) == 200
     assert "gone" not in tags(ledger)
-    return 499, 499
+    return fe.status(499), 499  # nobody reads it: what the front end would answer
 
 
 CASES = [unknown_model, unknown_version, too_large, queue_full, queue_deadline,

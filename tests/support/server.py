@@ -42,6 +42,8 @@ class ServerProcess:
         self.inference_port = free_port()
         self.management_port = free_port()
         self.metrics_port = free_port()
+        self.grpc_inference_port = free_port()
+        self.grpc_management_port = free_port()
         self.log_path = log_path
         self.token_auth = token_auth
         self.cwd = cwd or (log_path.parent / f"{log_path.name}.cwd" if token_auth else ROOT)
@@ -54,7 +56,9 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "serving", "start",
                "--inference-address", f"http://127.0.0.1:{self.inference_port}",
                "--management-address", f"http://127.0.0.1:{self.management_port}",
-               "--metrics-address", f"http://127.0.0.1:{self.metrics_port}"]
+               "--metrics-address", f"http://127.0.0.1:{self.metrics_port}",
+               "--grpc-inference-port", str(self.grpc_inference_port),
+               "--grpc-management-port", str(self.grpc_management_port)]
         if model_store is not None:
             cmd += ["--model-store", str(model_store)]
         if ts_config is not None:

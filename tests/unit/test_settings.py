@@ -8,7 +8,7 @@ import pytest
 
 from serving.errors import ConfigError
 from serving.properties import read_properties
-from serving.settings import build_settings
+from serving.settings import Settings, build_settings
 
 
 def test_properties_syntax():
@@ -102,3 +102,32 @@ def test_archive_limits(tmp_path: Path):
         1048576, 50, 1000.0)
     with pytest.raises(ConfigError, match="max_archive_entries"):
         build_settings(write(tmp_path, "max_archive_entries=0\n"), {})
+
+
+def test_torchserve_grpc_keys(tmp_path: Path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("pem")
+    key.write_text("pem")
+    cfg = write(tmp_path, "grpc_inference_address=0.0.0.0\ngrpc_management_address=[::1]\n"
+                          "grpc_inference_port=9090\ngrpc_management_port=9091\n"
+                          "grpc_inference_max_connection_age_ms=60000\n"
+                          "grpc_inference_max_connection_age_grace_ms=5000\n"
+                          f"enable_grpc_ssl=true\ncertificate_file={cert}\n"
+                          f"private_key_file={key}\n")
+    s = build_settings(cfg, {"grpc_management_port": 9999})
+    assert (s.grpc_inference_address, s.grpc_inference_port) == ("0.0.0.0", 9090)
+    assert (s.grpc_management_address, s.grpc_management_port) == ("::1", 9999)
+    assert s.grpc_inference_max_connection_age_ms == 60000
+    assert s.grpc_inference_max_connection_age_grace_ms == 5000
+    assert s.grpc_management_max_connection_age_ms is None
+    assert s.enable_grpc_ssl and (s.certificate_file, s.private_key_file) == (cert, key)
+    defaults = Settings()
+    assert (defaults.grpc_inference_address, defaults.grpc_inference_port,
+            defaults.grpc_management_port, defaults.enable_grpc_ssl) == (
+        "127.0.0.1", 7070, 7071, False)
+
+
+@pytest.mark.parametrize("value", ["http://127.0.0.1", "127.0.0.1:7070", "", "a b", "1:2:x"])
+def test_grpc_address_is_a_host(tmp_path: Path, value: str):
+    with pytest.raises(ConfigError, match="grpc_inference_address"):
+        build_settings(write(tmp_path, f"grpc_inference_address={value}\n"), {})
