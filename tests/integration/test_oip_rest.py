@@ -19,23 +19,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.support.archives import build_mar
+from tests.support.oip_models import DOUBLE, UPPER, WRONG
 from tests.support.server import ServerProcess
 
-DOUBLE = """batchSize: 1
-mode: double
-oip:
-  inputs: [{name: x, datatype: FP32, shape: [-1]}]
-  outputs: [{name: y, datatype: FP32, shape: [-1]}]
-"""
-UPPER = """mode: upper
-oip:
-  inputs: [{name: text, datatype: BYTES, shape: [-1]}]
-  outputs: [{name: upper, datatype: BYTES, shape: [-1]}]
-"""
-WRONG = """mode: wrong
-oip:
-  outputs: [{name: y, datatype: FP32, shape: [4]}]
-"""
 BATCHED = "batchSize: 4\nmaxBatchDelay: 3000\nmode: batch\n"
 QUEUE = "batchSize: 1\njobQueueSize: 1\n"
 
