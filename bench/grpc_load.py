@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from typing import Any
 import grpc
 
 from bench.grpc_stubs import torchserve_stubs
-from bench.loadgen import RunResult, format_result
+from bench.loadgen import RunResult, Window, format_result
 from bench.machine import parse_cpus, pin_process
 from bench.stats import latency_summary
 from bench.workload import Plan
@@ -41,18 +40,8 @@ class GrpcTarget:
                                                                       input=self.inputs)
 
 
-class _Window:
-    __slots__ = ("end_ns", "errors", "late", "latencies", "measure_ns", "sent")
-
-    def __init__(self, measure_ns: int, end_ns: int) -> None:
-        self.measure_ns, self.end_ns = measure_ns, end_ns
-        self.latencies: list[int] = []
-        self.errors: Counter[str] = Counter()
-        self.sent = self.late = 0
-
-
 async def _worker(call: Any, request: Any, expect: bytes | None, timeout_s: float,
-                  w: _Window) -> None:
+                  w: Window) -> None:
     clock = time.perf_counter_ns
     while True:
         t0 = clock()
@@ -68,16 +57,8 @@ async def _worker(call: Any, request: Any, expect: bytes | None, timeout_s: floa
             kind = f"status:{e.code().name}"
         except Exception as e:  # a failing server is a data point, never a dead worker
             kind = "exception:" + type(e).__name__
-        t1 = clock()
-        if t1 < w.measure_ns:
-            continue
-        if t1 > w.end_ns:
-            w.late += 1
+        if w.record(t0, clock(), kind) is False:
             return
-        if kind is None:
-            w.latencies.append(t1 - t0)
-        else:
-            w.errors[kind] += 1
 
 
 async def run_level(channel: grpc.aio.Channel, target: GrpcTarget, concurrency: int,
@@ -89,7 +70,7 @@ async def run_level(channel: grpc.aio.Channel, target: GrpcTarget, concurrency: 
     load_1m = os.getloadavg()[0]
     cpu0, wall0 = time.process_time(), time.perf_counter_ns()
     measure_ns = wall0 + int(plan.warmup_s * 1e9)
-    w = _Window(measure_ns, measure_ns + int(plan.duration_s * 1e9))
+    w = Window(measure_ns, measure_ns + int(plan.duration_s * 1e9), None)
     await asyncio.gather(*(_worker(stub.Predictions, request, target.expect, plan.timeout_s, w)
                            for _ in range(concurrency)))
     client_cpu = (time.process_time() - cpu0) / max((time.perf_counter_ns() - wall0) / 1e9, 1e-9)

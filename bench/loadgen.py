@@ -57,7 +57,7 @@ class RunResult:
         return asdict(self)
 
 
-class _Window:
+class Window:
     """State shared by the workers of one run; plain slots keep the hot loop cheap."""
 
     __slots__ = ("end_ns", "errors", "late", "latencies", "measure_ns", "remaining", "sent")
@@ -71,11 +71,25 @@ class _Window:
         self.sent = 0
         self.late = 0
 
+    def record(self, t0: int, t1: int, kind: str | None) -> bool | None:
+        """Count one call that finished at `t1`: None before the window (warm-up, not
+        counted), False after it (counted as late; the worker stops), True counted."""
+        if t1 < self.measure_ns:
+            return None
+        if t1 > self.end_ns:
+            self.late += 1
+            return False
+        if kind is None:
+            self.latencies.append(t1 - t0)
+        else:
+            self.errors[kind] += 1
+        return True
+
 
 async def _worker(session: aiohttp.ClientSession, t: Target, headers: dict[str, str],
-                  w: _Window) -> None:
+                  w: Window) -> None:
     request, method, url, body, expect = session.request, t.method, t.url, t.body, t.expect
-    clock, latencies = time.perf_counter_ns, w.latencies
+    clock = time.perf_counter_ns
     while True:
         t0 = clock()
         if t0 >= w.end_ns:
@@ -95,16 +109,10 @@ async def _worker(session: aiohttp.ClientSession, t: Target, headers: dict[str, 
         except Exception as exc:  # a failing server is a data point, never a dead worker
             kind = "exception:" + type(exc).__name__
         t1 = clock()
-        if t1 < w.measure_ns:
-            continue
-        if t1 > w.end_ns:
-            w.late += 1
+        counted = w.record(t0, t1, kind)
+        if counted is False:
             return
-        if kind is None:
-            latencies.append(t1 - t0)
-        else:
-            w.errors[kind] += 1
-        if w.remaining is not None:
+        if counted and w.remaining is not None:
             w.remaining -= 1
             if w.remaining == 0:
                 w.end_ns = t1
@@ -134,7 +142,7 @@ async def run_level(session: aiohttp.ClientSession, target: Target, concurrency:
     load_1m = os.getloadavg()[0]
     cpu0, wall0 = time.process_time(), time.perf_counter_ns()
     measure_ns = wall0 + int(plan.warmup_s * 1e9)
-    w = _Window(measure_ns, measure_ns + int(plan.duration_s * 1e9), plan.requests)
+    w = Window(measure_ns, measure_ns + int(plan.duration_s * 1e9), plan.requests)
     await asyncio.gather(*(_worker(session, target, headers, w) for _ in range(concurrency)))
     client_cpu = (time.process_time() - cpu0) / max((time.perf_counter_ns() - wall0) / 1e9, 1e-9)
     window_s = (w.end_ns - w.measure_ns) / 1e9
