@@ -18,7 +18,15 @@ from bench.archive import tool_path
 from bench.loadgen import Target, format_result, warm
 from bench.machine import parse_cpus, pin_process
 from bench.server import ServerProcess
-from bench.tsconfig import ModelConfig, Ports, parse_model, registrations, render, torchserve_only
+from bench.tsconfig import (
+    QUIET_LOG4J2,
+    ModelConfig,
+    Ports,
+    parse_model,
+    registrations,
+    render,
+    torchserve_only,
+)
 
 
 class TorchServe(ServerProcess):
@@ -32,7 +40,9 @@ class TorchServe(ServerProcess):
                  pin_cpus: str | None = "0", ports: Ports | None = None,
                  workdir: Path | None = None, job_queue_size: int = 100,
                  extra_properties: Mapping[str, str] | None = None,
-                 ready_timeout_s: float = 180.0) -> None:
+                 ready_timeout_s: float = 180.0, quiet_logs: bool = False) -> None:
+        """`quiet_logs`: start with `QUIET_LOG4J2` (no line per request or batch) instead of
+        TorchServe's own log4j2 configuration (access, model and metric logs at INFO)."""
         self.ports = ports or Ports.free()
         workdir = (workdir or Path(tempfile.mkdtemp(prefix="ts-bench-"))).resolve()
         store = model_store.resolve()
@@ -50,6 +60,10 @@ class TorchServe(ServerProcess):
                "METRICS_LOCATION": str(workdir / "logs")}
         command = [tool_path("torchserve"), "--start", "--foreground", "--ncs",
                    "--model-store", str(store), "--ts-config", str(self.config_path)]
+        if quiet_logs:
+            log_config = workdir / "log4j2.xml"
+            log_config.write_text(QUIET_LOG4J2)
+            command += ["--log-config", str(log_config)]
         super().__init__(command, base_url=self.ports.inference_url,
                          management_url=self.ports.management_url,
                          workers={name: m.workers for name, m in models.items()},
