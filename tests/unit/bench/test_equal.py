@@ -170,3 +170,22 @@ def test_runner_fails_a_run_with_bad_answers_and_passes_a_clean_one(
     assert len(runner.failures) == 2
     assert all(f.startswith("serving wrong c=2 rep") and "unexpected_body" in f
                for f in runner.failures)
+
+
+def test_headline_noop_is_plain_and_only_the_variant_overlaps(tmp_path: Path) -> None:
+    """The equal-terms claim: the archive both servers run declares no overlap; the variant
+    differs from it only by `maxInflightBatches` in its model-config.yaml."""
+    import zipfile
+
+    import yaml
+
+    from bench.handlers.noop_handler import NoopHandler
+    from bench.run import noop_archives
+
+    assert not getattr(NoopHandler, "can_overlap", False)
+    noop_archives(tmp_path)
+    with zipfile.ZipFile(tmp_path / "noop-plain.mar") as plain, \
+            zipfile.ZipFile(tmp_path / "noop-plain-overlap.mar") as variant:
+        assert "model-config.yaml" not in plain.namelist()
+        assert yaml.safe_load(variant.read("model-config.yaml")) == {"maxInflightBatches": 4}
+        assert plain.read("noop_handler.py") == variant.read("noop_handler.py")
