@@ -23,6 +23,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("noop", "resnet50", "minilm", "accuracy", "inproc", "hop", "pinning")
 HEADLINE_LEVELS = [1, 16]
 OVERLAP_NOTE = "(this server only; TorchServe column: its plain b1 run)"
+OVERLAP_TEXT = ("The **overlap variant** is not on equal terms: the same handler with "
+                "`maxInflightBatches: 4` in its model-config.yaml, so this server lets up to 4 "
+                "batches wait in the worker's socket, a feature TorchServe lacks; it is divided "
+                "by TorchServe's plain b1 run of the same rep.")
 
 
 @dataclass
@@ -197,7 +202,8 @@ class Runner:
         try:
             ref = reference(mar, SENTENCES)
             for label, cls in (("this server", ProjectServer), ("TorchServe 0.12", TorchServe)):
-                with cls(self.store, models) as server:
+                # An archive with an `optimization:` block may compile before it is ready.
+                with cls(self.store, models, ready_timeout_s=900.0) as server:
                     got = served(server.base_url, "minilm", SENTENCES)
                 for row in compare(label, got, ref, SENTENCES):
                     _append(self.raw / "accuracy.jsonl", row)
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be at least 1")
     (out / "raw").mkdir(parents=True, exist_ok=True)
     for stale in ("results.jsonl", "inproc.jsonl", "servers.jsonl", "accuracy.jsonl",
-                  "failures.jsonl", "hop.json"):
+                  "failures.jsonl", "hop.json", "run.json"):
         (out / "raw" / stale).unlink(missing_ok=True)  # a report is of one run only
     store = REPO / "model_store" / "build"
     needs = {"resnet50": {"resnet50", "inproc", "pinning"}, "minilm": {"minilm", "inproc",
@@ -281,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         groups += pinning_groups(p, quick)
     (out / "setup.md").write_text(setup_text(reps, noop_t, args.request_logs, args.headline))
     runner = Runner(out, store, args.request_logs)
+    started = time.monotonic()
     runner.measure(groups, reps)
     if "accuracy" in chosen:
         runner.accuracy()
@@ -289,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     if "minilm" in chosen or "inproc" in chosen:
         runner.in_process("minilm", sentence_files(p), "text/plain")
     hops = hop(out / "raw") if "hop" in chosen else None
+    minutes = (time.monotonic() - started) / 60
+    (out / "raw" / "run.json").write_text(json.dumps(
+        {"argv": sys.argv[1:] if argv is None else argv, "scenarios": chosen, "reps": reps,
+         "minutes": round(minutes, 1)}) + "\n")
+    print(f"measured in {minutes:.1f} min", flush=True)
     write_report(out, hops)
     return exit_code(runner.failures)
 
@@ -326,7 +338,7 @@ def write_report(out: Path, hops: dict[str, Any] | None) -> None:
                         "Reps are interleaved across the servers of a comparison, the order "
                         "reversed every rep (see Setup);")
     title, _, rest = text.partition("\n")
-    text = "\n".join([title, "", *headline_section(rows, failures), rest])
+    text = "\n".join([title, "", *headline_section(out, rows, failures), rest])
     if accuracy:
         from bench.accuracy import section
 
@@ -338,20 +350,24 @@ def write_report(out: Path, hops: dict[str, Any] | None) -> None:
     print(out / "report.md")
 
 
-def headline_section(rows: list[dict[str, Any]], failures: list[dict[str, Any]]) -> list[str]:
+def headline_section(out: Path, rows: list[dict[str, Any]],
+                     failures: list[dict[str, Any]]) -> list[str]:
     """The served comparisons first: noop on equal terms, its overlap variant apart, then the
     models; ratios through the server only (in-process figures have their own table below)."""
     levels = sorted({int(r["concurrency"]) for r in rows})
     reps = sorted({int(r["rep"]) for r in rows})
-    lines = ["## Headline: served, on equal terms", "",
-             f"Median of {len(reps)} interleaved rep(s) (min..max); 'per-rep ratios' divides "
-             "the two servers' req/s of the same rep, which ran back to back. Same `.mar`, "
-             "same registration, same warm-up and logging on both (see Setup).", ""]
-    lines += headline_table(rows, NOOP_PAIRS, levels)
-    lines += ["The **overlap variant** is not on equal terms: the same handler with "
-              "`maxInflightBatches: 4` in its model-config.yaml, so this server lets up to 4 "
-              "batches wait in the worker's socket, a feature TorchServe lacks; it is divided "
-              "by TorchServe's plain b1 run of the same rep.", ""]
+    run_file = out / "raw" / "run.json"
+    took = json.loads(run_file.read_text()) if run_file.exists() else {}
+    lines = ["## Headline: served, on equal terms", ""]
+    if took:
+        lines += [f"`python -m bench.run {' '.join(took['argv'])}`, measured in "
+                  f"{took['minutes']} min.", ""]
+    lines += [f"Median of {len(reps)} interleaved rep(s) (min..max); 'per-rep ratios' divides "
+              "the two servers' req/s of the same rep, which ran back to back. Same `.mar`, "
+              "same registration, same warm-up and logging on both (see Setup).", ""]
+    noop = headline_table(rows, NOOP_PAIRS, levels)
+    if len(noop) > 3:  # more than the header and the closing blank line
+        lines += [*noop, OVERLAP_TEXT, ""]
     models = headline_table(rows, MODEL_PAIRS, levels)
     if len(models) > 3:
         lines += ["### Models, served", "", *models]
