@@ -8,7 +8,7 @@ Both servers get the same `.mar` files with plain `BaseHandler` handlers, the sa
 (batch size, delay, workers), the same warm-up and the same logging (per-request logging off on
 both unless --request-logs). The servers of one comparison run interleaved, the order reversed
 every rep (rep 0: this server then TorchServe; rep 1: TorchServe then this server ...), each
-run a fresh start. `--headline`: only the noop rows the README quotes (~12 min).
+run a fresh start. `--headline`: only the noop rows the README quotes (~11-13 min).
 
 Writes raw/results.jsonl (one row per label x concurrency x rep), raw/inproc.jsonl,
 raw/accuracy.jsonl, raw/failures.jsonl, report.md and PNG plots. Server and all its processes
@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -145,6 +148,23 @@ def hop(out: Path) -> dict[str, Any]:
     return results
 
 
+@contextmanager
+def vmstat(log: Path) -> Iterator[None]:
+    """`vmstat -t 10` into `log` while the block runs (when vmstat exists): the CPU steal and
+    idle behind the report's noise section, so a "quiet box" can be checked afterwards."""
+    exe = shutil.which("vmstat")
+    if exe is None:
+        yield
+        return
+    with log.open("w") as f:
+        proc = subprocess.Popen([exe, "-t", "10"], stdout=f, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def _append(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -229,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--headline", action="store_true",
                         help="only the equal-terms noop rows (b1, b8, the overlap variant) at "
-                             "c=1 and c=16: what the README quotes (~12 min)")
+                             "c=1 and c=16: what the README quotes (~11-13 min)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved reps (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help="2 reps, short windows (a smoke of the method, not figures)")
@@ -255,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be at least 1")
     (out / "raw").mkdir(parents=True, exist_ok=True)
     for stale in ("results.jsonl", "inproc.jsonl", "servers.jsonl", "accuracy.jsonl",
-                  "failures.jsonl", "hop.json", "run.json"):
+                  "failures.jsonl", "hop.json", "run.json", "vmstat.log"):
         (out / "raw" / stale).unlink(missing_ok=True)  # a report is of one run only
     store = REPO / "model_store" / "build"
     needs = {"resnet50": {"resnet50", "inproc", "pinning"}, "minilm": {"minilm", "inproc",
@@ -271,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                        {"placement": {"enabled": False}})
     p = payloads(out / "raw" / "payloads")
     quick = args.quick
-    noop_t = Timing(warm_s=2 if quick else 10, warmup_s=1 if quick else 2,
-                    duration_s=2 if quick else 8)
+    # 15 s: TorchServe's JVM serves about a third of its warm rate for its first ~15 s of
+    # traffic; this server gets the same. 6 s windows keep --headline within 15 minutes.
+    noop_t = Timing(warm_s=2 if quick else 15, warmup_s=1 if quick else 2,
+                    duration_s=2 if quick else 6)
     levels = HEADLINE_LEVELS if args.headline else [1, 16, 64]
     groups: list[Group] = []
     if "noop" in chosen:
@@ -288,14 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "setup.md").write_text(setup_text(reps, noop_t, args.request_logs, args.headline))
     runner = Runner(out, store, args.request_logs)
     started = time.monotonic()
-    runner.measure(groups, reps)
-    if "accuracy" in chosen:
-        runner.accuracy()
-    if "resnet50" in chosen or "inproc" in chosen:
-        runner.in_process("resnet50", [p["resnet50"]], "application/octet-stream")
-    if "minilm" in chosen or "inproc" in chosen:
-        runner.in_process("minilm", sentence_files(p), "text/plain")
-    hops = hop(out / "raw") if "hop" in chosen else None
+    with vmstat(out / "raw" / "vmstat.log"):
+        runner.measure(groups, reps)
+        if "accuracy" in chosen:
+            runner.accuracy()
+        if "resnet50" in chosen or "inproc" in chosen:
+            runner.in_process("resnet50", [p["resnet50"]], "application/octet-stream")
+        if "minilm" in chosen or "inproc" in chosen:
+            runner.in_process("minilm", sentence_files(p), "text/plain")
+        hops = hop(out / "raw") if "hop" in chosen else None
     minutes = (time.monotonic() - started) / 60
     (out / "raw" / "run.json").write_text(json.dumps(
         {"argv": sys.argv[1:] if argv is None else argv, "scenarios": chosen, "reps": reps,
@@ -399,7 +422,7 @@ def noise_section(vmstat_log: Path) -> str:
             f"VM's CPUs to others) median {ordered[len(ordered) // 2]}%, max {ordered[-1]}%, "
             f"{sum(1 for v in steal if v >= 10)} samples at 10% or more. A rep that ran in such "
             "a stretch is slower for reasons outside both servers; the tables give the median "
-            "of 3 reps with their min..max.\n")
+            "of the reps with their min..max.\n")
 
 
 def placement_section() -> str:
