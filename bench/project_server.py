@@ -34,16 +34,19 @@ class ProjectServer(ServerProcess):
         self.config_path.write_text(render(store, models, self.ports,
                                            job_queue_size=job_queue_size,
                                            extra=extra_properties))
-        # LOG_LOCATION: where the access log goes when `access_log=true` is among the
-        # extra properties (the bench's request-logging "on" mode), instead of stderr.
         command = [sys.executable, "-m", "serving", "start", "--model-store", str(store),
                    "--ts-config", str(self.config_path)]
         # The package is run from the checkout, not installed; the child's cwd is the workdir.
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        env = {"PYTHONPATH": path}
+        if (extra_properties or {}).get("access_log") == "true":
+            # The bench's request-logging "on" mode: the access log goes to a file under
+            # LOG_LOCATION, as TorchServe's does, not to the console.
+            env["LOG_LOCATION"] = str(workdir / "logs")
         super().__init__(command, base_url=self.ports.inference_url,
                          management_url=self.ports.management_url,
                          workers={name: m.workers for name, m in models.items()},
                          workdir=workdir, pin_cpus=pin_cpus,
-                         env={"PYTHONPATH": path, "LOG_LOCATION": str(workdir / "logs")},
+                         env=env,
                          ready_timeout_s=ready_timeout_s,
                          registrations=registrations(models))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,45 @@ def test_headline_noop_is_plain_and_only_the_variant_overlaps(tmp_path: Path) ->
         assert "model-config.yaml" not in plain.namelist()
         assert yaml.safe_load(variant.read("model-config.yaml")) == {"maxInflightBatches": 4}
         assert plain.read("noop_handler.py") == variant.read("noop_handler.py")
+
+
+def _post_noop(base_url: str, n: int) -> None:
+    import urllib.request
+
+    for _ in range(n):
+        request = urllib.request.Request(f"{base_url}/predictions/noop", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert b'"ok"' in resp.read()
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_this_servers_request_log_follows_the_mode(noop_store: Path, tmp_path: Path,
+                                                    on: bool) -> None:
+    from bench.scenarios import server_for
+
+    run = ServerRun("serving noop", "serving", {"noop": ModelConfig("noop-plain.mar")},
+                    _load(tmp_path / "unused.json", '"ok"'), pin=None, request_logs=on)
+    with server_for(run, noop_store) as server:
+        _post_noop(server.base_url, 3)
+        workdir = server.workdir
+    access = workdir / "logs" / "access_log.log"
+    lines = access.read_text().splitlines() if access.exists() else []
+    assert len([line for line in lines if "/predictions/noop" in line]) == (3 if on else 0)
+    assert "/predictions/noop" not in (workdir / "server.log").read_text()
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs a Java runtime")
+def test_quiet_torchserve_writes_no_line_per_request(noop_store: Path, tmp_path: Path) -> None:
+    from bench.scenarios import server_for
+
+    run = ServerRun("torchserve noop", "torchserve", {"noop": ModelConfig("noop-plain.mar")},
+                    _load(tmp_path / "unused.json", '"ok"'), pin=None, request_logs=False)
+    with server_for(run, noop_store) as server:
+        _post_noop(server.base_url, 5)
+        workdir = server.workdir
+    written = "".join(f.read_text(errors="replace") for f in workdir.rglob("*.log"))
+    assert (workdir / "log4j2.xml").exists()
+    assert "/predictions/noop" not in written  # no access log line, in a file or the console
+    assert "Backend received inference" not in written  # the worker's per-batch line
+    assert "PredictionTime" not in written  # its per-batch metric line
