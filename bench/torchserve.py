@@ -97,7 +97,9 @@ def _serve(args: argparse.Namespace) -> int:
     ports = Ports() if args.ports == "default" else Ports.free()
     pin = None if args.pin == "none" else args.pin
     with TorchServe(args.model_store, models, pin_cpus=pin, ports=ports, workdir=args.workdir,
-                    job_queue_size=args.job_queue_size) as ts:
+                    job_queue_size=args.job_queue_size, quiet_logs=args.quiet_logs,
+                    extra_properties={"metrics_mode": "prometheus"} if args.quiet_logs
+                    else None) as ts:
         print(f"ready in {ts.ready_s:.1f} s: inference {ts.base_url}, management "
               f"{ts.management_url}, workdir {ts.workdir}", flush=True)
         for p in ts.processes():
@@ -141,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--payload", type=Path, help="body file for --warm")
     start.add_argument("--content-type", default="application/json")
     start.add_argument("--client-cpus", help="pin this process (the --warm client) like taskset")
+    start.add_argument("--quiet-logs", action="store_true",
+                       help="no line per request or batch (bench.run's default): a quiet log4j2 "
+                            "file and metrics_mode=prometheus")
     args = p.parse_args(argv)
     if args.cmd == "start" and args.warm > 0 and args.payload is None:
         p.error("--warm needs --payload")
