@@ -87,8 +87,10 @@ class Window:
 
 
 async def _worker(session: aiohttp.ClientSession, t: Target, headers: dict[str, str],
-                  w: Window) -> None:
-    request, method, url, body, expect = session.request, t.method, t.url, t.body, t.expect
+                  w: Window, start: int = 0) -> None:
+    request, method, url, expect = session.request, t.method, t.url, t.expect
+    bodies = t.all_bodies
+    n, i = len(bodies), start
     clock = time.perf_counter_ns
     while True:
         t0 = clock()
@@ -96,6 +98,8 @@ async def _worker(session: aiohttp.ClientSession, t: Target, headers: dict[str, 
             return
         w.sent += 1
         kind: str | None = None
+        body = bodies[i % n]
+        i += 1
         try:
             async with request(method, url, data=body, headers=headers) as resp:
                 payload = await resp.read()  # read fully so the connection is reused
@@ -143,7 +147,8 @@ async def run_level(session: aiohttp.ClientSession, target: Target, concurrency:
     cpu0, wall0 = time.process_time(), time.perf_counter_ns()
     measure_ns = wall0 + int(plan.warmup_s * 1e9)
     w = Window(measure_ns, measure_ns + int(plan.duration_s * 1e9), plan.requests)
-    await asyncio.gather(*(_worker(session, target, headers, w) for _ in range(concurrency)))
+    await asyncio.gather(*(_worker(session, target, headers, w, i)
+                           for i in range(concurrency)))
     client_cpu = (time.process_time() - cpu0) / max((time.perf_counter_ns() - wall0) / 1e9, 1e-9)
     window_s = (w.end_ns - w.measure_ns) / 1e9
     ok = len(w.latencies)

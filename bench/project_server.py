@@ -38,9 +38,15 @@ class ProjectServer(ServerProcess):
                    "--ts-config", str(self.config_path)]
         # The package is run from the checkout, not installed; the child's cwd is the workdir.
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        env = {"PYTHONPATH": path}
+        if (extra_properties or {}).get("access_log") == "true":
+            # The bench's request-logging "on" mode: the access log goes to a file under
+            # LOG_LOCATION, as TorchServe's does, not to the console.
+            env["LOG_LOCATION"] = str(workdir / "logs")
         super().__init__(command, base_url=self.ports.inference_url,
                          management_url=self.ports.management_url,
                          workers={name: m.workers for name, m in models.items()},
-                         workdir=workdir, pin_cpus=pin_cpus, env={"PYTHONPATH": path},
+                         workdir=workdir, pin_cpus=pin_cpus,
+                         env=env,
                          ready_timeout_s=ready_timeout_s,
                          registrations=registrations(models))

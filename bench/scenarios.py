@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from bench.loadgen import run_matrix, warm
 from bench.project_server import ProjectServer
 from bench.server import ServerProcess
 from bench.torchserve import TorchServe
-from bench.tsconfig import ModelConfig
+from bench.tsconfig import ModelConfig, request_logging
 from bench.workload import Plan, Target
 
 SERVER_CPUS = "0"  # the server and all its processes
@@ -38,6 +38,7 @@ class Load:
     reps: int
     expect: str | None = None
     wrk_levels: list[int] = field(default_factory=list)
+    bodies: tuple[bytes, ...] = ()  # cycled through instead of `payload` (wrk sends payload)
 
 
 @dataclass
@@ -51,11 +52,15 @@ class ServerRun:
     warm_s: float = 5.0
     pin: str | None = SERVER_CPUS
     extra_properties: dict[str, str] = field(default_factory=dict)
+    request_logs: bool = False  # per-request logging on both servers (off: on neither)
 
 
 def server_for(run: ServerRun, store: Path) -> ServerProcess:
-    cls = TorchServe if run.server == "torchserve" else ProjectServer
-    return cls(store, run.models, pin_cpus=run.pin, extra_properties=run.extra_properties)
+    extra = {**request_logging(run.server, run.request_logs), **run.extra_properties}
+    if run.server == "torchserve":
+        return TorchServe(store, run.models, pin_cpus=run.pin, extra_properties=extra,
+                          quiet_logs=not run.request_logs)
+    return ProjectServer(store, run.models, pin_cpus=run.pin, extra_properties=extra)
 
 
 def measure_server(run: ServerRun, store: Path, emit: Callable[[dict[str, Any]], None],
@@ -67,6 +72,8 @@ def measure_server(run: ServerRun, store: Path, emit: Callable[[dict[str, Any]],
         load = run.load
         target = Target.from_file(server.base_url, load.path, load.payload, load.content_type,
                                   expect=load.expect)
+        if load.bodies:
+            target = replace(target, bodies=load.bodies)
         if run.warm_s:
             asyncio.run(warm(target, run.warm_s))
         plan = Plan(warmup_s=load.warmup_s, duration_s=load.duration_s)
@@ -97,13 +104,16 @@ def describe(server: ServerProcess, models: dict[str, ModelConfig]) -> dict[str,
     return out
 
 
-def in_process(mar: Path, payload: Path, content_type: str, batch: int, label: str,
-               threads: int = 1, cpus: str = SERVER_CPUS, duration: float = 8.0,
+def in_process(mar: Path, payloads: list[Path], content_type: str, batch: int, label: str,
+               cpus: str = SERVER_CPUS, duration: float = 8.0,
                windows: int = 3) -> dict[str, Any]:
-    """The handler called in a loop in a fresh process, same threads and CPU as the server."""
+    """The handler called in a loop in a fresh process on the server's CPU, in the environment
+    the server gives a worker there (bench/inproc.py: its threads, denormal flushing ...); with
+    several payloads each call's batch is the next ones of them, in turn."""
+    bodies = [arg for f in payloads for arg in ("--payload", str(f))]
     done = subprocess.run(
-        [sys.executable, "-m", "bench.inproc", "--mar", str(mar), "--payload", str(payload),
-         "--content-type", content_type, "--batch", str(batch), "--threads", str(threads),
+        [sys.executable, "-m", "bench.inproc", "--mar", str(mar), *bodies,
+         "--content-type", content_type, "--batch", str(batch),
          "--cpus", cpus, "--duration", str(duration), "--windows", str(windows),
          "--label", label, "--out", "/dev/stdout"],
         capture_output=True, text=True, check=True)

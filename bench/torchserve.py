@@ -18,7 +18,15 @@ from bench.archive import tool_path
 from bench.loadgen import Target, format_result, warm
 from bench.machine import parse_cpus, pin_process
 from bench.server import ServerProcess
-from bench.tsconfig import ModelConfig, Ports, parse_model, registrations, render, torchserve_only
+from bench.tsconfig import (
+    QUIET_LOG4J2,
+    ModelConfig,
+    Ports,
+    parse_model,
+    registrations,
+    render,
+    torchserve_only,
+)
 
 
 class TorchServe(ServerProcess):
@@ -32,7 +40,9 @@ class TorchServe(ServerProcess):
                  pin_cpus: str | None = "0", ports: Ports | None = None,
                  workdir: Path | None = None, job_queue_size: int = 100,
                  extra_properties: Mapping[str, str] | None = None,
-                 ready_timeout_s: float = 180.0) -> None:
+                 ready_timeout_s: float = 180.0, quiet_logs: bool = False) -> None:
+        """`quiet_logs`: start with `QUIET_LOG4J2` (no line per request or batch) instead of
+        TorchServe's own log4j2 configuration (access, model and metric logs at INFO)."""
         self.ports = ports or Ports.free()
         workdir = (workdir or Path(tempfile.mkdtemp(prefix="ts-bench-"))).resolve()
         store = model_store.resolve()
@@ -50,6 +60,10 @@ class TorchServe(ServerProcess):
                "METRICS_LOCATION": str(workdir / "logs")}
         command = [tool_path("torchserve"), "--start", "--foreground", "--ncs",
                    "--model-store", str(store), "--ts-config", str(self.config_path)]
+        if quiet_logs:
+            log_config = workdir / "log4j2.xml"
+            log_config.write_text(QUIET_LOG4J2)
+            command += ["--log-config", str(log_config)]
         super().__init__(command, base_url=self.ports.inference_url,
                          management_url=self.ports.management_url,
                          workers={name: m.workers for name, m in models.items()},
@@ -83,7 +97,9 @@ def _serve(args: argparse.Namespace) -> int:
     ports = Ports() if args.ports == "default" else Ports.free()
     pin = None if args.pin == "none" else args.pin
     with TorchServe(args.model_store, models, pin_cpus=pin, ports=ports, workdir=args.workdir,
-                    job_queue_size=args.job_queue_size) as ts:
+                    job_queue_size=args.job_queue_size, quiet_logs=args.quiet_logs,
+                    extra_properties={"metrics_mode": "prometheus"} if args.quiet_logs
+                    else None) as ts:
         print(f"ready in {ts.ready_s:.1f} s: inference {ts.base_url}, management "
               f"{ts.management_url}, workdir {ts.workdir}", flush=True)
         for p in ts.processes():
@@ -127,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--payload", type=Path, help="body file for --warm")
     start.add_argument("--content-type", default="application/json")
     start.add_argument("--client-cpus", help="pin this process (the --warm client) like taskset")
+    start.add_argument("--quiet-logs", action="store_true",
+                       help="no line per request or batch (bench.run's default): a quiet log4j2 "
+                            "file and metrics_mode=prometheus")
     args = p.parse_args(argv)
     if args.cmd == "start" and args.warm > 0 and args.payload is None:
         p.error("--warm needs --payload")

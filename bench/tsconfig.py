@@ -78,6 +78,47 @@ def torchserve_only(ports: Ports) -> dict[str, str]:
             "grpc_management_address": "127.0.0.1"}
 
 
+# log4j2 configuration for a TorchServe that writes no line per request or batch: the
+# access log, the worker's stdout lines (MODEL_LOG: "Backend received inference at ..."), the
+# model and frontend metric lines, and the frontend's own per-batch INFO lines are all below
+# their loggers' levels; warnings and errors still reach the console (the bench's server.log).
+QUIET_LOG4J2 = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <Console name="console" target="SYSTEM_OUT">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="off"/>
+    <Logger name="MODEL_METRICS" level="off"/>
+    <Logger name="TS_METRICS" level="off"/>
+    <Logger name="MODEL_LOG" level="warn"/>
+    <Logger name="org.pytorch.serve" level="warn"/>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Root level="warn">
+      <AppenderRef ref="console"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def request_logging(server: str, on: bool) -> dict[str, str]:
+    """config.properties keys that make one server's per-request logging `on` or off, with
+    metrics kept the same on both: Prometheus counters in memory, no metric log lines.
+
+    This server: `access_log` (off by default). TorchServe: `metrics_mode=prometheus` (its
+    default `log` mode writes metric lines); its access and model logs are set by the log4j2
+    file `TorchServe` is started with (`QUIET_LOG4J2` when off, its own default when on).
+    """
+    if server == "torchserve":
+        return {"metrics_mode": "prometheus"}
+    return {"metrics_mode": "prometheus", "access_log": "true" if on else "false"}
+
+
 def registrations(models: Mapping[str, ModelConfig]) -> list[str]:
     """The POST /models query of each model: what both servers are told the same way."""
     return [urllib.parse.urlencode({

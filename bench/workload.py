@@ -16,6 +16,13 @@ class Target:
     content_type: str = "application/octet-stream"
     method: str = "POST"
     expect: bytes | None = None  # a 2xx whose body lacks this counts as an error
+    # Several bodies (e.g. sentences of varied lengths): the load cycles through them, each
+    # concurrent worker from its own offset; empty: `body` every time.
+    bodies: tuple[bytes, ...] = ()
+
+    @property
+    def all_bodies(self) -> tuple[bytes, ...]:
+        return self.bodies or (self.body,)
 
     @property
     def url(self) -> str:
