@@ -137,6 +137,14 @@ def document(app: FastAPI, operations: Paths,
     return doc
 
 
+def model_description(doc: dict[str, Any], family: str) -> dict[str, Any]:
+    """The part of an API's document about one model's `/{family}/...` operations (what
+    TorchServe answers to `OPTIONS /predictions/{model}`)."""
+    prefix = f"/{family}/"
+    return {**doc, "paths": {path: ops for path, ops in doc["paths"].items()
+                             if path.startswith(prefix)}}
+
+
 def install_openapi(app: FastAPI, operations: Paths,
                     schemas: dict[str, dict[str, Any]] | None = None) -> None:
     """Serve the document at `OPTIONS /`, `GET /openapi.json` and the app's `openapi_url`;

@@ -54,7 +54,9 @@ INFERENCE_BODY: dict[str, Any] = {
 def _inference(operation_id: str, family: str, versioned: bool) -> Operation:
     what = "explanations" if family == "explanations" else "predictions"
     of = "the given version" if versioned else "the default version"
-    op = operation(operation_id, f"Get {what} from {of} of a model.",
+    op = operation(operation_id, f"Get {what} from {of} of a model. As in TorchServe, PUT "
+                   "(`curl -T file`), GET, DELETE and PATCH reach the handler the same way, "
+                   "and OPTIONS answers this part of the document.",
                    {"200": ok("Output of the model's handler")},
                    INFERENCE_ERRORS, [NAME, VERSION] if versioned else [NAME], INFERENCE_BODY)
     op["responses"].update(HANDLER_ERROR)
