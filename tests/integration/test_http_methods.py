@@ -140,6 +140,13 @@ def test_root_answers_options_only_on_both_apis(echo_server: ServerProcess) -> N
             _is_405(client.request(method, "/"), {"OPTIONS"})
 
 
+def test_metrics_405_names_its_methods(echo_server: ServerProcess) -> None:
+    r = echo_server.metrics.post("/metrics")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.json()["type"] == "MethodNotAllowedException"
+    assert echo_server.metrics.head("/metrics").status_code == 200
+
+
 @pytest.mark.parametrize(("method", "path", "allow"), [
     ("PUT", "/models", {"GET", "POST"}),
     ("DELETE", "/models", {"GET", "POST"}),
