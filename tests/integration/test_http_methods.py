@@ -140,6 +140,15 @@ def test_root_answers_options_only_on_both_apis(echo_server: ServerProcess) -> N
             _is_405(client.request(method, "/"), {"OPTIONS"})
 
 
+def test_oip_405_names_its_method(echo_server: ServerProcess) -> None:
+    for method, path, allow in (("GET", "/v2/models/echo/infer", "POST"),
+                                ("PUT", "/v2/models/echo/infer", "POST"),
+                                ("POST", "/v2/health/live", "GET")):
+        r = echo_server.inference.request(method, path)
+        assert r.status_code == 405 and r.headers["allow"] == allow, (method, path)
+        assert "error" in r.json()  # OIP's own error shape
+
+
 def test_metrics_405_names_its_methods(echo_server: ServerProcess) -> None:
     r = echo_server.metrics.post("/metrics")
     assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
