@@ -41,6 +41,10 @@ IGNORED_TORCHSERVE_KEYS = frozenset({
     "ipex_gpu_enable", "max_response_size_in_mb", "maxRetryTimeoutInSec",
     "prefer_direct_buffer", "unregister_model_timeout", "use_env_allowed_urls",
     "model_metrics_auto_detect", "cpp_log_config",
+    # `debug`: TorchServe's developer mode (one worker per model); `python`: the workers'
+    # interpreter (here they run with the server's own, sys.executable); `version` and
+    # `tsConfigFile` are written by TorchServe itself into its config snapshots.
+    "debug", "python", "version", "tsConfigFile",
     "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
     # TorchServe's switch to the Open Inference Protocol: here it is always served (/v2).
     "ts_open_inference_protocol",
@@ -342,10 +346,14 @@ def _from_properties(path: Path) -> dict[str, Any]:
         if key in UNSUPPORTED_TORCHSERVE_KEYS:
             raise ConfigError(f"{path}: {key}: {UNSUPPORTED_TORCHSERVE_KEYS[key]}")
         if key in IGNORED_TORCHSERVE_KEYS:
-            log.info("%s: %s is a TorchServe frontend setting with no effect here", path, key)
+            log.info("%s: %s is a TorchServe setting with no effect here", path, key)
             continue
         if key not in Settings.model_fields and key != ENVVARS_KEY:
-            raise ConfigError(f"{path}: unknown key {key!r}")
+            # TorchServe ignores keys it does not know; a file written for it (or for a newer
+            # release) must start here too. One warning per key, so a typo stays visible.
+            log.warning("%s: unknown key %r is ignored (neither a TorchServe nor a serving "
+                        "setting)", path, key)
+            continue
         values[key] = value
     for key in ("metrics_config", "log_location", "metrics_location"):
         if key in values:

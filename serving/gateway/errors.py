@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 from serving.errors import (
     BadRequest,
@@ -34,6 +35,18 @@ def _request_id(request: Request) -> str:
     return scope_request_id(request.scope)
 
 
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route answers on this path. Starlette's own 405 names only the first
+    route that matched the path, and each method here is a route of its own."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception to one error body, and stamp `x-request-id` on every response."""
 
@@ -47,7 +60,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             error = NotFound(f"Requested resource is not found: {request.url.path}")
         elif exc.status_code == 405:
-            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            allow = allowed_methods(app, request)
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; "
+                                     f"allowed: {', '.join(allow)}", allow=allow)
         else:
             error = ServingError(str(exc.detail), exc.status_code)
         return error_response(error, _request_id(request))

@@ -10,14 +10,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from serving.errors import BadRequest, MethodNotAllowed, ServingError
+from serving.errors import BadRequest, MethodNotAllowed, NotFound, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
 from serving.gateway.guard import LIVENESS_PATH
 from serving.gateway.oip import PREFIX as OIP_PREFIX
 from serving.gateway.oip import OipEndpoint
 from serving.gateway.oip_operations import OIP_ERROR_SCHEMA, OIP_OPERATIONS
-from serving.gateway.openapi import install_openapi
+from serving.gateway.openapi import install_openapi, model_description
 from serving.gateway.operations import INFERENCE
 from serving.gateway.predictions import (
     PredictionEndpoint,
@@ -34,6 +34,10 @@ from serving.routing.dataplane import DataPlane
 from serving.types import InferenceRequest, InferenceResponse, Input
 
 HOT_PREFIXES = ("/predictions/", "/explanations/")
+# TorchServe 0.12 sends every method but OPTIONS on these paths to the handler (its docs use
+# `curl -T file`, a PUT); HEAD, TRACE and CONNECT have no body to answer or send, so: 405.
+PREDICTION_METHODS = frozenset({"DELETE", "GET", "PATCH", "POST", "PUT"})
+ALLOW = sorted(PREDICTION_METHODS | {"OPTIONS"})
 
 
 class InferenceApp:
@@ -44,6 +48,7 @@ class InferenceApp:
         self.predictions = PredictionEndpoint(plane, explain=False)
         self.explanations = PredictionEndpoint(plane, explain=True)
         self.oip = OipEndpoint(plane)
+        self.plane = plane
         self.api = create_inference_api(plane, max_kserve_instances)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,11 +56,8 @@ class InferenceApp:
         if scope["type"] == "http" and path.startswith(HOT_PREFIXES):
             family, _, rest = path[1:].partition("/")
             parts = rest.split("/", 2)
-            if scope["method"] != "POST" or not parts[0]:
-                await send_error(send, MethodNotAllowed(
-                    f"{scope['method']} is not allowed on {path}; use POST "
-                    f"/{family}/{{model_name}}[/{{version}}]"),
-                    request_id_of(handler_headers(scope)))
+            if scope["method"] not in PREDICTION_METHODS or not parts[0]:
+                await self._refuse(scope, send, family, parts[0])
                 return
             scope["path_params"] = {
                 "model_name": parts[0],
@@ -70,6 +72,39 @@ class InferenceApp:
             return
         await self.api(scope, receive, send)
 
+    async def _refuse(self, scope: Scope, send: Send, family: str, model: str) -> None:
+        """Off the hot path: no model name (404, as TorchServe), `OPTIONS` (the model's
+        description, as TorchServe), or a method TorchServe would not serve either (405)."""
+        path: str = scope["path"]
+        request_id = request_id_of(handler_headers(scope))
+        if not model:
+            await send_error(send, NotFound(f"Requested resource is not found: {path}; use "
+                                            f"/{family}/{{model_name}}[/{{version}}]"),
+                             request_id)
+            return
+        if scope["method"] == "OPTIONS":
+            await self._describe(scope, send, family, model, request_id)
+            return
+        await send_error(send, MethodNotAllowed(
+            f"{scope['method']} is not allowed on {path}; allowed: {', '.join(ALLOW)}",
+            allow=ALLOW), request_id)
+
+    async def _describe(self, scope: Scope, send: Send, family: str, model: str,
+                        request_id: str) -> None:
+        """TorchServe answers `OPTIONS /predictions/{model}` with the OpenAPI operations of
+        that model: here the inference API's, checked against the registry first."""
+        parts = scope["path"][1:].split("/")
+        try:
+            self.plane.model_info(model, parts[2] if len(parts) > 2 and parts[2] else None)
+        except ServingError as e:
+            await send_error(send, e, request_id)
+            return
+        body = json.dumps(model_description(self.api.openapi(), family)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode("latin-1"))]})
+        await send({"type": "http.response.body", "body": body})
+
 
 def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI:
     app = FastAPI(title="Inference API", version="0.12", openapi_url="/api-description",
@@ -78,7 +113,10 @@ def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI
     install_openapi(app, {**INFERENCE, **OIP_OPERATIONS}, {"OipError": OIP_ERROR_SCHEMA})
     limit = plane.max_request_size
 
-    @app.get("/ping")
+    # TorchServe answers /ping and KServe v1 predict whatever the method; the documented
+    # operations stay GET and POST (serving/gateway/operations.py).
+    @app.api_route("/ping", methods=sorted(PREDICTION_METHODS),
+                   include_in_schema=False)
     async def ping() -> JSONResponse:
         """Readiness (see ModelManager.readiness): a load balancer sends no traffic on 503."""
         status, body = plane.readiness()
@@ -90,7 +128,8 @@ def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI
         or drains: restarting it then would only lose work)."""
         return JSONResponse({"status": "Alive"})
 
-    @app.post("/v1/models/{model_name}:predict")
+    @app.api_route("/v1/models/{model_name}:predict", methods=sorted(PREDICTION_METHODS),
+                   include_in_schema=False)
     async def kserve_v1_predict(model_name: str, request: Request) -> Response:
         """KServe v1: each instance is its own request to the handler, so they batch."""
         body = await read_body(request.receive, request.headers.get("content-length"), limit)

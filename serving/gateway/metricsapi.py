@@ -30,7 +30,8 @@ class MetricsApp:
             return
         if scope.get("method") not in ("GET", "HEAD"):
             await _error(send, 405, "MethodNotAllowedException",
-                         "Requested method is not allowed, please refer to API document.")
+                         "Requested method is not allowed, please refer to API document.",
+                         [(b"allow", b"GET, HEAD")])
             return
         query = scope.get("query_string", b"").decode("latin-1")
         names = [v for k, v in parse_qsl(query) if k in ("name[]", "name")]
@@ -45,9 +46,10 @@ class MetricsApp:
                     "body": body if scope.get("method") == "GET" else b""})
 
 
-async def _error(send: Send, status: int, kind: str, message: str) -> None:
+async def _error(send: Send, status: int, kind: str, message: str,
+                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"code": status, "type": kind, "message": message}, indent=2).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})

@@ -66,7 +66,7 @@ class OipEndpoint:
             return  # nobody is listening for an answer
         except ServingError as e:
             await _send_json(send, http_status(e.code), error_body(e), request_id,
-                             e.extra.get("retry_after"))
+                             e.extra.get("retry_after"), e.extra.get("allow"))
         except ConnectionAbortedError:
             return  # gone while sending its body
         except Exception as e:  # a bug: answer it as one, and keep the connection
@@ -156,7 +156,8 @@ def _model_path(parts: list[str], path: str) -> tuple[str, str | None]:
 
 def _allow(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}")
+        raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}",
+                               allow=[allowed])
 
 
 def _split(body: bytes, declared: str | None) -> tuple[bytes, memoryview]:
@@ -200,10 +201,12 @@ def _error_message(body: bytes) -> str | None:
 
 
 async def _send_json(send: Send, status: int, body: bytes, request_id: str,
-                     retry_after: Any = None) -> None:
+                     retry_after: Any = None, allow: list[str] | None = None) -> None:
     headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()),
                (b"x-request-id", request_id.encode("latin-1"))]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    if allow is not None:
+        headers.append((b"allow", ", ".join(allow).encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

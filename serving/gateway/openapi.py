@@ -51,7 +51,7 @@ ANY_ANSWER: dict[str, Any] = {"*/*": {"schema": {}}}
 # What every error status means; an operation lists the ones it can answer.
 ERRORS = {
     400: "Bad request: a malformed body or parameter (the message names it)",
-    403: "Model API disabled (start with --enable-model-api)",
+    405: "Model API disabled (start with --enable-model-api); TorchServe 0.12's answer",
     404: "Model or model version not found",
     409: "Model version already registered",
     413: "Request body larger than max_request_size",
@@ -135,6 +135,14 @@ def document(app: FastAPI, operations: Paths,
     schemas["Error"] = ERROR_SCHEMA
     schemas.update(extra_schemas or {})
     return doc
+
+
+def model_description(doc: dict[str, Any], family: str) -> dict[str, Any]:
+    """The part of an API's document about one model's `/{family}/...` operations (what
+    TorchServe answers to `OPTIONS /predictions/{model}`)."""
+    prefix = f"/{family}/"
+    return {**doc, "paths": {path: ops for path, ops in doc["paths"].items()
+                             if path.startswith(prefix)}}
 
 
 def install_openapi(app: FastAPI, operations: Paths,

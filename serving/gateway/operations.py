@@ -54,7 +54,9 @@ INFERENCE_BODY: dict[str, Any] = {
 def _inference(operation_id: str, family: str, versioned: bool) -> Operation:
     what = "explanations" if family == "explanations" else "predictions"
     of = "the given version" if versioned else "the default version"
-    op = operation(operation_id, f"Get {what} from {of} of a model.",
+    op = operation(operation_id, f"Get {what} from {of} of a model. As in TorchServe, PUT "
+                   "(`curl -T file`), GET, DELETE and PATCH reach the handler the same way, "
+                   "and OPTIONS answers this part of the document.",
                    {"200": ok("Output of the model's handler")},
                    INFERENCE_ERRORS, [NAME, VERSION] if versioned else [NAME], INFERENCE_BODY)
     op["responses"].update(HANDLER_ERROR)
@@ -156,7 +158,7 @@ def _scale(operation_id: str, versioned: bool) -> Operation:
 def _unregister(operation_id: str, versioned: bool) -> Operation:
     return operation(operation_id, "Unregister a model version (the default one unless "
                      "given); its queued requests finish first.", _STATUS,
-                     (400, 403, 404, 500), [NAME, VERSION] if versioned else [NAME])
+                     (400, 405, 404, 500), [NAME, VERSION] if versioned else [NAME])
 
 
 _REGISTER_BODY = {"required": False, "description": "The same parameters as a JSON object "
@@ -172,7 +174,7 @@ MANAGEMENT: Paths = {
                              query("next_page_token", "Where the page starts.",
                                    {"type": "integer", "minimum": 0})]),
         "post": operation("registerModel", "Register an archive from the model store.",
-                          {**_STATUS, **_ACCEPTED}, (400, 403, 409, 500, 503, 507),
+                          {**_STATUS, **_ACCEPTED}, (400, 405, 409, 500, 503, 507),
                           _REGISTER, _REGISTER_BODY),
     },
     "/models/{model_name}": {

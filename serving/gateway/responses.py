@@ -23,6 +23,9 @@ def error_headers(error: ServingError, request_id: str) -> list[tuple[bytes, byt
     retry_after = error.extra.get("retry_after")
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    allow = error.extra.get("allow")
+    if allow is not None:  # a 405 names the methods the path answers (RFC 9110)
+        headers.append((b"allow", ", ".join(allow).encode("latin-1")))
     return headers
 
 

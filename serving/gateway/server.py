@@ -31,6 +31,7 @@ from serving.logconfig import ACCESS_LOGGER
 from serving.metrics.service import MetricsService
 from serving.routing.dataplane import DataPlane
 from serving.routing.manager import ModelManager, Registration
+from serving.routing.modelsjson import check_models_json
 from serving.routing.registry import ModelVersion
 from serving.routing.resources import Resources
 from serving.settings import Address, Settings
@@ -265,28 +266,6 @@ def startup_registrations(settings: Settings) -> list[Registration]:
     if regs and store is None:
         raise ConfigError("models to load were given but no model_store")
     return regs
-
-
-def check_models_json(models: dict[str, Any]) -> None:
-    """`models=` in config.properties: {name: {version: {TorchServe key: value}}}. A typo'd
-    key or a wrong type is a start-up error, not a setting silently left out."""
-    from serving.handlers.modelconfig import FRONTEND_KEYS, frontend_config
-
-    allowed = FRONTEND_KEYS | {"marName", "defaultVersion"}
-    for name, versions in models.items():
-        if not isinstance(versions, dict):
-            raise ConfigError(f"models: {name}: expected {{version: {{key: value}}}}")
-        for version, cfg in versions.items():
-            where = f"models: {name}/{version}"
-            if not isinstance(cfg, dict):
-                raise ConfigError(f"{where}: expected {{key: value}}, got {cfg!r}")
-            unknown = sorted(set(cfg) - allowed)
-            if unknown:
-                raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-            try:
-                frontend_config(cfg, where)
-            except ServingError as e:
-                raise ConfigError(e.message) from None
 
 
 def _is_archive(path: Path) -> bool:

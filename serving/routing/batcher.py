@@ -1,9 +1,9 @@
 """The bounded queue of one model version and its rule for closing a batch.
 
 A batch may close when it is full, or once `max_delay` has passed since the first request
-still waiting arrived. (TorchServe starts the delay when a worker polls the queue, which adds
-up to `maxBatchDelay` of latency to a request that arrives at an idle server; counting from the
-arrival does not.)
+still waiting arrived. (TorchServe starts the delay when a worker polls the queue, so a request
+that waited for a busy worker then waits up to `maxBatchDelay` more; counting from the arrival
+makes that wait part of the delay. A lone request to an idle model still waits the delay out.)
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher
 from serving.routing.download import download, is_remote
 from serving.routing.gauges import register_gauges, worker_name
+from serving.routing.modelsjson import entry_runtime, is_default
 from serving.routing.registry import ModelSettings, ModelVersion, Registry
 from serving.routing.resources import Resources
 from serving.routing.scheduler import Scheduler
@@ -201,14 +202,20 @@ class ModelManager:
             place=lambda n: self._place(mv_holder[0], n, model_yaml),
             release=self.resources.release,
             stop_timeout=float(settings.response_timeout) + 5.0)
+        # config.properties' `models=` entry of this version: its runtime (between the
+        # call's and the manifest's, as in TorchServe) and whether it is the default.
+        entry = self.settings.models.get(name, {}).get(version) or {}
         mv = ModelVersion(name=name, version=version, url=reg.url, archive=archive,
-                          handler=handler, runtime=reg.runtime or manifest.runtime,
+                          handler=handler,
+                          runtime=reg.runtime or entry_runtime(entry) or manifest.runtime,
                           settings=settings, model_yaml=model_yaml, scheduler=scheduler,
                           pool=pool, loaded_at_startup=loaded_at_startup,
                           optimization=optimization.model_dump() if optimization else None,
                           oip=oip)
         mv_holder.append(mv)
         self.registry.add(mv)
+        if is_default(entry):
+            self.registry.set_default(name, version)
         return mv
 
     def _model_settings(self, reg: Registration, name: str, version: str,

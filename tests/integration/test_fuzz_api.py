@@ -33,7 +33,7 @@ def fuzz_server(store: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[ServerProcess]:
     build_mar(store, MODEL, "fuzz_handler.py")
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    # The model API is on so that register/scale/unregister are fuzzed past the 403.
+    # The model API is on so that register/scale/unregister are fuzzed past the 405.
     with ServerProcess(log, "--models", f"{MODEL}={MODEL}.mar", model_store=store) as srv:
         srv.wait_ready(models=(MODEL,))
         yield srv

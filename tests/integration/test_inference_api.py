@@ -42,8 +42,8 @@ def test_unknown_model_version_and_route(small_limit_server: ServerProcess):
     assert r.status_code == 404 and r.json()["type"] == "ModelVersionNotFoundException"
     r = srv.inference.get("/no/such/route")
     assert r.status_code == 404 and r.json()["code"] == 404 and r.headers["x-request-id"]
-    r = srv.inference.get("/predictions/behaviour")
-    assert r.status_code == 405 and r.json()["code"] == 405
+    r = srv.inference.request("TRACE", "/predictions/behaviour")
+    assert r.status_code == 405 and r.json()["code"] == 405 and "GET" in r.headers["allow"]
 
 
 def test_request_ids_are_unique_or_the_clients(small_limit_server: ServerProcess):

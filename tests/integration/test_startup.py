@@ -63,7 +63,7 @@ def test_config_properties_load_models_and_models_json(default_store: Path, tmp_
         d = srv.management.get("/models/noop").json()[0]
         assert (d["batchSize"], len(d["workers"])) == (1, 1)
         assert srv.management.get("/models/minilm").status_code == 404
-        assert "number_of_netty_threads is a TorchServe frontend setting" in srv.log()
+        assert "number_of_netty_threads is a TorchServe setting" in srv.log()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -72,12 +72,33 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def test_bad_config_stops_start_up_with_a_clear_message(tmp_path: Path):
+def test_bad_config_value_stops_start_up_with_a_clear_message(tmp_path: Path):
     cfg = tmp_path / "config.properties"
-    cfg.write_text("job_queue_size=100\nworkers_per_modle=2\n")
+    cfg.write_text("job_queue_size=lots\nworkers_per_modle=2\n")
     result = run_cli("--ts-config", str(cfg))
     assert result.returncode == 2
-    assert "unknown key 'workers_per_modle'" in result.stderr
+    assert "job_queue_size" in result.stderr and "(got 'lots')" in result.stderr
+
+
+def test_unknown_keys_are_warned_about_and_the_server_serves(default_store: Path,
+                                                             tmp_path: Path):
+    """TorchServe ignores keys it does not know: a file written for it starts here too."""
+    cfg = tmp_path / "config.properties"
+    cfg.write_text(f"model_store={default_store}\nload_models=noop.mar\n"
+                   "python=/usr/bin/python3\ndebug=false\nvmargs=-Xmx4g\n"
+                   "number_of_netty_threads=4\nnetty_client_threads=2\n"
+                   "workers_per_modle=2\ngrpc_some_future_key=1\n")
+    with ServerProcess(tmp_path / "log", ts_config=cfg, enable_model_api=False) as srv:
+        srv.wait_ready(models=("noop",))
+        assert srv.inference.post("/predictions/noop", json={}).json() == {"ok": True}
+        log = srv.log()
+        for key in ("workers_per_modle", "grpc_some_future_key"):
+            lines = [line for line in log.splitlines() if f"unknown key {key!r}" in line]
+            assert len(lines) == 1 and "WARNING" in lines[0], log[-3000:]
+        for key in ("python", "debug", "vmargs", "number_of_netty_threads",
+                    "netty_client_threads"):
+            assert f"{key} is a TorchServe setting with no effect here" in log
+            assert f"unknown key {key!r}" not in log
 
 
 @pytest.mark.parametrize(("models", "needle"), [

@@ -54,7 +54,6 @@ def test_torchserve_config_is_accepted(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ("no_such_key=1\n", "unknown key 'no_such_key'"),
     ("job_queue_size=lots\n", "job_queue_size"),
     ("job_queue_size=0\n", "job_queue_size"),
     ("inference_address=https://127.0.0.1:8443\n", "only http://"),
@@ -72,6 +71,22 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, text: str, needle: str):
         build_settings(write(tmp_path, text), {})
     assert needle.replace("Value error, ", "") in str(info.value)
     assert str(tmp_path) in str(info.value)
+
+
+def test_unknown_keys_are_one_warning_each_never_fatal(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture):
+    cfg = write(tmp_path, "no_such_key=1\njob_queue_size=5\npython=/usr/bin/python3\n"
+                          "debug=true\ngrpc_keepalive_time_ms=1\n")
+    with caplog.at_level("INFO", logger="serving.settings"):
+        s = build_settings(cfg, {})
+    assert s.job_queue_size == 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert f"{cfg}: unknown key 'no_such_key' is ignored" in warnings[0]
+    assert "unknown key 'grpc_keepalive_time_ms'" in warnings[1]
+    infos = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert any("python is a TorchServe setting with no effect" in m for m in infos)
+    assert any("debug is a TorchServe setting with no effect" in m for m in infos)
 
 
 def test_missing_file(tmp_path: Path):
