@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from serving.optimize.batching import Sample, varying_dims
+from serving.optimize.candidates import candidate_config, choose
 from serving.optimize.config import OptimizationConfig
 from serving.optimize.package import sidecar_path, write_package, write_reference
-from serving.optimize.pipeline import eager_steps, load_passes_for, make_context, max_batch
+from serving.optimize.pipeline import (
+    Context,
+    eager_steps,
+    load_passes_for,
+    make_context,
+    max_batch,
+    pipeline,
+    with_config,
+)
 from serving.optimize.provenance import try_weights_sha256
 from serving.optimize.report import PipelineReport
 
@@ -62,13 +73,36 @@ def precompile_with_report(
     if why:
         report.notes.append(f"{why}: no worker will load this package")
     load_passes_for(config, ctx.device)
+    auto = None
+    if config.auto:
+        ctx, auto = _auto_choice(ctx, report)
     variant = eager_steps(ctx, report)
     try:
         dims = varying_dims(samples)  # sequence lengths: one package serves every length
         path = write_package(variant, samples[0], Path(out_path), ctx.device, max_batch(ctx),
-                             dims, weights=weights, config=config)
+                             dims, weights=weights, config=ctx.config, auto=auto)
     except Exception as exc:
         raise PrecompileError(f"export/AOT compile failed: {exc}") from exc
     write_reference(path, samples, ctx.guard.reference)
     report.precompiled = str(sidecar_path(path))
     return path, report
+
+
+def _auto_choice(ctx: Context, report: PipelineReport) -> tuple[Context, dict[str, Any]]:
+    """`auto: true`: the candidates run (compiled, timed, guarded) as a worker would run them,
+    and the package holds the winner; its config and the search go into the sidecar."""
+    search = PipelineReport(device=report.device, metric=report.metric, samples=report.samples)
+    choose(ctx.config, ctx.base, ctx.device, ctx.guard, search,
+           lambda cfg, sub: pipeline(with_config(ctx, cfg), sub))
+    report.candidates, report.chosen, report.why = search.candidates, search.chosen, search.why
+    report.cpu_features = search.cpu_features
+    report.cpu_features_source = search.cpu_features_source
+    if search.chosen in (None, "eager"):
+        raise PrecompileError(f"auto: nothing to precompile ({search.why})")
+    planned = candidate_config(ctx.config, search.chosen, ctx.base, ctx.device)
+    assert not isinstance(planned, str)  # the chosen candidate was planned and built
+    auto = {"chosen": search.chosen, "why": search.why,
+            "cpu_features": search.cpu_features,
+            "cpu_features_source": search.cpu_features_source,
+            "candidates": [asdict(c) for c in search.candidates]}
+    return with_config(ctx, planned[0]), auto
