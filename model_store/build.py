@@ -71,6 +71,11 @@ class ModelSpec:
         return [*own, Path(__file__).resolve(), Path(optimized.__file__).resolve(),
                 *self.external()]
 
+    def package_sources(self) -> list[Path]:
+        """What a precompiled package is made from: the archive's sources and the pipeline
+        code that chose and built it."""
+        return [*self.sources(), *optimized.pipeline_sources()]
+
 
 @contextmanager
 def _model_module(path: Path) -> Iterator[ModuleType]:
@@ -218,7 +223,7 @@ def _stamp(spec: ModelSpec, flavour: Flavour, names: Sequence[str]) -> tuple[str
     if not flavour.precompile:
         return "optimized", None
     threads = optimized.serving_threads(spec.name, names)
-    return f"precompiled {optimized.package_key(spec.sources(), threads)}", threads
+    return f"precompiled {optimized.package_key(spec.package_sources(), threads)}", threads
 
 
 def build_model(spec: ModelSpec, out: Path, force: bool = False,

@@ -121,6 +121,15 @@ def machine() -> dict[str, Any]:
                                    else detected_cpu_features())}
 
 
+def pipeline_sources() -> list[Path]:
+    """The server code that decides what goes into a package (auto, the steps, export)."""
+    import serving.handlers.packaging as packaging
+    import serving.optimize as optimize
+
+    folder = Path(optimize.__file__).resolve().parent
+    return [*sorted(folder.glob("*.py")), Path(packaging.__file__).resolve()]
+
+
 def package_key(sources: Sequence[Path], threads: int) -> str:
     digest = hashlib.sha256(json.dumps({**machine(), "threads": threads},
                                        sort_keys=True).encode())

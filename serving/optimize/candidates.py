@@ -95,20 +95,32 @@ def candidate_config(
     return config.model_copy(update=update), required
 
 
-def measure_latency(
-    model: Callable[..., Any], samples: list[Sample], device: torch.device, repeats: int = 5
-) -> float:
-    """Median milliseconds per call over the samples, after one untimed pass."""
-    times = []
-    for i in range(repeats + 1):
-        for args, kwargs in samples:
-            synchronize(device)
-            start = time.perf_counter()
-            model(*args, **kwargs)
-            synchronize(device)
-            if i:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+def measure_interleaved(
+    models: list[Callable[..., Any]], samples: list[Sample], device: torch.device,
+    rounds: int = 5,
+) -> list[float | BaseException]:
+    """Median milliseconds per call of each model, timed in alternating rounds (the order
+    flipped each round) after one untimed pass each, so that load from other processes
+    that comes and goes weighs on every candidate alike. A model that raises gets its
+    exception instead of a time."""
+    times: list[list[float]] = [[] for _ in models]
+    failed: dict[int, BaseException] = {}
+    order = list(range(len(models)))
+    for round_ in range(rounds + 1):
+        for index in order if round_ % 2 else reversed(order):
+            if index in failed:
+                continue
+            try:
+                for args, kwargs in samples:
+                    synchronize(device)
+                    start = time.perf_counter()
+                    models[index](*args, **kwargs)
+                    synchronize(device)
+                    if round_:
+                        times[index].append(time.perf_counter() - start)
+            except Exception as exc:  # a candidate that breaks when timed does not count
+                failed[index] = exc
+    return [failed.get(i) or statistics.median(t) * 1000.0 for i, t in enumerate(times)]
 
 
 def planned_candidates(config: OptimizationConfig, model: nn.Module, device: torch.device
@@ -127,13 +139,13 @@ def choose(
     report: PipelineReport,
     build_one: BuildOne,
 ) -> nn.Module:
-    best: tuple[nn.Module, PipelineReport, CandidateRecord] | None = None
     planned = planned_candidates(config, model, device)
     report.cpu_features = sorted(cpu_features())
     report.cpu_features_source = feature_source()
     features = ", ".join(report.cpu_features) or "none"
     log.info("auto: %d candidates on %s (CPU features %s: %s)", len(planned), device,
              feature_source(), features)
+    built: list[tuple[nn.Module, PipelineReport, CandidateRecord]] = []
     for i, (name, skip) in enumerate(planned, 1):
         record = CandidateRecord(name, passed=False)
         report.candidates.append(record)
@@ -142,13 +154,12 @@ def choose(
             record.reason = f"skipped: {plan}"
             log.info("auto [%d/%d] %s: %s", i, len(planned), name, record.reason)
             continue
-        log.info("auto [%d/%d] %s: building and measuring...", i, len(planned), name)
-        built = _try(record, plan, device, guard, report, build_one)
+        log.info("auto [%d/%d] %s: building...", i, len(planned), name)
+        one = _try(record, plan, guard, report, build_one)
         log.info("auto [%d/%d] %s", i, len(planned), record.summary())
-        if built is None:
-            continue
-        if best is None or (record.latency_ms or 0.0) < (best[2].latency_ms or float("inf")):
-            best = (*built, record)
+        if one is not None:
+            built.append((*one, record))
+    best = _fastest(built, guard, device)
     report.why = why_chosen(report, best[2] if best else None)
     log.info("auto: %s", report.why)
     if best is None:
@@ -160,10 +171,29 @@ def choose(
     return runner
 
 
+def _fastest(built: list[tuple[nn.Module, PipelineReport, CandidateRecord]],
+             guard: AccuracyGuard, device: torch.device,
+             ) -> tuple[nn.Module, PipelineReport, CandidateRecord] | None:
+    """Time every candidate that passed the guard, side by side; the fastest, or None."""
+    if not built:
+        return None
+    log.info("auto: timing %d candidates in alternating rounds...", len(built))
+    measured = measure_interleaved([runner for runner, _, _ in built], guard.samples, device)
+    timed = []
+    for (runner, sub, record), result in zip(built, measured, strict=True):
+        if isinstance(result, BaseException):
+            record.passed, record.reason = False, f"failed when timed: {describe(result)}"
+        else:
+            record.latency_ms = result
+            timed.append((runner, sub, record))
+        log.info("auto: %s", record.summary())
+    return min(timed, key=lambda b: b[2].latency_ms or 0.0, default=None)
+
+
 def _try(record: CandidateRecord, plan: tuple[OptimizationConfig, set[str]],
-         device: torch.device, guard: AccuracyGuard, report: PipelineReport,
+         guard: AccuracyGuard, report: PipelineReport,
          build_one: BuildOne) -> tuple[nn.Module, PipelineReport] | None:
-    """Build and time one candidate; None (and the record says why) when it does not count."""
+    """Build and guard one candidate; None (and the record says why) when it does not count."""
     candidate_config_, required = plan
     sub = PipelineReport(device=report.device, metric=report.metric, samples=report.samples)
     start = time.perf_counter()
@@ -175,7 +205,6 @@ def _try(record: CandidateRecord, plan: tuple[OptimizationConfig, set[str]],
         if missing:
             record.reason = _why_not(sub, missing)
             return None
-        record.latency_ms = measure_latency(runner, guard.samples, device)
     except Exception as exc:  # one broken candidate must not end the search
         record.reason = describe(exc)
         return None

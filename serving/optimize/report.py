@@ -39,9 +39,11 @@ class CandidateRecord:
         """One progress line: latency and accuracy verdict, or why it does not count."""
         if not self.passed:
             return f"{self.name}: {self.reason or 'did not pass'} ({self.seconds:.1f} s)"
-        accuracy = format_accuracy(self.accuracy) or "accuracy not measured"
-        return (f"{self.name}: {self.latency_ms:.2f} ms, {accuracy}, passed "
-                f"({'+'.join(self.applied) or 'as loaded'}; {self.seconds:.1f} s)")
+        accuracy = format_accuracy(self.accuracy) or (
+            "the fp32 reference itself" if not self.applied else "accuracy not measured")
+        timed = f"{self.latency_ms:.2f} ms, " if self.latency_ms is not None else ""
+        return (f"{self.name}: {timed}{accuracy}, passed "
+                f"({'+'.join(self.applied) or 'as loaded'}; built in {self.seconds:.1f} s)")
 
 
 def format_accuracy(metrics: dict[str, float]) -> str:
