@@ -325,9 +325,12 @@ def _override(path: Path, config: OptimizationConfig) -> dict[str, Any] | None:
         sidecar = read_sidecar(path)
     except (OSError, ValueError, TypeError):
         return None  # load_precompiled says why the sidecar is unusable
+    built = sidecar.settings
     if config.auto and sidecar.auto:
-        return None  # auto chose the settings when it built the package
-    differences = settings_override(sidecar.settings, sidecar.max_batch, config)
+        # auto chose dtype, quantization and layout when it built the package: only the
+        # batch bound the config states is compared.
+        built = package_settings(config)
+    differences = settings_override(built, sidecar.max_batch, config)
     if differences is None:
         return None
     return {**differences, "served": "asked",
