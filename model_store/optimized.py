@@ -41,6 +41,7 @@ SENTENCES = [
     "The recipe calls for two eggs, a cup of flour and a pinch of salt.",
 ]
 PACKAGE_FILES = ("model.pt2", "model.pt2.json", "model.pt2.reference.pt")
+FAILED = "failed.txt"  # in a cache entry: the package could not be built for this key
 
 
 def resnet50_warmup(work: Path) -> list[Path]:
@@ -151,9 +152,21 @@ def precompiled_archive(plain: Path, out: Path, cache: Path, key: str, threads: 
         report = json.loads((entry / "report.json").read_text())
         log.info("%s: precompiled package cache hit (%s): auto chose %s when it was built",
                  name, entry.name, report.get("chosen"))
-    else:
+    elif not (entry / FAILED).is_file():
         state = "miss"
-        _build_package(plain, entry, threads)
+        try:
+            _build_package(plain, entry, threads)
+        except RuntimeError as exc:  # remembered for this key: no retry on every build
+            entry.mkdir(parents=True, exist_ok=True)
+            (entry / FAILED).write_text(str(exc))
+    if (entry / FAILED).is_file():
+        log.warning("%s: no precompiled package for this key (%s): the archive keeps its "
+                    "optimization: block and auto runs when a worker starts; why: %s",
+                    name, entry.name, (entry / FAILED).read_text()[-1500:])
+        partial = out.with_suffix(".partial")
+        shutil.copyfile(plain, partial)
+        partial.replace(out)
+        return f"{state}, package failed"
     _assemble(plain, out, entry)
     return state
 
