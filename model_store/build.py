@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from model_store import optimized
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "build"
 VERSION = "1.0"
@@ -56,6 +58,8 @@ class ModelSpec:
     artifacts: Callable[[Path], Artifacts] = _no_artifacts
     # Inputs that live outside the source folder, so that changing them triggers a rebuild.
     external: Callable[[], list[Path]] = _no_external
+    # Warm-up bodies for the optimization: block; None: the model is served as loaded.
+    warmup: Callable[[Path], list[Path]] | None = None
     source: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,8 +67,14 @@ class ModelSpec:
 
     def sources(self) -> list[Path]:
         own = [p for p in self.source.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-        # This file decides how weights are drawn and how the archiver is called.
-        return [*own, Path(__file__).resolve(), *self.external()]
+        # These files decide how weights and warm-up bodies are made and the archiver called.
+        return [*own, Path(__file__).resolve(), Path(optimized.__file__).resolve(),
+                *self.external()]
+
+    def package_sources(self) -> list[Path]:
+        """What a precompiled package is made from: the archive's sources and the pipeline
+        code that chose and built it."""
+        return [*self.sources(), *optimized.pipeline_sources()]
 
 
 @contextmanager
@@ -132,8 +142,10 @@ MODELS: dict[str, ModelSpec] = {
             model_file="model.py",
             extra_files=("resnet_blocks.py",),
             artifacts=_resnet50_weights,
+            warmup=optimized.resnet50_warmup,
         ),
-        ModelSpec("minilm", artifacts=_minilm_weights, external=_minilm_inputs),
+        ModelSpec("minilm", artifacts=_minilm_weights, external=_minilm_inputs,
+                  warmup=optimized.minilm_warmup),
     )
 }
 
@@ -154,16 +166,22 @@ def _is_fresh(spec: ModelSpec, mar: Path) -> bool:
     return all(source.stat().st_mtime < built for source in spec.sources())
 
 
-def _archive(spec: ModelSpec, work: Path) -> Path:
+def _archive(spec: ModelSpec, work: Path, optimize: bool) -> Path:
     """Runs the archiver in a private work dir; returns the finished .mar there."""
     serialized, extra = spec.artifacts(work)
     extra = [*(spec.source / name for name in spec.extra_files), *extra]
+    config = spec.source / "model-config.yaml"
+    if spec.warmup is not None:
+        if optimize:
+            extra += spec.warmup(work)
+        else:
+            config = optimized.plain_config(config, work)
     command = [
         archiver(),
         "--model-name", spec.name,
         "--version", VERSION,
         "--handler", str(spec.source / "handler.py"),
-        "--config-file", str(spec.source / "model-config.yaml"),
+        "--config-file", str(config),
         "--archive-format", ARCHIVE_FORMAT,
         "--export-path", str(work),
         "--force",
@@ -187,22 +205,58 @@ def _archive(spec: ModelSpec, work: Path) -> Path:
     return work / f"{spec.name}.mar"
 
 
-def build_model(spec: ModelSpec, out: Path, force: bool = False) -> Path:
-    """Builds one archive into `out` unless it is newer than all its sources."""
+@dataclass(frozen=True)
+class Flavour:
+    """What one build makes: `optimize` keeps the optimization: block and the warm-up bodies;
+    `precompile` also puts the package auto chose on this machine inside (cached in `cache`,
+    None: `<out>/.cache`)."""
+
+    optimize: bool = False
+    precompile: bool = False
+    cache: Path | None = None
+
+
+def _stamp(spec: ModelSpec, flavour: Flavour, names: Sequence[str]) -> tuple[str, int | None]:
+    """What the archive must have been built as to be up to date, and the package's threads."""
+    if spec.warmup is None or not flavour.optimize:
+        return "plain", None
+    if not flavour.precompile:
+        return "optimized", None
+    threads = optimized.serving_threads(spec.name, names)
+    return f"precompiled {optimized.package_key(spec.package_sources(), threads)}", threads
+
+
+def build_model(spec: ModelSpec, out: Path, force: bool = False,
+                flavour: Flavour = Flavour(), names: Sequence[str] = ()) -> Path:
+    """Builds one archive into `out` unless it is newer than all its sources and was built
+    as `flavour` asks on this machine."""
     started = time.perf_counter()
     mar = out / f"{spec.name}.mar"
+    stamp_file = out / f"{spec.name}.mar.key"
+    stamp, threads = _stamp(spec, flavour, names or list(MODELS))
     state = "up to date"
-    if force or not _is_fresh(spec, mar):
+    stale = (force or not _is_fresh(spec, mar) or not stamp_file.is_file()
+             or stamp_file.read_text() != stamp)
+    if stale:
+        log.info("%-9s building (%s)...", spec.name, stamp.split()[0])
         work_root = out / "work"
         work_root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=work_root))
         try:
             # Renamed into place only when complete, so an interrupted build never leaves a
             # partial .mar that looks newer than its sources.
-            os.replace(_archive(spec, work), mar)
+            plain = _archive(spec, work, flavour.optimize)
+            if threads is None:
+                os.replace(plain, mar)
+                state = "built"
+            else:
+                cache = flavour.cache or out / ".cache"
+                key = stamp.split()[1]
+                hit = optimized.precompiled_archive(plain, mar, cache, key, threads)
+                state = f"built, package cache {hit}"
+            stamp_file.write_text(stamp)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        state = "built"
     seconds = time.perf_counter() - started
     log.info("%-9s %-10s %9s %6.1f s", spec.name, state, _size(mar.stat().st_size), seconds)
     return mar
@@ -212,15 +266,20 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:.1f} kB"
 
 
-def build_all(out: Path, force: bool = False, only: Sequence[str] | None = None) -> dict[str, Path]:
-    """Builds the selected models (all by default); returns each model's .mar path."""
+def build_all(out: Path, force: bool = False, only: Sequence[str] | None = None,
+              flavour: Flavour = Flavour()) -> dict[str, Path]:
+    """Builds the selected models (all by default); returns each model's .mar path.
+
+    The default flavour is plain (fp32 eager, no optimization: block), what tests and
+    benchmarks compare against; `python -m model_store.build` (scripts/serve.sh) builds
+    the optimised, precompiled store."""
     names = list(only) if only else list(MODELS)
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {name: build_model(MODELS[name], out, force) for name in names}
+    return {name: build_model(MODELS[name], out, force, flavour) for name in names}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,11 +287,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .mar files go")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--only", default="", help=f"comma list out of {','.join(MODELS)}")
+    parser.add_argument("--plain", action="store_true",
+                        help="no optimization: block: every model served fp32 eager")
+    parser.add_argument("--no-precompile", action="store_true",
+                        help="keep the optimization: block but ship no package: auto runs "
+                             "when the server starts")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="where precompiled packages are kept (default: <out>/.cache)")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stdout)
+    flavour = Flavour(optimize=not args.plain,
+                      precompile=not (args.plain or args.no_precompile), cache=args.cache)
     try:
-        build_all(args.out, force=args.force, only=only)
+        build_all(args.out, force=args.force, only=only, flavour=flavour)
     except (ValueError, RuntimeError) as exc:
         parser.exit(2, f"error: {exc}\n")
     return 0

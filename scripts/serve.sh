@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh models
+# The first build on a machine runs `auto` for resnet50 and minilm and precompiles the winner
+# (minutes, progress on the console); later builds reuse model_store/build/.cache.
 .venv/bin/python -m model_store.build --out model_store/build
 # Token authorization (on by default, as in TorchServe 0.12) is turned off here on purpose:
 # this demo serves on loopback only (127.0.0.1:8080/8081), so the curl examples work without

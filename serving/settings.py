@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from serving.cpuflags import RELEVANT_CPU_FLAGS
 from serving.errors import ConfigError
 from serving.properties import read_properties
 from serving.routing.addresses import IPNetwork, parse_networks
@@ -148,6 +149,9 @@ class Settings(BaseModel):
     reserved_gateway_cores: int | None = Field(None, ge=0)  # None: 1 on machines of 4+ cores
     drain_timeout: float = Field(30.0, ge=0)  # s that SIGTERM waits for in-flight requests
     compile_cache_dir: Path = Path("~/.cache/serving/compile").expanduser()
+    # A testing/ops knob: the CPU features workers act on instead of /proc/cpuinfo's, e.g.
+    # "avx2" to see what `auto` chooses on an AVX2-only CPU (serving/optimize/hardware.py).
+    cpu_features: str | None = None
     # Where `proc/self/cgroup` and `sys/fs/cgroup` are read (the container's CPU and memory
     # limits); an empty folder turns the cgroup limits off.
     cgroup_root: Path = Path("/")
@@ -175,6 +179,18 @@ class Settings(BaseModel):
     @classmethod
     def _address(cls, value: Any) -> Any:
         return Address.parse(value) if isinstance(value, str) else value
+
+    @field_validator("cpu_features")
+    @classmethod
+    def _known_cpu_features(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = {n.strip().lower() for n in value.replace(",", " ").split() if n.strip()}
+        unknown = sorted(names - RELEVANT_CPU_FLAGS)
+        if unknown:
+            raise ValueError(f"unknown CPU feature(s) {', '.join(unknown)} (known: "
+                             f"{', '.join(sorted(RELEVANT_CPU_FLAGS))})")
+        return ",".join(sorted(names))
 
     @field_validator("metrics_config", "log_config")
     @classmethod

@@ -56,8 +56,7 @@ def optimize_handler(service: HandlerService, config: OptimizationConfig, model_
     report.notes[:0] = notes
     setattr(instance, "model", optimized)  # noqa: B010 - any handler object
     summary = report.to_dict()
-    log.info("optimisation: applied %s; %.1f s", report.applied or "nothing",
-             report.total_seconds)
+    log.info("optimisation done in %.1f s: %s", report.total_seconds, report.ready_line())
     for note in report.notes:
         log.info("optimisation: %s", note)
     if report.error:

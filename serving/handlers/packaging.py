@@ -10,13 +10,16 @@ CPU or threads differ falls back to compiling, and says so in describe.
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +125,29 @@ def precompile_archive(mar: Path, out: Path, threads: int) -> dict[str, Any]:
     return report
 
 
-def _precompile_in_child(model_dir: Path, threads: int) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "serving.handlers.packaging", str(model_dir), PACKAGE_NAME],
-        capture_output=True, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(threads),
-             "SERVING_PRECOMPILE_THREADS": str(threads)})
-    if done.returncode != 0:
-        raise RuntimeError(f"precompiling failed:\n{done.stderr[-4000:]}")
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+def _precompile_in_child(model_dir: Path, threads: int,
+                         on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the precompile in a fresh interpreter; `on_line` gets each line it logs as it
+    comes (progress of a build that can take minutes), else they are kept for errors only."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "SERVING_PRECOMPILE_THREADS": str(threads)}
+    with subprocess.Popen(
+        # Absolute: the child changes into the model dir before it imports the handler.
+        [sys.executable, "-m", "serving.handlers.packaging", str(model_dir.resolve()),
+         PACKAGE_NAME],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    ) as child:
+        assert child.stderr is not None and child.stdout is not None
+        tail: collections.deque[str] = collections.deque(maxlen=60)
+        for line in child.stderr:
+            tail.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        stdout = child.stdout.read()
+        code = child.wait()
+    if code != 0:
+        raise RuntimeError(f"precompiling failed:\n{''.join(tail)[-4000:]}")
+    report: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return report
 
 
@@ -138,8 +155,12 @@ def _precompile_in_this_process(model_dir: Path, package: str) -> dict[str, Any]
     """Child side: load the handler as a worker does, capture samples, export and compile."""
     import torch
 
+    from serving.optimize.hardware import override_cpu_features, parse_feature_list
+
     threads = int(os.environ.get("SERVING_PRECOMPILE_THREADS", "0")) or torch.get_num_threads()
     torch.set_num_threads(threads)
+    # The server's setting of the same name: a package for an injected feature set.
+    override_cpu_features(parse_feature_list(os.environ.get("SERVING_CPU_FEATURES")))
     from serving.handlers.archive import unpack
     from serving.handlers.modelconfig import read_model_yaml
     from serving.handlers.optimizing import capture_warmup_samples
@@ -176,4 +197,7 @@ def _precompile_in_this_process(model_dir: Path, package: str) -> dict[str, Any]
 
 
 if __name__ == "__main__":
+    # Progress (auto's candidates, compile times) on stderr; the report is stdout's last line.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
     print(json.dumps(_precompile_in_this_process(Path(sys.argv[1]), sys.argv[2])))

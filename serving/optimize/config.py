@@ -16,7 +16,9 @@ Device = Literal["auto", "cpu", "xpu", "cuda"]
 CompileMode = Literal[
     "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
 ]
-Candidate = Literal["eager", "compile", "bf16", "int8"]
+# int8: static PT2E for conv nets, dynamic for Linear-only models; int8_dynamic: dynamic INT8
+# of the Linear layers only, for any model that has them (AVX2 CPUs, conv nets with heads).
+Candidate = Literal["eager", "compile", "bf16", "int8", "int8_dynamic"]
 # Backends that ship with torch and run nothing from outside it; a name from a plugin
 # (openvino, tensorrt, ...) would load and run third-party code chosen by the caller.
 Backend = Literal["inductor", "eager", "aot_eager", "cudagraphs"]

@@ -8,37 +8,54 @@ from pathlib import Path
 
 import torch
 
-# The flags that change what Inductor's C++ code generator emits (ISA of the vector and GEMM
-# micro-kernels); packages and caches built with one set are not interchangeable with another.
-RELEVANT_CPU_FLAGS = frozenset(
-    {
-        "avx2",
-        "avx512f",
-        "avx512_bf16",
-        "avx512_vnni",
-        "avx512_fp16",
-        "amx_tile",
-        "amx_bf16",
-        "amx_int8",
-        "amx_fp16",
-        # aarch64 equivalents, read from the "Features" line
-        "asimd",
-        "sve",
-        "sve2",
-        "bf16",
-        "i8mm",
-    }
-)
+from serving.cpuflags import RELEVANT_CPU_FLAGS
+
+__all__ = ["RELEVANT_CPU_FLAGS"]
+
+# Set once per process (worker start, precompile child) from the `cpu_features` setting.
+_override: frozenset[str] | None = None
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The relevant instruction-set flags of this CPU (empty where /proc/cpuinfo is missing),
+    or the set `override_cpu_features` injected."""
+    if _override is not None:
+        return _override
+    return detected_cpu_features(cpuinfo)
 
 
 @functools.cache
-def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The relevant instruction-set flags of this CPU (empty where /proc/cpuinfo is missing)."""
+def detected_cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """What /proc/cpuinfo says, whatever was injected."""
     try:
         text = cpuinfo.read_text()
     except OSError:
         return frozenset()
     return parse_cpu_flags(text)
+
+
+def parse_feature_list(value: str | None) -> frozenset[str] | None:
+    """`avx2,fma` (comma or space separated) as a feature set; None or blank: no override.
+
+    Unknown names are kept out: only the flags in RELEVANT_CPU_FLAGS change a decision."""
+    if value is None or not value.strip():
+        return None
+    names = {name.strip().lower() for name in value.replace(",", " ").split()}
+    return frozenset(names) & RELEVANT_CPU_FLAGS
+
+
+def override_cpu_features(features: frozenset[str] | None) -> None:
+    """Make this process believe its CPU has exactly `features` (None: back to detection).
+
+    A testing and operations knob: the candidate list of `auto`, the compile-cache key and
+    the precompiled packages' sidecars follow it. It does not change which instructions
+    torch's own kernels use (ATEN_CPU_CAPABILITY does that)."""
+    global _override
+    _override = features
+
+
+def feature_source() -> str:
+    return "injected" if _override is not None else "detected"
 
 
 def parse_cpu_flags(cpuinfo_text: str) -> frozenset[str]:
@@ -77,6 +94,15 @@ def _backend_available(kind: str) -> bool:
         return False
     accelerator = torch.accelerator.current_accelerator()
     return accelerator is not None and accelerator.type == kind
+
+
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def has_int8_dot_product(device: torch.device) -> bool:
+    """Whether u8s8 dot products are native here (VNNI or AMX-INT8): what makes static INT8
+    convolutions pay off on CPU. Accelerators are assumed to have them."""
+    return device.type != "cpu" or bool(cpu_features() & INT8_DOT_FLAGS)
 
 
 def supports_low_precision(device: torch.device, dtype: torch.dtype) -> bool:

@@ -28,7 +28,7 @@ from serving.optimize.config import (
 )
 from serving.optimize.hardware import cpu_arch, cpu_features
 from serving.optimize.provenance import package_settings, settings_override, weights_mismatch
-from serving.optimize.report import PipelineReport, StepRecord, describe
+from serving.optimize.report import CandidateRecord, PipelineReport, StepRecord, describe
 from serving.optimize.runner import OptimizedModel
 from serving.optimize.samples import as_sample
 from serving.optimize.steps import Variant
@@ -55,6 +55,8 @@ class Sidecar:
     created: str = ""
     weights_sha256: str | None = None
     settings: dict[str, Any] | None = None
+    # `auto: true` at build time: the winner, why, the CPU features and every candidate.
+    auto: dict[str, Any] | None = None
     format: int = SIDECAR_FORMAT
 
     @classmethod
@@ -140,6 +142,7 @@ def write_package(
     *,
     weights: str | None,
     config: OptimizationConfig,
+    auto: dict[str, Any] | None = None,
 ) -> Path:
     """Export `variant` with a symbolic batch (and `dynamic` dims), AOT-compile it to
     `out_path`, write the sidecar: what it was built for, from which weights (`weights`,
@@ -163,6 +166,7 @@ def write_package(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         weights_sha256=weights,
         settings=package_settings(config),
+        auto=auto,
     )
     sidecar_path(out_path).write_text(json.dumps(asdict(sidecar), indent=2))
     return out_path
@@ -295,7 +299,24 @@ def serve_precompiled(
         record.status, record.reason = "refused", verdict.reason
         return None
     record.status, record.reason = "applied", reason
+    assert sidecar is not None  # loaded
+    report.package_steps = list(sidecar.applied)
+    if config.auto and sidecar.auto:
+        _adopt_auto(report, sidecar)
     return loaded
+
+
+def _adopt_auto(report: PipelineReport, sidecar: Sidecar) -> None:
+    """The search `auto` ran when the package was built, for describe and the ready line."""
+    auto = sidecar.auto or {}
+    report.chosen, report.why = auto.get("chosen"), auto.get("why")
+    report.cpu_features = list(auto.get("cpu_features") or [])
+    report.cpu_features_source = str(auto.get("cpu_features_source") or "")
+    fields = set(CandidateRecord.__dataclass_fields__)
+    report.candidates = [CandidateRecord(**{k: v for k, v in c.items() if k in fields})
+                         for c in auto.get("candidates") or [] if isinstance(c, dict)]
+    report.notes.append(f"auto ran when the package was built ({sidecar.created}, same torch, "
+                        "CPU features and threads as here): its choice is served from it")
 
 
 def _override(path: Path, config: OptimizationConfig) -> dict[str, Any] | None:
@@ -304,7 +325,12 @@ def _override(path: Path, config: OptimizationConfig) -> dict[str, Any] | None:
         sidecar = read_sidecar(path)
     except (OSError, ValueError, TypeError):
         return None  # load_precompiled says why the sidecar is unusable
-    differences = settings_override(sidecar.settings, sidecar.max_batch, config)
+    built = sidecar.settings
+    if config.auto and sidecar.auto:
+        # auto chose dtype, quantization and layout when it built the package: only the
+        # batch bound the config states is compared.
+        built = package_settings(config)
+    differences = settings_override(built, sidecar.max_batch, config)
     if differences is None:
         return None
     return {**differences, "served": "asked",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from serving.optimize.steps import (
     unwrap,
     with_autocast,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -156,11 +159,11 @@ def _run(ctx: Context, model_dir: Path | str | None, report: PipelineReport) -> 
     load_passes_for(ctx.config, ctx.device)
     if ctx.config.auto:
         return candidates.choose(ctx.config, ctx.base, ctx.device, ctx.guard, report,
-                                 lambda cfg, sub: pipeline(_with(ctx, cfg), sub))
+                                 lambda cfg, sub: pipeline(with_config(ctx, cfg), sub))
     return pipeline(ctx, report)
 
 
-def _with(ctx: Context, config: OptimizationConfig) -> Context:
+def with_config(ctx: Context, config: OptimizationConfig) -> Context:
     return Context(ctx.base, config, ctx.device, ctx.guard, ctx.samples, ctx.calibration,
                    ctx.weights)
 
@@ -249,6 +252,9 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
     dims = varying_dims(ctx.samples)
     inputs = warmup_inputs(ctx.samples, buckets, cfg.dynamic, cfg.max_batch, dims)
     start = time.perf_counter()
+    shapes = f"batch sizes {buckets}" if buckets else "a dynamic batch"
+    log.info("compiling %s (%s) for %s...", "+".join(variant.applied) or "fp32", cfg.mode,
+             shapes)
     try:
         compiled = compile_module(variant.module, cfg, static_shapes=not cfg.dynamic)
         runner = OptimizedModel(
@@ -264,6 +270,8 @@ def compile_step(ctx: Context, variant: Variant, report: PipelineReport) -> nn.M
         runner.dynamic_dims = dims
         options = compile_options(cfg, ctx.device) if cfg.backend == "inductor" else {}
         report.compile_seconds, report.warmup_seconds = warm_up(runner, inputs, options)
+        log.info("compiled and warmed up in %.1f s (compile %.1f s, warm-up %.1f s)",
+                 time.perf_counter() - start, report.compile_seconds, report.warmup_seconds)
         verdict = ctx.guard.check(runner, guarded_batches(buckets, cfg.dynamic))
     except Exception as exc:
         record.status, record.reason = "failed", describe(exc)

@@ -276,6 +276,7 @@ class ModelManager:
             "limit_max_image_pixels": self.settings.limit_max_image_pixels,
             "optimization": mv.optimization,
             "compile_cache": str(self.settings.compile_cache_dir),
+            "cpu_features": self.settings.cpu_features,
             "metrics_config": str(self._metrics_config) if self._metrics_config else None,
         }
         env = dict(device.env)

@@ -154,7 +154,10 @@ def _optimize(service: HandlerService, meta: dict[str, Any],
     from serving.handlers.optimizing import optimize_handler
     from serving.optimize.cache import cache_dir, configure_compile_env
     from serving.optimize.config import OptimizationConfig
+    from serving.optimize.hardware import override_cpu_features, parse_feature_list
 
+    # Before the cache key is made: an injected feature set keys its own cache.
+    override_cpu_features(parse_feature_list(meta.get("cpu_features")))
     threads = placement.threads if placement is not None else torch.get_num_threads()
     # One compile process per worker: a pool of compile subprocesses would fight the
     # worker (and its neighbours) for the cores it is pinned to.

@@ -7,6 +7,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from serving.errors import InternalError, ServingError
 from serving.workers.backoff import Backoff
@@ -167,6 +168,7 @@ class WorkerPool:
             return
         self.last_error = None
         log.info("%s: worker %s ready (pid %s)", self.label, worker.id, worker.pid)
+        log.info("%s ready: %s", self.label, _pipeline(worker.load_info))
         self._on_started(worker)
         self._on_ready(worker)
 
@@ -255,3 +257,11 @@ def _as_serving_error(error: Exception, what: str) -> ServingError:
         return error
     log.error("%s: %s: %s", what, type(error).__name__, error)
     return InternalError(f"{what}: {type(error).__name__}: {error}")
+
+
+def _pipeline(load_info: dict[str, Any]) -> str:
+    """What the worker runs, from the optimisation report it sent when it loaded."""
+    report = load_info.get("optimization")
+    if not isinstance(report, dict):
+        return "as the handler loaded it (no optimization block)"
+    return str(report.get("ready") or "+".join(report.get("applied") or []) or "as loaded")
