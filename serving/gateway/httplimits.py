@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.errors import HeadersTooLarge, ServingError, UriTooLong, http_status
+from serving.gateway.clientgone import EXTENSION, ClientGone, client_gone
 from serving.gateway.responses import error_body
 from serving.routing.requestids import new_request_id
 from serving.settings import Settings
@@ -101,6 +102,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        # (uvicorn's scope type allows only dicts as extensions; ASGI allows any value.)
+        scope: Any = self.scope
+        scope["extensions"] = {EXTENSION: ClientGone()}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        # The request being answered loses its client (uvicorn marks it disconnected).
+        if cycle is not None and cycle.disconnected:
+            gone = client_gone(cast(Any, cycle.scope))
+            if gone is not None:
+                gone.fire()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
