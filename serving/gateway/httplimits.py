@@ -9,6 +9,7 @@ per read: the exact sizes are only added up when the bytes read could exceed the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any, cast
@@ -17,7 +18,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.errors import HeadersTooLarge, ServingError, UriTooLong, http_status
-from serving.gateway.clientgone import EXTENSION, ClientGone, client_gone
+from serving.gateway import clientgone, cork
 from serving.gateway.responses import error_body
 from serving.routing.requestids import new_request_id
 from serving.settings import Settings
@@ -104,14 +105,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         # (uvicorn's scope type allows only dicts as extensions; ASGI allows any value.)
         scope: Any = self.scope
-        scope["extensions"] = {EXTENSION: ClientGone()}
+        scope["extensions"] = {clientgone.EXTENSION: clientgone.ClientGone(),
+                               cork.EXTENSION: self.transport}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cork.CorkedTransport(transport))  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
         # The request being answered loses its client (uvicorn marks it disconnected).
         if cycle is not None and cycle.disconnected:
-            gone = client_gone(cast(Any, cycle.scope))
+            gone = clientgone.client_gone(cast(Any, cycle.scope))
             if gone is not None:
                 gone.fire()
 
