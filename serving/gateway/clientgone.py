@@ -10,7 +10,8 @@ one registers a callback, and one that does not (another ASGI server) watches `r
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 EXTENSION = "serving.client_gone"
@@ -44,3 +45,20 @@ def client_gone(scope: MutableMapping[str, Any]) -> ClientGone | None:
     """The request's ClientGone, if the server that runs the app provides one."""
     extensions = scope.get("extensions")
     return extensions.get(EXTENSION) if extensions else None
+
+
+def gone_future(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]]
+                ) -> Awaitable[Any]:
+    """What the data plane's `disconnected` takes: a future the request's ClientGone
+    completes (awaiting it costs no task), or `receive()` under another ASGI server."""
+    gone = client_gone(scope)
+    if gone is None:
+        return receive()
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def fire() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    gone.on_fire(fire)
+    return future

@@ -9,7 +9,7 @@ transport first and uncorks it after: the head and body leave in one write. Anyt
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, MutableMapping
 from typing import Any
 
 EXTENSION = "serving.cork"
@@ -65,3 +65,18 @@ def corked_transport(scope: MutableMapping[str, Any]) -> CorkedTransport | None:
     """The request's connection transport, if the server that runs the app corks."""
     extensions = scope.get("extensions")
     return extensions.get(EXTENSION) if extensions else None
+
+
+async def send_whole(scope: MutableMapping[str, Any], sending: Awaitable[None]) -> None:
+    """Await `sending` (the sends of one whole answer, head and body) with the connection
+    corked, so that the answer leaves in one write. Never around a wait for the client:
+    what is held goes out only when `sending` is done."""
+    transport = corked_transport(scope)
+    if transport is None:
+        await sending
+        return
+    transport.cork()
+    try:
+        await sending
+    finally:
+        transport.uncork()

@@ -14,7 +14,7 @@ from typing import Any
 from serving.errors import BadRequest, ClientCancelled, InternalError, ServingError
 from serving.gateway.bodies import body_inputs, read_body
 from serving.gateway.clientgone import client_gone
-from serving.gateway.cork import corked_transport
+from serving.gateway.cork import send_whole
 from serving.gateway.responses import error_body, send_answer, send_error
 from serving.routing.dataplane import DataPlane, ResponseStream
 from serving.types import InferenceRequest, InferenceResponse
@@ -50,19 +50,6 @@ def request_timeout_ms(headers: Mapping[str, str]) -> int | None:
     return asked
 
 
-async def _whole(scope: Scope, sending: Awaitable[None]) -> None:
-    """Send a whole answer (head and body) in one write where the server allows it."""
-    transport = corked_transport(scope)
-    if transport is None:
-        await sending
-        return
-    transport.cork()
-    try:
-        await sending
-    finally:
-        transport.uncork()
-
-
 class PredictionEndpoint:
     """ASGI app for one family of routes (`predictions` or `explanations`)."""
 
@@ -95,7 +82,7 @@ class PredictionEndpoint:
         except ClientCancelled:
             return  # nobody is listening for an answer
         except ServingError as e:
-            await _whole(scope, send_error(send, e, request_id))
+            await send_whole(scope, send_error(send, e, request_id))
             return
         except ConnectionAbortedError:
             return  # gone while sending its body
@@ -105,7 +92,7 @@ class PredictionEndpoint:
                              request_id)
             return
         if answer.final:
-            await _whole(scope, send_answer(send, answer, request_id))
+            await send_whole(scope, send_answer(send, answer, request_id))
         else:
             await self._send_stream(send, answer, answers, request_id)
 
