@@ -102,7 +102,6 @@ class MetricLogWriter:
 
     def write(self) -> None:
         now = int(time.time())
-        self.server.flush()  # the handler metrics deferred so far, before naming them
         handler_names = {m.name for m in self.server.handlers.collect()}
         for metric in self.server.collect():
             target = self.model if metric.name in handler_names else self.frontend

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
-
-from prometheus_client.exposition import generate_latest
 
 from serving.errors import ServiceUnavailable, ServingError, WorkerDied
-from serving.metrics.catalog import FAILURE_REASONS, FLUSH_EVERY, ServerMetrics
+from serving.metrics.catalog import FAILURE_REASONS, ServerMetrics
 from serving.routing.batcher import Batcher, QueueFull
 from serving.routing.scheduler import Scheduler
 from serving.types import InferenceRequest, InferenceResponse
@@ -66,7 +63,6 @@ async def test_every_ending_is_counted_once():
     assert set(reasons(server)) <= set(FAILURE_REASONS)
     total = sum(counts(server).values())
     assert server.ts_requests.counter("m", "1.0", "h").value == total  # received, all of them
-    server.flush()  # histograms are folded in batches (and before every scrape)
     assert server.latency.histogram("m", "1.0").counts[-1] + sum(
         server.latency.histogram("m", "1.0").counts[:-1]) == total
 
@@ -84,40 +80,5 @@ async def test_a_batch_error_counts_each_request_under_its_reason():
     await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs), return_exceptions=True), 5)
     assert counts(server) == {"507": 3}
     assert reasons(server) == {"handler_error": 3}
-    server.flush()
     batch = server.batch_size.histogram("m", "1.0")
     assert batch.sum == 3 and sum(batch.counts) == 1
-
-
-def test_deferred_observations_are_folded_in_order_and_before_a_scrape():
-    server = ServerMetrics(hostname="h")
-    model = server.model("m", "1.0")
-    meta = {"t": 0.001, "m": [["Hits", "Count", "COUNTER", 1, [["ModelName", "m"]]]]}
-    for i in range(FLUSH_EVERY + 10):  # one fold on the way, ten observations left over
-        model.dispatched(0.002)
-        model.batch_done(1, 0.003)
-        model.worker_result(meta, 0.004)
-        model.answered(200, 0.5 if i % 2 else 0.005)
-    latency = server.latency.histogram("m", "1.0")
-    assert sum(latency.counts) == FLUSH_EVERY  # folded once, the rest still pending
-    text = generate_latest(_Registry(server)).decode()
-    n = FLUSH_EVERY + 10
-    assert f'serving_request_duration_seconds_count{{model="m",version="1.0"}} {n}.0' in text
-    assert f'serving_queue_wait_seconds_count{{model="m",version="1.0"}} {n}.0' in text
-    assert f'serving_batch_size_count{{model="m",version="1.0"}} {n}.0' in text
-    assert 'serving_request_duration_seconds_bucket{le="0.005",model="m",version="1.0"} ' \
-        f'{n // 2}.0' in text
-    hits = [line for line in text.splitlines() if line.startswith("Hits_total")]
-    assert hits and hits[0].endswith(f" {n}.0"), hits
-    server.model("m", "1.0").answered(200, 0.1)  # re-registered version: flushed on forget
-    server.forget_model("m", "1.0")
-    assert "serving_request_duration_seconds_count" not in generate_latest(
-        _Registry(server)).decode().replace("# ", "")
-
-
-class _Registry:
-    def __init__(self, collector: ServerMetrics) -> None:
-        self.collector = collector
-
-    def collect(self) -> Any:  # what prometheus-client reads from a registry
-        return self.collector.collect()
