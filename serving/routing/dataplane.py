@@ -289,7 +289,8 @@ class ResponseStream:
             raise _cancelled()
         try:
             while not items and not future.done():
-                self._signal = asyncio.get_running_loop().create_future()
+                # (the future's own loop: get_running_loop() is a getpid() syscall on 3.11)
+                self._signal = future.get_loop().create_future()
                 await self._signal
         except asyncio.CancelledError:
             self._finish()  # the task iterating was cancelled: the client is gone

@@ -96,6 +96,9 @@ class Worker:
         self._inflight: deque[_Batch] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # loop time the deadline timer fires at (uvloop does not tell)
+        # Held from start(): asyncio.get_running_loop() costs a getpid() syscall per call on
+        # Python 3.11, and the deadline is re-armed for every batch.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.max_inflight = 1
         self._exited = asyncio.Event()
 
@@ -111,6 +114,7 @@ class Worker:
 
     async def start(self, timeout: float) -> None:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
+        self._loop = asyncio.get_running_loop()
         hello = self._listener.expect(self.id)
         env = spawn_env(os.environ, self.spec.env)
         env[GATEWAY_PID_ENV] = str(os.getpid())
@@ -196,7 +200,7 @@ class Worker:
         head = self._inflight[0]
         if head.timeout is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         head.deadline = loop.time() + head.timeout
         if self._timer is not None:
             if self._timer_at <= head.deadline:
@@ -217,7 +221,7 @@ class Worker:
             # says that this deadline has come.)
             self._timed_out(head.timeout)
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         self._timer = loop.call_at(head.deadline, self._check_deadline, head.deadline)
         self._timer_at = head.deadline
 
