@@ -9,14 +9,16 @@ per read: the exact sizes are only added up when the bytes read could exceed the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.errors import HeadersTooLarge, ServingError, UriTooLong, http_status
+from serving.gateway import clientgone, cork
 from serving.gateway.responses import error_body
 from serving.routing.requestids import new_request_id
 from serving.settings import Settings
@@ -51,6 +53,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes of reads that began and ended inside the current head
         self._read = 0  # size of the read being parsed
         self._refused = False
+        # Loop time the connection became idle (its last answer sent); None while a request
+        # is on its way or being answered.
+        self._idle_since: float | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -77,6 +82,36 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self.head_budget:
                 self._refuse(self._too_large_so_far())
 
+    # The keep-alive timer. uvicorn creates one per answer and cancels it when the next
+    # request's bytes arrive: a timer handle made and dropped per request. Here one timer per
+    # connection stays armed; when it fires early (the connection was busy meanwhile) it is
+    # pushed back to a keep-alive period after the connection last became idle.
+    def on_response_complete(self) -> None:
+        if self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # a pipelined request starts: no timer
+            return
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self._arm_keep_alive(self._idle_since + self.timeout_keep_alive)
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # busy: an armed timer finds so when it fires
+
+    def _arm_keep_alive(self, at: float) -> None:
+        self.timeout_keep_alive_task = self.loop.call_at(at, self._keep_alive_due, at)
+
+    def _keep_alive_due(self, at: float) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # a request is under way; its answer arms the timer again
+        due = self._idle_since + self.timeout_keep_alive
+        if due > at:
+            self._arm_keep_alive(due)
+            return
+        self.timeout_keep_alive_handler()
+
     def timeout_keep_alive_handler(self) -> None:
         """Close an idle keep-alive connection, but not one with a request waiting unread.
 
@@ -86,8 +121,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         no answer ("Server disconnected"). Such a connection is not idle: look again later.
         """
         if _unread_bytes_wait(self.transport):
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self._idle_since = self.loop.time()
+            if self.timeout_keep_alive_task is None:
+                self._arm_keep_alive(self._idle_since + self.timeout_keep_alive)
             return
         super().timeout_keep_alive_handler()
 
@@ -101,6 +137,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        # (uvicorn's scope type allows only dicts as extensions; ASGI allows any value.)
+        scope: Any = self.scope
+        scope["extensions"] = {clientgone.EXTENSION: clientgone.ClientGone(),
+                               cork.EXTENSION: self.transport}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cork.CorkedTransport(transport))  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        # The request being answered loses its client (uvicorn marks it disconnected).
+        if cycle is not None and cycle.disconnected:
+            gone = clientgone.client_gone(cast(Any, cycle.scope))
+            if gone is not None:
+                gone.fire()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -41,6 +41,9 @@ class Observed:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.access is None:
+            await self.app(scope, receive, self._counting(send))
+            return
         start = time.perf_counter()
         seen: list[Message] = []
         by_class = self._by_class
@@ -58,6 +61,19 @@ class Observed:
         finally:
             if self.access is not None:
                 self._log(scope, seen[0] if seen else None, time.perf_counter() - start)
+
+    def _counting(self, send: Send) -> Send:
+        """`send`, counting the response's status class (no access log: nothing more)."""
+        by_class = self._by_class
+
+        async def count(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                child = by_class[message["status"] // 100 % 6]
+                if child is not None:
+                    child.inc()
+            await send(message)
+
+        return count
 
     def _log(self, scope: Scope, start: Message | None, seconds: float) -> None:
         assert self.access is not None

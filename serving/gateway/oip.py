@@ -24,6 +24,8 @@ from serving.errors import (
     http_status,
 )
 from serving.gateway.bodies import read_body
+from serving.gateway.clientgone import gone_future
+from serving.gateway.cork import send_whole
 from serving.gateway.predictions import (
     Receive,
     Scope,
@@ -65,8 +67,9 @@ class OipEndpoint:
         except ClientCancelled:
             return  # nobody is listening for an answer
         except ServingError as e:
-            await _send_json(send, http_status(e.code), error_body(e), request_id,
-                             e.extra.get("retry_after"), e.extra.get("allow"))
+            await send_whole(scope, _send_json(send, http_status(e.code), error_body(e),
+                                               request_id, e.extra.get("retry_after"),
+                                               e.extra.get("allow")))
         except ConnectionAbortedError:
             return  # gone while sending its body
         except Exception as e:  # a bug: answer it as one, and keep the connection
@@ -122,11 +125,13 @@ class OipEndpoint:
         request = parse_request(header, binary, mv.oip)
         timeout_ms = request.timeout_ms or request_timeout_ms(visible)
         inputs = worker_inputs(header_bytes, request)
-        # The body is read: uvicorn's receive() now returns only when the client goes.
+        # The body is read: uvicorn's receive() now returns only when the client goes (our
+        # HTTP protocol says so without a task per request: gone_future).
         answer = await self._plane.infer(name, mv.version,
                                          InferenceRequest(request_id, inputs, visible),
-                                         timeout_ms=timeout_ms, disconnected=receive())
-        await self._send_answer(send, answer, request_id)
+                                         timeout_ms=timeout_ms,
+                                         disconnected=gone_future(scope, receive))
+        await send_whole(scope, self._send_answer(send, answer, request_id))
 
     async def _send_answer(self, send: Send, answer: InferenceResponse,
                            request_id: str) -> None:

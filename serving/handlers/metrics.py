@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 MAX_PENDING = 10_000  # updates kept per batch; more are dropped (and said so once)
+MAX_DIMENSION_SETS = 1_000  # checked label sets remembered per metric
 
 # On the wire: [name, unit, kind, value, [[dimension name, value], ...]]
 Update = list[Any]
@@ -31,19 +32,31 @@ class _RecordingMetric(CachingMetric):  # type: ignore[misc]
     def __init__(self, owner: HandlerMetrics, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._owner = owner
+        self._kind = self.metric_type.name
+        # Dimension values already checked -> their wire form: a handler records the same
+        # few label sets batch after batch (BaseHandler's HandlerTime on every one).
+        self._dims: dict[tuple[str, ...], list[list[str]]] = {}
 
     def add_or_update(self, value: float, dimension_values: list[Any] | None = None,
                       request_id: str = "") -> None:
         # TorchServe's checks and its error line; what passes is kept, not printed.
+        # Only all-str label sets are remembered: 1, 1.0 and True are one dict key but
+        # three different label values.
+        given = tuple(dimension_values or ())
+        key = given if all(type(v) is str for v in given) else None
+        wire = self._dims.get(key) if key is not None else None
         try:
-            dims = self._validate_and_get_dimensions(list(dimension_values or []))
+            if wire is None:
+                dims = self._validate_and_get_dimensions(list(dimension_values or []))
+                wire = [[str(d.name), str(d.value)] for d in dims]
+                if key is not None and len(self._dims) < MAX_DIMENSION_SETS:
+                    self._dims[key] = wire
             self._validate_metric_value(value)
         except ValueError as e:
             log.error("[METRICS]Failed to update metric with name:%s with value: %s: %s",
                       self.metric_name, value, e)
             return
-        self._owner.append([self.metric_name, self.unit, self.metric_type.name, value,
-                            [[str(d.name), str(d.value)] for d in dims]])
+        self._owner.append([self.metric_name, self.unit, self._kind, value, wire])
 
     def emit_metrics(self, request_id: str, value: float, dimension_string: str) -> None:
         pass  # TorchServe's log line; nothing reads it here

@@ -263,7 +263,7 @@ def decode_value(content_type: str, value: Any, decode: bool = True) -> Any:
         return raw
     if content_type == "application/json":
         try:
-            return json.loads(raw)
+            return _json_bytes(raw)
         except Exception:  # not JSON, or nested past the stack (RecursionError): the bytes
             return raw
     if content_type.startswith("text"):
@@ -272,6 +272,17 @@ def decode_value(content_type: str, value: Any, decode: bool = True) -> Any:
         except UnicodeDecodeError:
             return raw
     return raw
+
+
+_JSON_DECODE = json.JSONDecoder().decode
+
+
+def _json_bytes(raw: bytearray) -> Any:
+    """`json.loads(raw)`; bytes that can only be UTF-8 skip its encoding sniffing (no
+    UTF-8/16/32 byte-order mark, no NUL among the first two bytes)."""
+    if len(raw) >= 2 and raw[0] and raw[1] and raw[0] not in (0xEF, 0xFE, 0xFF):
+        return _JSON_DECODE(raw.decode("utf-8", "surrogatepass"))
+    return json.loads(raw)
 
 
 def encode_value(value: Any) -> tuple[bytes, str]:
@@ -289,6 +300,29 @@ def encode_value(value: Any) -> tuple[bytes, str]:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+_QUOTE = json.encoder.encode_basestring_ascii  # json.dumps's own (C) escaping of a str
+_INF = float("inf")
+
+
+def _scalar_json(v: Any) -> str:
+    """`json.dumps(v)` for a str, int, float, bool or None, without building an encoder."""
+    if isinstance(v, str):
+        return _QUOTE(v)
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if v != v:
+        return "NaN"
+    if v == _INF:
+        return "Infinity"
+    if v == -_INF:
+        return "-Infinity"
+    return float.__repr__(v)
 
 
 def pretty_json(value: Any) -> str:
@@ -300,7 +334,7 @@ def pretty_json(value: Any) -> str:
     """
     if isinstance(value, dict) and value and all(
             type(k) is str and isinstance(v, _SCALARS) for k, v in value.items()):
-        items = ",\n  ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in value.items())
+        items = ",\n  ".join(f"{_QUOTE(k)}: {_scalar_json(v)}" for k, v in value.items())
         return "{\n  " + items + "\n}"
     if isinstance(value, list) and value and all(
             isinstance(v, int | float | bool) or v is None for v in value):

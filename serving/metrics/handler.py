@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -71,7 +72,8 @@ class HandlerMetricStore:
         self._families: dict[str, _Family] = {}
         self._series = 0
         self._warned: set[str] = set()
-        self._fast: dict[tuple[Any, ...], Child] = {}  # wire form of a seen series -> child
+        # wire form of a seen series -> its child's update method, and whether a counter
+        self._fast: dict[tuple[Any, ...], tuple[Callable[[float], None], bool]] = {}
 
     def record(self, updates: Any) -> None:
         """Apply one batch's updates from a worker; malformed ones are dropped."""
@@ -81,20 +83,18 @@ class HandlerMetricStore:
         fast = self._fast
         for update in updates:
             # The fast path: an update of a series already seen (every batch of a model that
-            # records the same metrics): one tuple and one dict lookup, no validation again.
+            # records the same metrics): one tuple and one dict lookup, no validation again;
+            # the child's update method is kept with it (a counter refuses going down).
             try:
                 name, _, kind, value, dims = update
-                key = (name, kind, len(dims), *[x for d in dims for x in d])
-                child = fast.get(key)
+                key = (name, kind, len(dims), *_flat(dims))
+                known = fast.get(key)
             except (TypeError, ValueError):
-                child = None
-            if child is not None and type(value) in (int, float) and math.isfinite(value):
-                if isinstance(child, GaugeChild):
-                    child.set(value)
-                elif isinstance(child, HistogramChild):
-                    child.observe(value)
-                elif value >= 0:
-                    child.inc(value)
+                known = None
+            if known is not None and type(value) in _NUMBERS and _isfinite(value):
+                apply, counter = known
+                if not counter or value >= 0:
+                    apply(value)
                 continue
             try:
                 child = self._apply(update)
@@ -102,7 +102,7 @@ class HandlerMetricStore:
                 self._warn(str(update)[:60], str(e))
             else:
                 if len(fast) < MAX_SERIES:
-                    fast[key] = child
+                    fast[key] = _updater(child)
 
     def _apply(self, update: Any) -> Child:
         if not isinstance(update, list) or len(update) != 5:
@@ -172,6 +172,21 @@ class HandlerMetricStore:
                 else:
                     add_histogram_samples(metric, name, values, child)
             yield metric
+
+
+_flat = chain.from_iterable
+_isfinite = math.isfinite
+_NUMBERS = (int, float)
+
+
+def _updater(child: Child) -> tuple[Callable[[float], None], bool]:
+    """How the fast path updates a known series: the child's method, and whether it is a
+    counter (which only goes up)."""
+    if isinstance(child, CounterChild):
+        return child.inc, True
+    if isinstance(child, GaugeChild):
+        return child.set, False
+    return child.observe, False
 
 
 def _child(kind: str) -> Child:

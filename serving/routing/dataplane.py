@@ -230,7 +230,7 @@ class ResponseStream:
     """The answers of one request as they come: an async iterator (and async context manager
     that closes it). Made by `DataPlane.stream`."""
 
-    __slots__ = ("_error", "_items", "_job", "_limit", "_over", "_signal", "_watcher")
+    __slots__ = ("_error", "_items", "_job", "_left", "_limit", "_over", "_signal", "_watcher")
 
     def __init__(self, job: Job | None, error: BaseException | None,
                  disconnected: Awaitable[object] | None, limit: int) -> None:
@@ -240,6 +240,7 @@ class ResponseStream:
         self._items: deque[InferenceResponse] = deque()
         self._signal: asyncio.Future[None] | None = None
         self._over = False
+        self._left = False  # the front end said the client went away (client_gone)
         self._watcher: asyncio.Future[object] | None = None
         if job is not None:
             job.listener = self._push
@@ -257,8 +258,16 @@ class ResponseStream:
             signal.set_result(None)
 
     def _gone(self, watcher: asyncio.Future[object]) -> None:
-        if watcher.cancelled() or self._job is None:
+        if not watcher.cancelled():
+            self.client_gone()
+
+    def client_gone(self) -> None:
+        """The client went away: the same as `disconnected` completing, for a front end
+        that learns it another way. The work is withdrawn (or its answer dropped) and the
+        iteration raises ClientCancelled."""
+        if self._job is None or self._over:
             return
+        self._left = True
         self._job.cancel()
         self._push(None)
 
@@ -280,7 +289,8 @@ class ResponseStream:
             raise _cancelled()
         try:
             while not items and not future.done():
-                self._signal = asyncio.get_running_loop().create_future()
+                # (the future's own loop: get_running_loop() is a getpid() syscall on 3.11)
+                self._signal = future.get_loop().create_future()
                 await self._signal
         except asyncio.CancelledError:
             self._finish()  # the task iterating was cancelled: the client is gone
@@ -298,6 +308,8 @@ class ResponseStream:
         return answer
 
     def _client_gone(self) -> bool:
+        if self._left:
+            return True
         watcher = self._watcher
         return watcher is not None and watcher.done() and not watcher.cancelled()
 

@@ -36,6 +36,14 @@ class Kind(enum.IntEnum):
     CANCEL = 10    # gateway -> worker: {batch, i}: the client of that request went away
 
 
+# The kind byte to its Kind without the enum's call machinery (every frame pays it).
+_KINDS: dict[int, Kind] = {k.value: k for k in Kind}
+# Built once: `json.dumps` with any option builds a new encoder on every call, and
+# `json.loads` of bytes first sniffs their encoding.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_DECODE = json.JSONDecoder().decode
+
+
 @dataclass(slots=True)
 class Message:
     kind: Kind
@@ -47,7 +55,7 @@ def encode(kind: Kind, meta: dict[str, Any], blobs: Sequence[Blob] = ()) -> list
     """The buffers of one frame, ready for `sendmsg`/`writelines` without joining them."""
     if blobs:
         meta["_b"] = [len(b) for b in blobs]
-    raw = json.dumps(meta, separators=(",", ":")).encode()
+    raw = _ENCODE(meta).encode()
     body_len = 5 + len(raw) + sum(len(b) for b in blobs)
     if body_len > MAX_FRAME:
         raise ValueError(f"message of {body_len} bytes is larger than a frame can carry")
@@ -62,15 +70,14 @@ def decode_body(body: memoryview) -> Message:
     """Parse one frame body (everything after the length field); ProtocolError if malformed."""
     if len(body) < 5:
         raise ProtocolError(f"frame body of {len(body)} bytes is shorter than its header")
-    try:
-        kind = Kind(body[0])
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {body[0]}") from None
+    kind = _KINDS.get(body[0])
+    if kind is None:
+        raise ProtocolError(f"unknown message kind {body[0]}")
     meta_end = 5 + int.from_bytes(body[1:5], "little")
     if meta_end > len(body):
         raise ProtocolError(f"metadata runs past the end of a {len(body)}-byte frame")
     try:
-        meta = json.loads(body[5:meta_end].tobytes())
+        meta = _DECODE(str(body[5:meta_end], "utf-8"))
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8; nesting too deep
         raise ProtocolError(f"metadata is not JSON: {type(e).__name__}") from None
     if not isinstance(meta, dict):

@@ -95,6 +95,10 @@ class Worker:
         # batch waiting in the socket instead of idling through a round trip.
         self._inflight: deque[_Batch] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # loop time the deadline timer fires at (uvloop does not tell)
+        # Held from start(): asyncio.get_running_loop() costs a getpid() syscall per call on
+        # Python 3.11, and the deadline is re-armed for every batch.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.max_inflight = 1
         self._exited = asyncio.Event()
 
@@ -110,6 +114,7 @@ class Worker:
 
     async def start(self, timeout: float) -> None:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
+        self._loop = asyncio.get_running_loop()
         hello = self._listener.expect(self.id)
         env = spawn_env(os.environ, self.spec.env)
         env[GATEWAY_PID_ENV] = str(os.getpid())
@@ -182,15 +187,43 @@ class Worker:
             self._conn.send(Kind.CANCEL, {"batch": token, "i": index})
 
     def _arm_deadline(self) -> None:
-        # The deadline runs for the batch the worker is working on: a batch queued behind
-        # another starts its clock when it reaches the head.
+        """Start the deadline of the batch now at the head of the queue.
+
+        The deadline runs for the batch the worker is working on: a batch queued behind
+        another starts its clock when it reaches the head. One timer serves every batch: it
+        is left armed when a batch is answered in time, and when it fires for a deadline
+        that a later batch's replaced, it re-arms for that one. (A timer handle created and
+        cancelled per batch cost more than the batch's own routing.)
+        """
+        if not self._inflight:
+            return
+        head = self._inflight[0]
+        if head.timeout is None:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        head.deadline = loop.time() + head.timeout
         if self._timer is not None:
+            if self._timer_at <= head.deadline:
+                return  # it fires first and re-arms for this batch then
             self._timer.cancel()
-            self._timer = None
-        if self._inflight and self._inflight[0].timeout is not None:
-            timeout = self._inflight[0].timeout
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out,
-                                                                timeout)
+        self._timer = loop.call_at(head.deadline, self._check_deadline, head.deadline)
+        self._timer_at = head.deadline
+
+    def _check_deadline(self, at: float) -> None:
+        self._timer = None
+        if not self._inflight:
+            return
+        head = self._inflight[0]
+        if head.deadline is None or head.timeout is None:
+            return
+        if head.deadline <= at:
+            # (uvloop's clock ticks in milliseconds: the timer's own time, not loop.time(),
+            # says that this deadline has come.)
+            self._timed_out(head.timeout)
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer = loop.call_at(head.deadline, self._check_deadline, head.deadline)
+        self._timer_at = head.deadline
 
     def _on_message(self, msg: Message) -> None:
         if msg.kind == Kind.LOADED:
@@ -375,6 +408,7 @@ class _Batch:
     timeout: float | None
     sent: float  # perf_counter when the batch was written to the socket
     partial: PartialCallback | None = None
+    deadline: float | None = None  # loop time; set when it reaches the head of the queue
 
 
 async def _first(fut: asyncio.Future[Any], exited: asyncio.Event, what: str) -> Any:

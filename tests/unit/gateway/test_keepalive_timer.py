@@ -77,3 +77,47 @@ def test_timer_keeps_a_connection_whose_request_waits_unread() -> None:
 def test_timer_closes_a_connection_that_is_really_idle() -> None:
     _, closed = uvloop.run(_scenario(unread=False))
     assert closed
+
+
+async def _lazy_timer_scenario() -> tuple[bool, bool, bool]:
+    """One timer per connection: when it fires for a period that a later request cut short,
+    it is pushed back instead of closing; once the connection has been idle a whole period
+    after its last answer, it closes it."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(_app, http=limited_protocol(Settings()), lifespan="off",
+                            log_config=None, access_log=False, timeout_keep_alive=5)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    client = socket.create_connection(listener.getsockname())
+    client.setblocking(False)
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        await loop.sock_sendall(client, REQUEST)
+        await _recv_response(loop, client)
+        (protocol,) = server.server_state.connections
+        first_timer = protocol.timeout_keep_alive_task
+        await loop.sock_sendall(client, REQUEST)  # a second request on the same connection
+        await _recv_response(loop, client)
+        one_timer = protocol.timeout_keep_alive_task is first_timer is not None
+        # The timer armed after the first answer comes due: the connection has not been idle
+        # for a whole period since its second answer, so it stays open.
+        first_timer.cancel()
+        protocol._keep_alive_due(protocol._idle_since + 4.9)
+        kept = not protocol.transport.is_closing() and \
+            protocol.timeout_keep_alive_task is not None
+        protocol.timeout_keep_alive_task.cancel()
+        protocol._keep_alive_due(protocol._idle_since + 5)  # a whole idle period: closed
+        return one_timer, kept, protocol.transport.is_closing()
+    finally:
+        client.close()
+        server.should_exit = True
+        await serving
+
+
+def test_one_keep_alive_timer_per_connection_closes_only_when_idle() -> None:
+    one_timer, kept, closed = uvloop.run(_lazy_timer_scenario())
+    assert one_timer, "the second answer armed a timer of its own"
+    assert kept, "closed before a whole keep-alive period had passed since the last answer"
+    assert closed

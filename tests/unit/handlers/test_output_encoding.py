@@ -18,6 +18,8 @@ from serving.handlers.service import encode_value, pretty_json
     {"nested": {"a": [1, 2]}, "list": [{"x": 1}]},
     [], {}, [["a", "b"]], ["a, b", "c"], 5, "text", None,
     {"1": float("inf")},
+    {"n": float("nan"), "m": float("-inf"), "f": -1e-5, "big": 10**30, "t": True,
+     "no": False, "neg": -3, "ctl": "\x00\u2028\"\\", "astral": "\U0001f600"},
 ])
 def test_pretty_json_is_json_dumps_indent_2(value):
     assert pretty_json(value) == json.dumps(value, indent=2)
