@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support.archives import build_mar
+from tests.support.polling import wait_for
 from tests.support.server import ServerProcess
 
 
@@ -151,53 +152,81 @@ def test_several_workers_run_batches_in_parallel(server: ServerProcess, store: P
     assert len({r[2]["pid"] for r in results}) == 2  # one batch per worker
 
 
+def expected_answer(i: int, batch_of: dict[int, str], runs: dict[str, list[dict]]
+                    ) -> tuple[int, str | None]:
+    """The status and error type request `i` must get, from what the handler's ledger says
+    happened to it: never run (refused at admission), or run in a batch that exited, failed
+    (the first such order in the batch decides: the handler stops there) or succeeded."""
+    if i not in batch_of:
+        return 503, "ServiceUnavailableException"
+    for order in runs[batch_of[i]]:
+        if order.get("exit"):
+            return 502, "WorkerDiedException"
+        if order.get("fail"):
+            return 503, "InternalServerException"
+    return 200, None
+
+
 def test_every_request_gets_exactly_one_answer_under_concurrency(server: ServerProcess,
-                                                                 store: Path):
-    register(server, store, "mixed", "batchSize: 4\nmaxBatchDelay: 5\njobQueueSize: 40\n",
-              initial_workers=2)
+                                                                 store: Path, tmp_path: Path):
+    ledger = tmp_path / "ledger.jsonl"
+    register(server, store, "mixed",
+             f"batchSize: 4\nmaxBatchDelay: 5\njobQueueSize: 40\nledger: {ledger}\n",
+             initial_workers=2)
     url = f"{base(server)}/predictions/mixed"
     orders = []
     for i in range(150):
         kind = ("fail" if i % 10 == 3 else "exit" if i in (40, 110) else "ok")
         orders.append({"tag": i, kind: True} if kind != "ok" else {"tag": i, "sleep": 0.01})
 
-    async def scenario():
-        answers: Counter[int] = Counter()
-        statuses: dict[int, int] = {}
+    async def scenario() -> dict[int, tuple[int, dict]]:
+        answers: dict[int, tuple[int, dict]] = {}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
             async def one(order: dict) -> None:
                 status, _, body = await post(s, url, order)
-                answers[order["tag"]] += 1
-                statuses[order["tag"]] = status
-                if status == 200:  # each answer reached the client that asked for it
-                    assert body["tag"] == order["tag"]
+                answers[order["tag"]] = status, body
             await asyncio.gather(*(one(o) for o in orders))
-        return answers, statuses
+        return answers
 
-    answers, statuses = asyncio.run(scenario())
-    assert set(answers) == set(range(150)) and set(answers.values()) == {1}
-    assert set(statuses.values()) <= {200, 502, 503}
+    answers = asyncio.run(scenario())
+    ran = ledger_lines(ledger)
+    runs: dict[str, list[dict]] = {}
+    for order in ran:
+        runs.setdefault(order["_batch"], []).append(order)
+    batch_of = {order["tag"]: order["_batch"] for order in ran}
+    assert len(batch_of) == len(ran)  # no request reached the handler twice
+    assert all(len(batch) <= 4 for batch in runs.values())
+    # Each request's answer is the one its fate calls for: 200 with its own tag, 502 when its
+    # worker died under it, 503 when its batch failed or the full queue refused it.
     for i in range(150):
-        if i % 10 == 3:
-            assert statuses[i] in (502, 503)  # its batch failed (or its worker died)
-    assert Counter(statuses.values())[200] > 0
+        status, body = answers[i]
+        want_status, want_type = expected_answer(i, batch_of, runs)
+        assert (status, body.get("type")) == (want_status, want_type), (i, body, runs.get(
+            batch_of.get(i, "")))
+        if status == 200:
+            assert body["tag"] == i and body["batch"] == len(runs[batch_of[i]])
+    assert Counter(s for s, _ in answers.values())[200] > 0
+    died = sum(expected_answer(batch[0]["tag"], batch_of, runs)[0] == 502
+               for batch in runs.values())
     # The workers that died are replaced: the model becomes healthy again.
-    deadline = time.monotonic() + 60
-    while server.inference.get("/ping").status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert server.inference.get("/ping").status_code == 200
-    assert len(server.management.get("/models/mixed").json()[0]["workers"]) == 2
+    wait_for(lambda: server.inference.get("/ping").status_code == 200, "healthy again")
+    described = wait_for(lambda: [m for m in server.management.get("/models/mixed").json()
+                                  if len(m["workers"]) == 2 and all(
+                                      w["status"] == "READY" for w in m["workers"])],
+                         "two READY workers")[0]
+    assert described["restarts"] == died
 
 
 def test_overlap_is_declared_by_the_handler_and_capped_by_the_config(server: ServerProcess,
                                                                       store: Path):
     build_mar(store, "overlapping", "overlap_handler.py")
     build_mar(store, "capped", "overlap_handler.py", config="maxInflightBatches: 2\n")
-    for name in ("overlapping", "capped"):
+    build_mar(store, "plain", "slow_handler.py")
+    for name in ("overlapping", "capped", "plain"):
         server.management.post("/models", params={"url": f"{name}.mar"}).raise_for_status()
     depth = {name: server.management.get(f"/models/{name}").json()[0]["workers"][0][
-        "maxInflightBatches"] for name in ("overlapping", "capped", "batch4")}
-    assert depth == {"overlapping": 4, "capped": 2, "batch4": 1}  # TorchServe handlers: 1
+        "maxInflightBatches"] for name in ("overlapping", "capped", "plain")}
+    assert depth == {"overlapping": 4, "capped": 2, "plain": 1}  # TorchServe handlers: 1
 
     async def burst():
         url = f"{base(server)}/predictions/overlapping"
