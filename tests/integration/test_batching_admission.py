@@ -4,7 +4,6 @@ exactly once, on a real server."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.support.archives import build_mar
+from tests.support.ledger import ledger_lines
 from tests.support.polling import wait_for
 from tests.support.server import ServerProcess
 
@@ -22,12 +22,6 @@ def register(server: ServerProcess, store: Path, name: str, config: str, **param
     build_mar(store, name, "slow_handler.py", config=config)
     r = server.management.post("/models", params={"url": f"{name}.mar", **params})
     assert r.status_code == 200, r.text
-
-
-def ledger_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 async def post(session: aiohttp.ClientSession, url: str, order: dict,

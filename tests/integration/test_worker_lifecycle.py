@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import time
-from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ import pytest
 
 from serving.workers.pinning import format_cpulist
 from tests.support.archives import build_mar
+from tests.support.ledger import ledger_lines
 from tests.support.polling import wait_for
 from tests.support.server import ServerProcess
 
@@ -23,6 +23,13 @@ from tests.support.server import ServerProcess
 def workers(server: ServerProcess, name: str) -> list[dict]:
     return server.management.get(f"/models/{name}").json()[0]["workers"]
 
+
+def gone(pid: int) -> bool:
+    """The process has stopped running: exited, or a zombie its parent has yet to reap."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_started_workers_run_on_their_planned_cores(server: ServerProcess, store: Path):
@@ -53,35 +60,54 @@ def test_strict_placement_that_cannot_fit_is_refused(server: ServerProcess, stor
 
 
 def test_kill_9_under_load_every_request_answered_and_worker_back(server: ServerProcess,
-                                                                 store: Path):
+                                                                 store: Path, tmp_path: Path):
+    ledger = tmp_path / "ledger.jsonl"
     build_mar(store, "victim", "slow_handler.py",
-              config="minWorkers: 1\nbatchSize: 1\nplacement:\n  cores_per_worker: 1\n")
+              config=f"minWorkers: 1\nbatchSize: 1\nledger: {ledger}\n"
+                     "placement:\n  cores_per_worker: 1\n")
     server.management.post("/models", params={"url": "victim.mar"}).raise_for_status()
     (before,) = workers(server, "victim")
     url = f"http://127.0.0.1:{server.inference_port}/predictions/victim"
 
-    async def load() -> Counter[int]:
-        statuses: Counter[int] = Counter()
+    async def load() -> tuple[list[dict], dict[int, tuple[int, dict]]]:
+        answers: dict[int, tuple[int, dict]] = {}
         async with aiohttp.ClientSession() as s:
             async def one(i: int) -> None:
                 async with s.post(url, json={"tag": i, "sleep": 0.02},
                                   timeout=aiohttp.ClientTimeout(total=60)) as r:
-                    await r.read()
-                    statuses[r.status] += 1
+                    answers[i] = r.status, await r.json(content_type=None)
 
-            async def killer() -> None:
-                await asyncio.sleep(0.4)
+            async def killer() -> list[dict]:
+                # Under load for sure: the worker has run ten requests, the rest wait.
+                await asyncio.to_thread(wait_for, lambda: len(ledger_lines(ledger)) >= 10,
+                                        "the worker running the load")
                 os.kill(before["pid"], signal.SIGKILL)
+                await asyncio.to_thread(wait_for, lambda: gone(before["pid"]), "the kill")
+                return ledger_lines(ledger)  # all the dead worker ever ran
 
-            await asyncio.gather(killer(), *(one(i) for i in range(120)))
-        return statuses
+            ran_before_kill, *_ = await asyncio.gather(killer(), *(one(i) for i in range(120)))
+        return ran_before_kill, answers
 
-    statuses = asyncio.run(load())
-    assert sum(statuses.values()) == 120  # every request got exactly one answer
-    assert set(statuses) <= {200, 502} and statuses[200] >= 100
+    ran_before_kill, answers = asyncio.run(load())
     (after,) = wait_for(lambda: [w for w in workers(server, "victim")
-                                 if w["status"] == "READY"], what="replacement worker")
-    assert after["pid"] != before["pid"] and after["restarts"] == 1
+                                 if w["status"] == "READY" and w["pid"] != before["pid"]],
+                        what="replacement worker")
+    assert after["restarts"] == 1
+    # Every request ran exactly once: none lost with the worker, none run again after it.
+    ran = [o["tag"] for o in ledger_lines(ledger)]
+    assert sorted(ran) == list(range(120))
+    assert len(ran_before_kill) < 120  # requests were still waiting when the worker died
+    # Only the request the worker held when it died fails (none if it died between two);
+    # every other one is answered 200 with its own result, by the replacement if it waited.
+    died = {i for i, (status, _) in answers.items() if status != 200}
+    assert len(died) <= 1 and died <= {o["tag"] for o in ran_before_kill}
+    for i in died:
+        assert answers[i][0] == 502 and answers[i][1]["type"] == "WorkerDiedException"
+    waited = set(range(120)) - {o["tag"] for o in ran_before_kill}
+    for i, (status, body) in answers.items():
+        if status == 200:
+            assert body["tag"] == i
+            assert body["pid"] == (after["pid"] if i in waited else before["pid"])
     # the replacement takes the dead worker's place: same cores, same memory node
     assert (after["cores"], after["numaNode"]) == (before["cores"], before["numaNode"])
     assert after["pinned"] is True
