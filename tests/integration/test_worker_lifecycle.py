@@ -6,17 +6,17 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from pathlib import Path
 
 import aiohttp
+import httpx
 import psutil
 import pytest
 
 from serving.workers.pinning import format_cpulist
 from tests.support.archives import build_mar
 from tests.support.ledger import ledger_lines
-from tests.support.polling import wait_for
+from tests.support.polling import wait_for, wait_queued
 from tests.support.server import ServerProcess
 
 
@@ -160,19 +160,22 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(quick_ping_server: Server
     url = f"http://127.0.0.1:{srv.inference_port}"
     workers_before_exit = workers(srv, "frozen")
 
+    def not_healthy() -> httpx.Response | None:
+        r = srv.inference.get("/ping")
+        return r if r.status_code != 200 else None
+
     async def scenario():
         async with aiohttp.ClientSession() as s:
             async def post(order: dict) -> int:
                 async with s.post(f"{url}/predictions/frozen", json=order) as r:
                     await r.read()
                     return r.status
-            in_flight = [asyncio.create_task(post({"tag": i, "sleep": 0.7}))
+            in_flight = [asyncio.create_task(post({"tag": i, "sleep": 1.5}))
                          for i in range(3)]
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(wait_queued, srv, "frozen", 2)  # one runs, two wait
             srv.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            async with s.get(f"{url}/ping") as r:
-                ping = (r.status, await r.json())
+            r = await asyncio.to_thread(wait_for, not_healthy, "the server to start draining")
+            ping = (r.status_code, r.json())
             late = await post({"tag": "late"})
             return await asyncio.gather(*in_flight), ping, late
 
@@ -182,7 +185,5 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(quick_ping_server: Server
     assert late == 503
     worker_pids = [w["pid"] for w in workers_before_exit]
     assert srv.proc.wait(timeout=60) == 0
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) for p in worker_pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(psutil.pid_exists(p) for p in worker_pids)  # no worker outlives the server
+    # no worker outlives the server
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in worker_pids), "workers gone", 10)
