@@ -17,19 +17,12 @@ from serving.workers.pinning import format_cpulist
 from tests.support.archives import build_mar
 from tests.support.ledger import ledger_lines
 from tests.support.polling import wait_for, wait_queued
+from tests.support.processes import gone
 from tests.support.server import ServerProcess
 
 
 def workers(server: ServerProcess, name: str) -> list[dict]:
     return server.management.get(f"/models/{name}").json()[0]["workers"]
-
-
-def gone(pid: int) -> bool:
-    """The process has stopped running: exited, or a zombie its parent has yet to reap."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_started_workers_run_on_their_planned_cores(server: ServerProcess, store: Path):
