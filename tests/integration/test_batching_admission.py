@@ -122,16 +122,25 @@ def test_worker_death_answers_its_requests_at_once_and_others_continue(
     register(server, store, "mortal", "batchSize: 1\n", initial_workers=1)
     url = f"{base(server)}/predictions/mortal"
 
+    first = server.management.get("/models/mortal").json()[0]["workers"][0]["pid"]
+
     async def scenario():
         async with aiohttp.ClientSession() as s:
+            # The fatal request and three after it wait behind a running one, so the three
+            # are queued when the worker dies: they must wait for the replacement, not fail.
+            busy = asyncio.create_task(post(s, url, {"sleep": 3, "tag": "busy"}))
+            await asyncio.to_thread(wait_queued, server, "mortal", 0)
             dying = asyncio.create_task(post(s, url, {"exit": True}))
-            await asyncio.sleep(0.2)
+            await asyncio.to_thread(wait_queued, server, "mortal", 1)
             waiting = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(3)]
-            return await dying, await asyncio.gather(*waiting)
+            await asyncio.to_thread(wait_queued, server, "mortal", 4)
+            return await busy, await dying, await asyncio.gather(*waiting)
 
-    dying, waiting = asyncio.run(scenario())
+    busy, dying, waiting = asyncio.run(scenario())
+    assert busy[0] == 200 and busy[2]["pid"] == first
     assert dying[0] == 502 and dying[2]["type"] == "WorkerDiedException"
-    assert [w[0] for w in waiting] == [200, 200, 200]  # served by the replacement worker
+    assert [w[0] for w in waiting] == [200, 200, 200]
+    assert first not in {w[2]["pid"] for w in waiting}  # the replacement served them
     assert server.management.get("/models/mortal").json()[0]["restarts"] == 1
 
 
