@@ -10,6 +10,17 @@ import pytest
 from tests.support.server import ServerProcess
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reverse-order", action="store_true", default=False,
+                     help="run the collected tests last to first (modules and the tests "
+                          "inside them), to show no test depends on one that ran before it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse-order"):
+        items.reverse()  # each module's tests stay together: module fixtures still start once
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("store")

@@ -95,14 +95,18 @@ def exported(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Scrape:
 def test_every_query_names_exported_metrics_and_labels(path: Path, exported: Scrape) -> None:
     board = json.loads(path.read_text())
     names = exported.exposed_names()
-    missing = [(where, name) for where, expr in queries(board)
+    found = list(queries(board))
+    # An empty list would make every check below pass: the parsing must have found something.
+    assert found and all(metric_names(expr) for _, expr in found), found
+    assert any(selector_labels(expr) for _, expr in found)
+    missing = [(where, name) for where, expr in found
                for name in metric_names(expr) if name not in names]
     assert not missing, f"queries name metrics the server does not export: {missing}"
     for variable in board["templating"]["list"]:
         query = variable.get("definition", "")
         for name in re.findall(rf"label_values\(({IDENT})", query):
             assert name in names, f"variable {variable['name']}: {name} is not exported"
-    for where, expr in queries(board):
+    for where, expr in found:
         for name, label in selector_labels(expr):
             samples = [s for s in exported.samples if s.name in (name, f"{name}_total")]
             assert any(label in s.labels for s in samples), \

@@ -27,7 +27,7 @@ import pytest
 
 from serving.errors import grpc_status_name, http_status
 from tests.support.archives import build_mar
-from tests.support.polling import wait_for
+from tests.support.polling import wait_for, wait_queued
 from tests.support.server import ServerProcess
 from tests.support.tsgrpc import torchserve_stubs
 
@@ -187,7 +187,7 @@ async def queue_full(fe: FrontEnd, s: aiohttp.ClientSession, server: ServerProce
     busy = asyncio.create_task(fe.call(s, server, "queue", {"sleep": 2, "tag": "busy"}))
     await wait_started(ledger, "busy")  # the worker holds it; the queue is empty again
     queued = asyncio.create_task(fe.call(s, server, "queue", {"tag": "queued"}))
-    await asyncio.sleep(0.3)  # let it reach the queue (a slot it holds until busy is done)
+    await asyncio.to_thread(wait_queued, server, "queue", 1)  # it holds the queue's one slot
     refused = await fe.call(s, server, "queue", {"tag": "refused"})
     assert not busy.done(), "the queue was not full any more"
     assert await busy == 200 and await queued == 200
@@ -229,8 +229,11 @@ async def client_cancelled(fe: FrontEnd, s: aiohttp.ClientSession, server: Serve
     handler). Nobody is left to read an HTTP status; the code is 499 in the data plane."""
     busy = asyncio.create_task(fe.call(s, server, "queue", {"sleep": 2, "tag": "busy"}))
     await wait_started(ledger, "busy")
-    with pytest.raises(asyncio.TimeoutError):
-        await fe.call(s, server, "queue", {"tag": "gone"}, give_up_after=0.5)
+    gone = asyncio.create_task(fe.call(s, server, "queue", {"tag": "gone"}))
+    await asyncio.to_thread(wait_queued, server, "queue", 1)  # it waits its turn
+    gone.cancel()  # the client hangs up
+    with pytest.raises(asyncio.CancelledError):
+        await gone
     assert await busy == 200
     assert await fe.call(s, server, "queue", {"tag": "kept"}) == 200
     assert "gone" not in tags(ledger)

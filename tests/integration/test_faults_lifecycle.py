@@ -10,21 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 
 from tests.support.archives import build_mar
-from tests.support.polling import wait_for
+from tests.support.polling import wait_for, wait_queued
+from tests.support.processes import gone
 from tests.support.server import ServerProcess
 
 HANDLER_SLEEP_S = 120  # far longer than any bound the tests check
 
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_shutdown_answers_running_requests_503_after_drain_timeout_and_closes_management(
@@ -51,7 +44,7 @@ def test_shutdown_answers_running_requests_503_after_drain_timeout_and_closes_ma
                                                     "sleep": HANDLER_SLEEP_S}))
                 await asyncio.to_thread(wait_for, ledger.exists, what="the handler to run")
                 queued = asyncio.create_task(post({"tag": "queued"}))
-                await asyncio.sleep(0)  # let it be sent; it waits behind the running one
+                await asyncio.to_thread(wait_queued, srv, "stuck", 1)  # behind the running one
                 srv.proc.send_signal(signal.SIGTERM)
                 await asyncio.to_thread(
                     wait_for, lambda: srv.inference.get("/ping").status_code == 503,

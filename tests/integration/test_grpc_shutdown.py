@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -13,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.archives import build_mar
-from tests.support.polling import wait_for
+from tests.support.polling import wait_for, wait_queued
 from tests.support.server import ServerProcess
 from tests.support.tsgrpc import torchserve_stubs
 
@@ -37,7 +36,7 @@ def test_sigterm_drains_grpc_calls(store: Path, tmp_path: Path):
             running = call("running", sleep=3)
             wait_for(lambda: ledger.exists() and "running" in ledger.read_text(), timeout=60)
             queued = call("queued")
-            time.sleep(0.3)
+            wait_queued(srv, "slow", 1)  # it waits in the queue when the drain begins
             srv.proc.send_signal(signal.SIGTERM)
             wait_for(lambda: "Shutting down" in srv.log(), timeout=30)
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status

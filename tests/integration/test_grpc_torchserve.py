@@ -5,7 +5,6 @@ health checking and reflection."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.support.archives import HANDLERS, build_mar
-from tests.support.polling import wait_for
+from tests.support.polling import wait_for, wait_queued
 from tests.support.server import ServerProcess
 from tests.support.tsgrpc import torchserve_stubs
 
@@ -199,13 +198,13 @@ def test_deadline_is_deadline_exceeded_and_the_work_never_runs(
 
 
 def test_client_cancel_withdraws_the_work(inference: Any, ts: dict[str, ModuleType],
-                                         ledger: Path):
+                                         ledger: Path, grpc_server: ServerProcess):
     busy = inference.Predictions.future(predict(ts, "slow", body=order(sleep=2, tag="busy2")),
                                         timeout=TIMEOUT)
     wait_for(lambda: "busy2" in ledger_tags(ledger), timeout=TIMEOUT)
     queued = inference.Predictions.future(predict(ts, "slow", body=order(tag="cancelled")),
                                           timeout=TIMEOUT)
-    time.sleep(0.3)  # let it reach the server's queue
+    wait_queued(grpc_server, "slow", 1)  # it reached the server's queue
     assert queued.cancel()
     assert json.loads(busy.result().prediction)["tag"] == "busy2"
     after = inference.Predictions(predict(ts, "slow", body=order(tag="after2")),
@@ -219,15 +218,9 @@ def test_full_queue_is_unavailable(inference: Any, grpc_server: ServerProcess,
     busy = inference.Predictions.future(predict(ts, "narrow", body=order(sleep=2)),
                                         timeout=TIMEOUT)
 
-    def running() -> bool:
-        status = grpc_server.management.get("/models/narrow").json()[0]["jobQueueStatus"]
-        return bool(status["pendingRequests"] == 0)
-
-    time.sleep(0.3)
-    wait_for(running, timeout=TIMEOUT)
+    wait_queued(grpc_server, "narrow", 0, timeout=TIMEOUT)  # the worker has it
     queued = inference.Predictions.future(predict(ts, "narrow", body=order()), timeout=TIMEOUT)
-    wait_for(lambda: grpc_server.management.get("/models/narrow").json()[0]
-             ["jobQueueStatus"]["pendingRequests"] == 1, timeout=TIMEOUT)
+    wait_queued(grpc_server, "narrow", 1, timeout=TIMEOUT)  # the queue is full
     error = rpc_error(inference.Predictions, predict(ts, "narrow", body=order()))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "queue" in error.details().lower()
@@ -277,8 +270,8 @@ def test_management_rpcs(management: Any, inference: Any, store: Path,
     management.RegisterModel(pb.RegisterModelRequest(
         url="managed-2.mar", initial_workers=1, synchronous=True), timeout=120)
     listed = json.loads(management.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).msg)
-    assert {"modelName": "managed", "modelUrl": "managed-1.mar"} in listed["models"] or \
-        {"modelName": "managed", "modelUrl": "managed-2.mar"} in listed["models"]
+    # Listed by its default version: the first registered, until set-default says otherwise.
+    assert {"modelName": "managed", "modelUrl": "managed-1.mar"} in listed["models"]
     page = json.loads(management.ListModels(pb.ListModelsRequest(limit=1), timeout=TIMEOUT).msg)
     assert len(page["models"]) == 1 and page["nextPageToken"] == "1"
     described = json.loads(management.DescribeModel(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
@@ -111,9 +110,27 @@ def test_model_api_disabled_by_default(store: Path, tmp_path: Path):
         assert srv.management.get("/models").json() == {"models": []}
 
 
+def client_address(r: httpx.Response) -> object:
+    """The local address of the connection that carried `r`; "closed" when the server has
+    already closed it (the socket then has no address left to read)."""
+    try:
+        return r.extensions["network_stream"].get_extra_info("client_addr")
+    except OSError:
+        return "closed"
+
+
 def test_keep_alive_connection_serves_many_requests(small_limit_server: ServerProcess):
+    """Twenty answers, errors among them, on one TCP connection: httpx would silently open a
+    new connection if the server closed one, so the test compares the client's local
+    address of every exchange, and the server must never have said `Connection: close`."""
+    sockets: set[object] = set()
+    bodies: list[object] = []
     with httpx.Client(base_url=f"http://127.0.0.1:{small_limit_server.inference_port}") as c:
-        bodies = [c.post("/predictions/behaviour", json={"echo": i}).json()["echo"]
-                  for i in range(20)]
-    assert bodies == list(range(20))
-    assert json.loads(json.dumps(bodies)) == bodies
+        for i in range(20):
+            r = (c.post("/predictions/missing", json={}) if i % 5 == 4
+                 else c.post("/predictions/behaviour", json={"echo": i}))
+            assert r.headers.get("connection", "").lower() != "close"
+            sockets.add(client_address(r))
+            bodies.append(r.json().get("echo", r.status_code))
+    assert bodies == [404 if i % 5 == 4 else i for i in range(20)]
+    assert len(sockets) == 1 and not sockets & {None, "closed"}, sockets

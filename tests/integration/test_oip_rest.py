@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.archives import build_mar
 from tests.support.oip_models import DOUBLE, UPPER, WRONG
+from tests.support.polling import wait_queued
 from tests.support.server import ServerProcess
 
 BATCHED = "batchSize: 4\nmaxBatchDelay: 3000\nmode: batch\n"
@@ -209,9 +210,9 @@ def test_full_queue_is_503(oip_server: ServerProcess) -> None:
                     await r.read()
                     return r.status
             busy = asyncio.create_task(slow("busy"))
-            await asyncio.sleep(0.5)  # the worker has it; the queue is empty
+            await asyncio.to_thread(wait_queued, oip_server, "slow", 0)  # the worker has it
             queued = asyncio.create_task(slow("queued"))
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(wait_queued, oip_server, "slow", 1)  # the queue is full
             async with s.post(f"{base}/v2/models/slow/infer",
                               json=_x([1], [1])) as r:
                 rejected = (r.status, await r.json(), r.headers.get("Retry-After"))

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from tests.support.archives import build_mar
 from tests.support.polling import wait_for
+from tests.support.processes import gone
 from tests.support.server import ServerProcess, free_port
 
 
@@ -29,13 +29,6 @@ def gated(store: Path, tmp_path: Path, name: str, min_workers: int) -> tuple[Pat
               config=f"minWorkers: {min_workers}\nbatchSize: 1\nstartupTimeout: 600\n"
                      f"gate: {gate}\nstarted_dir: {started}\nledger: {tmp_path / name}.log\n")
     return gate, started
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def probe(srv: ServerProcess) -> tuple[int, dict[str, Any], int]:

@@ -6,23 +6,35 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
-from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import httpx
 import psutil
 import pytest
 
 from serving.workers.pinning import format_cpulist
 from tests.support.archives import build_mar
-from tests.support.polling import wait_for
+from tests.support.ledger import ledger_lines
+from tests.support.polling import wait_for, wait_queued
+from tests.support.processes import gone
 from tests.support.server import ServerProcess
 
 
 def workers(server: ServerProcess, name: str) -> list[dict]:
     return server.management.get(f"/models/{name}").json()[0]["workers"]
 
+
+@pytest.fixture(autouse=True)
+def no_models_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts with no model on the module's server: pinned workers a test leaves
+    behind hold cores that the placement tests count on (order independence)."""
+    yield
+    if "server" in request.fixturenames:
+        server: ServerProcess = request.getfixturevalue("server")
+        for model in server.management.get("/models").json()["models"]:
+            server.management.delete(f"/models/{model['modelName']}").raise_for_status()
 
 
 def test_started_workers_run_on_their_planned_cores(server: ServerProcess, store: Path):
@@ -53,35 +65,54 @@ def test_strict_placement_that_cannot_fit_is_refused(server: ServerProcess, stor
 
 
 def test_kill_9_under_load_every_request_answered_and_worker_back(server: ServerProcess,
-                                                                 store: Path):
+                                                                 store: Path, tmp_path: Path):
+    ledger = tmp_path / "ledger.jsonl"
     build_mar(store, "victim", "slow_handler.py",
-              config="minWorkers: 1\nbatchSize: 1\nplacement:\n  cores_per_worker: 1\n")
+              config=f"minWorkers: 1\nbatchSize: 1\nledger: {ledger}\n"
+                     "placement:\n  cores_per_worker: 1\n")
     server.management.post("/models", params={"url": "victim.mar"}).raise_for_status()
     (before,) = workers(server, "victim")
     url = f"http://127.0.0.1:{server.inference_port}/predictions/victim"
 
-    async def load() -> Counter[int]:
-        statuses: Counter[int] = Counter()
+    async def load() -> tuple[list[dict], dict[int, tuple[int, dict]]]:
+        answers: dict[int, tuple[int, dict]] = {}
         async with aiohttp.ClientSession() as s:
             async def one(i: int) -> None:
                 async with s.post(url, json={"tag": i, "sleep": 0.02},
                                   timeout=aiohttp.ClientTimeout(total=60)) as r:
-                    await r.read()
-                    statuses[r.status] += 1
+                    answers[i] = r.status, await r.json(content_type=None)
 
-            async def killer() -> None:
-                await asyncio.sleep(0.4)
+            async def killer() -> list[dict]:
+                # Under load for sure: the worker has run ten requests, the rest wait.
+                await asyncio.to_thread(wait_for, lambda: len(ledger_lines(ledger)) >= 10,
+                                        "the worker running the load")
                 os.kill(before["pid"], signal.SIGKILL)
+                await asyncio.to_thread(wait_for, lambda: gone(before["pid"]), "the kill")
+                return ledger_lines(ledger)  # all the dead worker ever ran
 
-            await asyncio.gather(killer(), *(one(i) for i in range(120)))
-        return statuses
+            ran_before_kill, *_ = await asyncio.gather(killer(), *(one(i) for i in range(120)))
+        return ran_before_kill, answers
 
-    statuses = asyncio.run(load())
-    assert sum(statuses.values()) == 120  # every request got exactly one answer
-    assert set(statuses) <= {200, 502} and statuses[200] >= 100
+    ran_before_kill, answers = asyncio.run(load())
     (after,) = wait_for(lambda: [w for w in workers(server, "victim")
-                                 if w["status"] == "READY"], what="replacement worker")
-    assert after["pid"] != before["pid"] and after["restarts"] == 1
+                                 if w["status"] == "READY" and w["pid"] != before["pid"]],
+                        what="replacement worker")
+    assert after["restarts"] == 1
+    # Every request ran exactly once: none lost with the worker, none run again after it.
+    ran = [o["tag"] for o in ledger_lines(ledger)]
+    assert sorted(ran) == list(range(120))
+    assert len(ran_before_kill) < 120  # requests were still waiting when the worker died
+    # Only the request the worker held when it died fails (none if it died between two);
+    # every other one is answered 200 with its own result, by the replacement if it waited.
+    died = {i for i, (status, _) in answers.items() if status != 200}
+    assert len(died) <= 1 and died <= {o["tag"] for o in ran_before_kill}
+    for i in died:
+        assert answers[i][0] == 502 and answers[i][1]["type"] == "WorkerDiedException"
+    waited = set(range(120)) - {o["tag"] for o in ran_before_kill}
+    for i, (status, body) in answers.items():
+        if status == 200:
+            assert body["tag"] == i
+            assert body["pid"] == (after["pid"] if i in waited else before["pid"])
     # the replacement takes the dead worker's place: same cores, same memory node
     assert (after["cores"], after["numaNode"]) == (before["cores"], before["numaNode"])
     assert after["pinned"] is True
@@ -134,19 +165,22 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(quick_ping_server: Server
     url = f"http://127.0.0.1:{srv.inference_port}"
     workers_before_exit = workers(srv, "frozen")
 
+    def not_healthy() -> httpx.Response | None:
+        r = srv.inference.get("/ping")
+        return r if r.status_code != 200 else None
+
     async def scenario():
         async with aiohttp.ClientSession() as s:
             async def post(order: dict) -> int:
                 async with s.post(f"{url}/predictions/frozen", json=order) as r:
                     await r.read()
                     return r.status
-            in_flight = [asyncio.create_task(post({"tag": i, "sleep": 0.7}))
+            in_flight = [asyncio.create_task(post({"tag": i, "sleep": 1.5}))
                          for i in range(3)]
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(wait_queued, srv, "frozen", 2)  # one runs, two wait
             srv.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            async with s.get(f"{url}/ping") as r:
-                ping = (r.status, await r.json())
+            r = await asyncio.to_thread(wait_for, not_healthy, "the server to start draining")
+            ping = (r.status_code, r.json())
             late = await post({"tag": "late"})
             return await asyncio.gather(*in_flight), ping, late
 
@@ -156,7 +190,5 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(quick_ping_server: Server
     assert late == 503
     worker_pids = [w["pid"] for w in workers_before_exit]
     assert srv.proc.wait(timeout=60) == 0
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) for p in worker_pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(psutil.pid_exists(p) for p in worker_pids)  # no worker outlives the server
+    # no worker outlives the server
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in worker_pids), "workers gone", 10)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.support.server import ServerProcess
 
 
 def wait_for(predicate: Callable[[], Any], what: str = "condition", timeout: float = 120
@@ -17,3 +20,13 @@ def wait_for(predicate: Callable[[], Any], what: str = "condition", timeout: flo
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_queued(server: ServerProcess, model: str, pending: int, timeout: float = 120) -> None:
+    """Wait until `model` has every worker busy and `pending` requests waiting in its queue:
+    a request reached a worker, or the queue, when describe says so, not after a guess."""
+    def reached() -> bool:
+        (described,) = server.management.get(f"/models/{model}").json()
+        return (all(w["busy"] for w in described["workers"])
+                and described["jobQueueStatus"]["pendingRequests"] == pending)
+    wait_for(reached, f"{model}: workers busy and {pending} queued", timeout)

@@ -8,6 +8,7 @@ import time
 class SlowHandler:
     def initialize(self, context):
         self.ledger = context.model_yaml_config.get("ledger")
+        self.batches = 0
 
     def handle(self, data, context):
         orders = []
@@ -16,10 +17,14 @@ class SlowHandler:
             if isinstance(body, (bytes, bytearray)):
                 body = json.loads(body)
             orders.append(body or {})
+        self.batches += 1
         if self.ledger:
+            # One write per batch (O_APPEND): workers sharing a ledger never interleave lines
+            # of one batch; "_batch" says which orders ran together, and in which process.
+            batch_id = f"{os.getpid()}:{self.batches}"
             with open(self.ledger, "a") as f:
-                for order in orders:
-                    f.write(json.dumps(order) + "\n")
+                f.write("".join(json.dumps({**order, "_batch": batch_id}) + "\n"
+                                for order in orders))
         for order in orders:
             if order.get("exit"):
                 os._exit(3)

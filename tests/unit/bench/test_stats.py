@@ -119,7 +119,7 @@ def test_loadgen_counts_successes_and_errors_by_kind() -> None:
     results, failing, wrong = asyncio.run(_with_server(body))
     assert [(r.concurrency, r.rep) for r in results] == [(1, 0), (4, 0), (1, 1), (4, 1)]
     for r in results:
-        assert r.ok > 10 and r.error_count == 0 and r.errors == {}
+        assert r.ok > 0 and r.error_count == 0 and r.errors == {}  # how many: speed, not asserted
         assert r.rps == pytest.approx(r.ok / 0.4)
         assert r.sent >= r.ok + r.late  # warm-up requests were sent but not counted
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms

@@ -110,7 +110,9 @@ def test_services_pdb_and_hpa_point_at_the_deployment():
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     port_names = {p["name"] for p in container["ports"]}
-    for _, service in [(p, d) for p, d in documents(K8S) if d["kind"] == "Service"]:
+    services = [d for _, d in documents(K8S) if d["kind"] == "Service"]
+    assert services  # otherwise the loop below checks nothing
+    for service in services:
         assert service["spec"]["selector"].items() <= labels.items()
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
     assert one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()

@@ -37,11 +37,14 @@ def test_configure_compile_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     # setenv first so that monkeypatch puts the real values back afterwards.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", "-"))
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "2")
-    monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
-    configure_compile_env(tmp_path / "cache", compile_threads=1)
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
-    assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
-    assert inductor_config.compile_threads == 1
+    # Inductor's own patch puts its settings back: monkeypatch.setattr on its config module
+    # deletes them on undo, and every later compile in the process then fails.
+    with inductor_config.patch(compile_threads=inductor_config.compile_threads,
+                               fx_graph_cache=inductor_config.fx_graph_cache):
+        configure_compile_env(tmp_path / "cache", compile_threads=1)
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
+        assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+        assert inductor_config.compile_threads == 1 and inductor_config.fx_graph_cache is True
 
 
 def test_device_resolution() -> None:

@@ -161,14 +161,27 @@ async def test_a_worker_that_overlaps_gets_a_second_batch_and_no_more():
 
 @run
 async def test_a_partial_batch_waits_for_its_first_requests_deadline():
-    s = Scheduler(Batcher(batch_size=3, max_delay=0.03, capacity=10), response_timeout=None)
+    # "b" comes 0.5 s after "a": the batch must go at a's deadline, not b's (0.5 s later),
+    # which a timer re-armed on each arrival would wait for. The gaps are wide so that only
+    # a half-second stall of the test process could blur the two.
+    loop = asyncio.get_running_loop()
+    s = Scheduler(Batcher(batch_size=3, max_delay=1.0, capacity=10), response_timeout=None)
     w = FakeWorker("w")
     s.add_worker(w)
     a = s.submit(InferenceRequest("a", []))
-    await asyncio.sleep(0.01)
-    b = s.submit(InferenceRequest("b", []))  # re-arming must keep the earlier deadline
-    assert w.batches == []
-    await asyncio.sleep(0.05)
+    a_deadline = s.batcher.deadline()
+    assert a_deadline is not None
+    await asyncio.sleep(0.5)
+    b = s.submit(InferenceRequest("b", []))
+    assert w.batches == [] and s.batcher.deadline() == a_deadline
+
+    async def dispatched() -> float:
+        while not w.batches:
+            await asyncio.sleep(0.005)
+        return loop.time()
+
+    sent = await asyncio.wait_for(dispatched(), 10)
+    assert a_deadline - 0.01 <= sent < a_deadline + 0.5
     assert w.batches == [["a", "b"]]
     w.answer()
     assert [(await j.future).body for j in (a, b)] == [b"w:a", b"w:b"]
