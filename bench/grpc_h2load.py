@@ -28,17 +28,25 @@ from typing import Any
 
 import grpc
 
+from bench.archive import build_noop_mar
 from bench.grpc_stubs import torchserve_stubs
 from bench.machine import facts
 from bench.project_server import ProjectServer
 from bench.scenarios import CLIENT_CPUS, SERVER_CPUS
 from bench.torchserve import TorchServe
 from bench.tsconfig import ModelConfig
-from model_store.build import build_all
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
-KINDS = {"serving": ProjectServer, "torchserve": TorchServe}
+
+
+def start(kind: str, store: Path, models: dict[str, ModelConfig]) -> Any:
+    """Either server as bench.run starts it for the equal-terms rows: no line per request."""
+    extra = {"metrics_mode": "prometheus"}
+    if kind == "torchserve":
+        return TorchServe(store, models, pin_cpus=SERVER_CPUS, quiet_logs=True,
+                          extra_properties=extra)
+    return ProjectServer(store, models, pin_cpus=SERVER_CPUS, extra_properties=extra)
 
 
 def framed_request(model: str, body: bytes) -> bytes:
@@ -122,8 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("h2load is not on PATH (apt-get install nghttp2-client)")
     levels = [int(x) for x in args.levels.split(",")]
     store = REPO / "model_store" / "build"
-    build_all(store)
-    models = {"noop": ModelConfig("noop.mar", batch_size=1, max_batch_delay_ms=5)}
+    store.mkdir(parents=True, exist_ok=True)
+    # The equal-terms archive of bench.run: a plain BaseHandler noop (no `can_overlap`), so
+    # this server, like TorchServe, gives the worker one batch at a time.
+    archive = build_noop_mar(store, "noop-plain")
+    models = {"noop": ModelConfig(archive.name, batch_size=1, max_batch_delay_ms=5)}
     body = b'{"x": 1}'
     (args.out / "raw").mkdir(parents=True, exist_ok=True)
     payload = args.out / "raw" / "request.bin"
@@ -136,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rep in range(args.reps):
             order = ["serving", "torchserve"] if rep % 2 == 0 else ["torchserve", "serving"]
             for kind in order:
-                with KINDS[kind](store, models, pin_cpus=SERVER_CPUS) as server:
+                with start(kind, store, models) as server:
                     port = server.ports.grpc_inference
                     check_call(f"127.0.0.1:{port}", "noop", body, b'"ok"')
                     # The JVM needs traffic before it is warm; both servers get the same.
@@ -160,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> str:
     lines = ["# TorchServe gRPC `Predictions`, noop b1: this server vs TorchServe 0.12 (h2load)",
+             "", "The same `noop-plain.mar` on both (bench.run's equal-terms archive: a plain "
+             "BaseHandler that declares no `can_overlap`); per-request logging off on both "
+             "(TorchServe started with bench.tsconfig's quiet log4j2 file), metrics in "
+             "Prometheus mode on both.",
              "", f"h2load (one HTTP/2 connection, c concurrent streams) on CPU {CLIENT_CPUS}, "
              f"each server and its processes on CPU {SERVER_CPUS}; {args.reps} reps of "
              f"{args.seconds:.0f} s (+{args.warm:.0f} s warm-up) per level, servers alternated "
