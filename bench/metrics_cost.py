@@ -16,6 +16,7 @@ import asyncio
 import json
 import statistics
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
@@ -62,7 +63,8 @@ def measure(reps: int, window: float, concurrency: int) -> list[dict[str, Any]]:
             store, models, pin_cpus="0", extra_properties=extra)) for mode, extra in MODES.items()}
         targets = {mode: Target(s.base_url, "/predictions/noop", b"{}", "application/json",
                                 expect=b'"ok"') for mode, s in servers.items()}
-        return asyncio.run(_windows(targets, servers, reps, window, concurrency))
+        return asyncio.run(ab_windows(targets, servers, reps, window, concurrency,
+                                      key="metrics"))
 
 
 def cpu_seconds(server: ProjectServer) -> tuple[float, float]:
@@ -78,30 +80,43 @@ def cpu_seconds(server: ProjectServer) -> tuple[float, float]:
     return (times[0] if times else 0.0), sum(times[1:])
 
 
-async def _windows(targets: dict[str, Target], servers: dict[str, ProjectServer], reps: int,
-                   window: float, concurrency: int) -> list[dict[str, Any]]:
+async def ab_windows(targets: dict[str, Target], servers: dict[str, ProjectServer], reps: int,
+                     window: float, concurrency: int, *, key: str,
+                     counters: dict[str, Callable[[], float]] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Closed-loop windows on each server in turn, the order reversed every rep (ABBA), with
+    the CPU per request of each server's gateway and workers from /proc. `key` names the row
+    field that says which server ran; `counters` are extra machine-wide second counters
+    (e.g. CPU 0's softirq time), reported per request as `<name>_us`."""
+    counters = counters or {}
     for target in targets.values():
         await warm(target, 3.0, concurrency)
     plan = Plan(warmup_s=1.0, duration_s=window)
     rows = []
+    names = list(targets)
     for rep in range(reps):
-        order = ["on", "off"] if rep % 2 == 0 else ["off", "on"]  # ABBA
-        for mode in order:
-            gateway0, workers0 = cpu_seconds(servers[mode])
+        for name in names if rep % 2 == 0 else names[::-1]:
+            gateway0, workers0 = cpu_seconds(servers[name])
+            before = {c: read() for c, read in counters.items()}
             async with open_session(concurrency, plan.timeout_s) as session:
-                result = await run_level(session, targets[mode], concurrency, plan,
-                                         label=f"metrics-{mode}", rep=rep)
-            gateway1, workers1 = cpu_seconds(servers[mode])
+                result = await run_level(session, targets[name], concurrency, plan,
+                                         label=f"{key}-{name}", rep=rep)
+            gateway1, workers1 = cpu_seconds(servers[name])
             # CPU per request answered in the run (warm-up included: `sent` counts it too);
             # on a shared box it moves less than throughput, which steal time drags around.
-            row = {**asdict(result), "metrics": mode,
-                   "gateway_cpu_us": (gateway1 - gateway0) / max(result.sent, 1) * 1e6,
-                   "worker_cpu_us": (workers1 - workers0) / max(result.sent, 1) * 1e6}
+            sent = max(result.sent, 1)
+            row = {**asdict(result), key: name,
+                   "gateway_cpu_us": (gateway1 - gateway0) / sent * 1e6,
+                   "worker_cpu_us": (workers1 - workers0) / sent * 1e6}
+            row["cpu_us"] = row["gateway_cpu_us"] + row["worker_cpu_us"]
+            for c, read in counters.items():
+                row[f"{c}_us"] = (read() - before[c]) / sent * 1e6
             rows.append(row)
-            print(f"rep {rep} {mode}: {result.rps:.0f} req/s p50 {result.p50_ms:.2f} ms "
+            extra = "".join(f", {c} {row[f'{c}_us']:.0f} µs/req" for c in counters)
+            print(f"rep {rep} {name}: {result.rps:.0f} req/s p50 {result.p50_ms:.2f} ms "
                   f"p99 {result.p99_ms:.2f} ms errors {result.error_count} gateway "
-                  f"{row['gateway_cpu_us']:.0f} µs/req worker {row['worker_cpu_us']:.0f} µs/req",
-                  flush=True)
+                  f"{row['gateway_cpu_us']:.0f} + worker {row['worker_cpu_us']:.0f} = "
+                  f"{row['cpu_us']:.0f} µs/req{extra}", flush=True)
             await asyncio.sleep(0.5)
     return rows
 

@@ -21,17 +21,15 @@ import os
 import statistics
 import tempfile
 from contextlib import ExitStack
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bench.archive import build_noop_mar
-from bench.loadgen import open_session, run_level, warm
 from bench.machine import facts, pin_process
-from bench.metrics_cost import cpu_seconds
+from bench.metrics_cost import ab_windows
 from bench.project_server import REPO, ProjectServer
 from bench.tsconfig import ModelConfig
-from bench.workload import Plan, Target
+from bench.workload import Target
 
 OUT = Path(__file__).resolve().parent / "results" / "overhead"
 
@@ -74,38 +72,9 @@ def measure(builds: dict[str, Path], reps: int, window: float, concurrency: int,
             servers[name] = stack.enter_context(server)
         targets = {name: Target(s.base_url, "/predictions/noop", b"{}", "application/json",
                                 expect=b'"ok"') for name, s in servers.items()}
-        return asyncio.run(_windows(targets, servers, reps, window, concurrency))
-
-
-async def _windows(targets: dict[str, Target], servers: dict[str, ProjectServer], reps: int,
-                   window: float, concurrency: int) -> list[dict[str, Any]]:
-    for target in targets.values():
-        await warm(target, 3.0, concurrency)
-    plan = Plan(warmup_s=1.0, duration_s=window)
-    rows = []
-    names = list(targets)
-    for rep in range(reps):
-        for name in names if rep % 2 == 0 else names[::-1]:  # ABBA
-            gateway0, workers0 = cpu_seconds(servers[name])
-            softirq0 = cpu0_softirq()
-            async with open_session(concurrency, plan.timeout_s) as session:
-                result = await run_level(session, targets[name], concurrency, plan,
-                                         label=f"overhead-{name}", rep=rep)
-            gateway1, workers1 = cpu_seconds(servers[name])
-            softirq1 = cpu0_softirq()
-            sent = max(result.sent, 1)
-            row = {**asdict(result), "build": name,
-                   "gateway_cpu_us": (gateway1 - gateway0) / sent * 1e6,
-                   "worker_cpu_us": (workers1 - workers0) / sent * 1e6}
-            row["cpu_us"] = row["gateway_cpu_us"] + row["worker_cpu_us"]
-            row["cpu0_softirq_us"] = (softirq1 - softirq0) / sent * 1e6
-            rows.append(row)
-            print(f"rep {rep} {name}: {result.rps:.0f} req/s p99 {result.p99_ms:.2f} ms "
-                  f"errors {result.error_count} gateway {row['gateway_cpu_us']:.0f} + worker "
-                  f"{row['worker_cpu_us']:.0f} = {row['cpu_us']:.0f} µs/req, CPU 0 softirq "
-                  f"{row['cpu0_softirq_us']:.0f} µs/req", flush=True)
-            await asyncio.sleep(0.5)
-    return rows
+        return asyncio.run(ab_windows(targets, servers, reps, window, concurrency,
+                                      key="build",
+                                      counters={"cpu0_softirq": cpu0_softirq}))
 
 
 def cpu0_softirq() -> float:
