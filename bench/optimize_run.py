@@ -35,28 +35,13 @@ from bench.scenarios import pinned
 from bench.tsconfig import ModelConfig
 from bench.workload import Plan, Target
 from model_store.build import build_all
+from model_store.optimized import SENTENCES  # the default store's warm-up sentences
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "bench/results/optimize/profiles"  # set from --out in main()
 BUCKETS = {"mode": "default", "batch_sizes": [1, 8]}
 RESNET_ACCURACY_INPUTS = 200  # one disagreement is 0.5%: the 99% target allows two
 MEASURE_ONLY = {"metric": "max_abs", "max_abs_error": 1e9}  # measure accuracy, refuse nothing
-
-SENTENCES = [
-    "A man is playing a guitar.", "A woman is slicing an onion in the kitchen.",
-    "The stock market fell sharply after the announcement.", "Two dogs run across a field.",
-    "The new phone has a larger screen and a faster processor than last year's model.",
-    "Children are playing football in the park on a sunny afternoon.", "It is raining.",
-    "Scientists discovered a new species of frog in the rainforest.",
-    "Please remember to submit your expense report before Friday.",
-    "The train to the airport leaves every fifteen minutes from platform four.",
-    "He ordered a coffee and sat by the window to read the newspaper.",
-    "Quantum computers use qubits that can exist in superpositions of states.",
-    "The museum will be closed on Monday for maintenance work.",
-    "She won the chess tournament after a long and difficult final game.",
-    "Heavy snow blocked the mountain pass for three days.",
-    "The recipe calls for two eggs, a cup of flour and a pinch of salt.",
-]
 
 
 def variants(model: str) -> dict[str, dict[str, Any] | None]:
