@@ -9,7 +9,9 @@ server's socket, and the timer's handler run before the loop has read them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -38,12 +40,16 @@ async def _recv_response(loop: asyncio.AbstractEventLoop, sock: socket.socket) -
     return data
 
 
-async def _scenario(unread: bool) -> tuple[bytes, bool]:
+@contextlib.asynccontextmanager
+async def _answered_once(**config: Any) -> AsyncIterator[
+        tuple[asyncio.AbstractEventLoop, socket.socket, Any]]:
+    """A real uvicorn server with the gateway's protocol, one client connection that has had
+    one answer: (loop, client socket, the server's protocol of that connection)."""
     loop = asyncio.get_running_loop()
     listener = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=limited_protocol(Settings()), lifespan="off",
-                            log_config=None, access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(
+        _app, http=limited_protocol(Settings()), lifespan="off", log_config=None,
+        access_log=False, **config))
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     client = socket.create_connection(listener.getsockname())
     client.setblocking(False)
@@ -54,18 +60,22 @@ async def _scenario(unread: bool) -> tuple[bytes, bool]:
         first = await _recv_response(loop, client)
         assert first.startswith(b"HTTP/1.1 200")
         (protocol,) = server.server_state.connections
+        yield loop, client, protocol
+    finally:
+        client.close()
+        server.should_exit = True
+        await serving
+
+
+async def _scenario(unread: bool) -> tuple[bytes, bool]:
+    async with _answered_once() as (loop, client, protocol):
         if unread:
             # Loopback TCP delivers within send(): the bytes are in the server's socket now,
             # and the loop has not polled since.
             client.send(REQUEST)
         protocol.timeout_keep_alive_handler()  # the due timer runs first, as on a busy loop
         answer = await _recv_response(loop, client) if unread else b""
-        closed = protocol.transport.is_closing()
-        return answer, closed
-    finally:
-        client.close()
-        server.should_exit = True
-        await serving
+        return answer, protocol.transport.is_closing()
 
 
 def test_timer_keeps_a_connection_whose_request_waits_unread() -> None:
@@ -83,20 +93,7 @@ async def _lazy_timer_scenario() -> tuple[bool, bool, bool]:
     """One timer per connection: when it fires for a period that a later request cut short,
     it is pushed back instead of closing; once the connection has been idle a whole period
     after its last answer, it closes it."""
-    loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=limited_protocol(Settings()), lifespan="off",
-                            log_config=None, access_log=False, timeout_keep_alive=5)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[listener]))
-    client = socket.create_connection(listener.getsockname())
-    client.setblocking(False)
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        await loop.sock_sendall(client, REQUEST)
-        await _recv_response(loop, client)
-        (protocol,) = server.server_state.connections
+    async with _answered_once(timeout_keep_alive=5) as (loop, client, protocol):
         first_timer = protocol.timeout_keep_alive_task
         await loop.sock_sendall(client, REQUEST)  # a second request on the same connection
         await _recv_response(loop, client)
@@ -110,10 +107,6 @@ async def _lazy_timer_scenario() -> tuple[bool, bool, bool]:
         protocol.timeout_keep_alive_task.cancel()
         protocol._keep_alive_due(protocol._idle_since + 5)  # a whole idle period: closed
         return one_timer, kept, protocol.transport.is_closing()
-    finally:
-        client.close()
-        server.should_exit = True
-        await serving
 
 
 def test_one_keep_alive_timer_per_connection_closes_only_when_idle() -> None:
