@@ -7,9 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from typing import Any
 import grpc
 
 from bench.grpc_stubs import torchserve_stubs
-from bench.loadgen import RunResult, Window, format_result
+from bench.loadgen import RunResult, Window, result_sink
 from bench.machine import parse_cpus, pin_process
 from bench.stats import latency_summary
 from bench.workload import Plan
@@ -126,21 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cpus:
         pin_process(parse_cpus(args.cpus))
     target = GrpcTarget(args.address, args.model, {"data": args.payload.read_bytes()})
-    out = args.out.open("a") if args.out else None
-
-    def emit(r: RunResult) -> None:
-        print(format_result(r), file=sys.stderr, flush=True)
-        if out is not None:
-            out.write(json.dumps(r.to_dict()) + "\n")
-            out.flush()
-
-    try:
+    with result_sink(args.out) as emit:
         asyncio.run(run_matrix(target, [int(c) for c in args.concurrency.split(",")],
                                Plan(args.warmup, args.duration), reps=args.reps,
                                label=args.label, on_result=emit))
-    finally:
-        if out is not None:
-            out.close()
     return 0
 
 

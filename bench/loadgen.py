@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,6 +219,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@contextlib.contextmanager
+def result_sink(path: Path | None) -> Iterator[Callable[[RunResult], None]]:
+    """What the command-line clients do with each run: print it, and append it to `path` as
+    a JSON line (flushed at once: a crash later keeps the runs already done)."""
+    out = path.open("a") if path is not None else None
+
+    def emit(r: RunResult) -> None:
+        print(format_result(r), file=sys.stderr, flush=True)
+        if out is not None:
+            out.write(json.dumps(r.to_dict()) + "\n")
+            out.flush()
+
+    try:
+        yield emit
+    finally:
+        if out is not None:
+            out.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.cpus:
@@ -231,20 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                               method=args.method, expect=args.expect)
     plan = Plan(args.warmup, args.duration, args.requests, args.timeout)
     levels = [int(c) for c in args.concurrency.split(",")]
-    out = args.out.open("a") if args.out else None
-
-    def emit(r: RunResult) -> None:
-        print(format_result(r), file=sys.stderr, flush=True)
-        if out is not None:
-            out.write(json.dumps(r.to_dict()) + "\n")
-            out.flush()  # a crash later keeps the runs already done
-
-    try:
+    with result_sink(args.out) as emit:
         run(run_matrix(target, levels, plan, reps=args.reps, label=args.label,
-                               pause_s=args.pause, on_result=emit))
-    finally:
-        if out is not None:
-            out.close()
+                       pause_s=args.pause, on_result=emit))
     return 0
 
 

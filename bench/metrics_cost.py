@@ -67,19 +67,6 @@ def measure(reps: int, window: float, concurrency: int) -> list[dict[str, Any]]:
                                       key="metrics"))
 
 
-def cpu_seconds(server: ProjectServer) -> tuple[float, float]:
-    """(gateway, workers) CPU seconds used so far."""
-    procs = server.processes()
-    times = []
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            times.append(t.user + t.system)
-        except Exception:  # a process that just exited
-            times.append(0.0)
-    return (times[0] if times else 0.0), sum(times[1:])
-
-
 async def ab_windows(targets: dict[str, Target], servers: dict[str, ProjectServer], reps: int,
                      window: float, concurrency: int, *, key: str,
                      counters: dict[str, Callable[[], float]] | None = None
@@ -96,12 +83,12 @@ async def ab_windows(targets: dict[str, Target], servers: dict[str, ProjectServe
     names = list(targets)
     for rep in range(reps):
         for name in names if rep % 2 == 0 else names[::-1]:
-            gateway0, workers0 = cpu_seconds(servers[name])
+            gateway0, workers0 = servers[name].cpu_seconds()
             before = {c: read() for c, read in counters.items()}
             async with open_session(concurrency, plan.timeout_s) as session:
                 result = await run_level(session, targets[name], concurrency, plan,
                                          label=f"{key}-{name}", rep=rep)
-            gateway1, workers1 = cpu_seconds(servers[name])
+            gateway1, workers1 = servers[name].cpu_seconds()
             # CPU per request answered in the run (warm-up included: `sent` counts it too);
             # on a shared box it moves less than throughput, which steal time drags around.
             sent = max(result.sent, 1)

@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench.loadgen import format_result, open_session, run_level, warm
 from bench.machine import facts
 from bench.project_server import ProjectServer
@@ -48,19 +46,6 @@ def targets(base_url: str) -> dict[str, Target]:
     }
 
 
-def cpu_seconds(server: ServerProcess) -> tuple[float, float]:
-    """CPU seconds used so far by the gateway (the main process) and by its workers."""
-    procs = server.processes()
-    times = []
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            times.append(t.user + t.system)
-        except psutil.Error:
-            times.append(0.0)
-    return (times[0] if times else 0.0), sum(times[1:])
-
-
 async def measure(server: ServerProcess, by_label: dict[str, Target], levels: Sequence[int],
                   plan: Plan, reps: int) -> list[dict[str, Any]]:
     """Each run's rate and latency, and the server's CPU µs per request: on a shared box the
@@ -71,10 +56,10 @@ async def measure(server: ServerProcess, by_label: dict[str, Target], levels: Se
             for level in levels:
                 for label, target in by_label.items():
                     await asyncio.sleep(1.0)  # let the server settle between runs
-                    gateway0, workers0 = cpu_seconds(server)
+                    gateway0, workers0 = server.cpu_seconds()
                     result = await run_level(session, target, level, plan, label=label,
                                              rep=rep)
-                    gateway1, workers1 = cpu_seconds(server)
+                    gateway1, workers1 = server.cpu_seconds()
                     row = result.to_dict()
                     sent = max(result.sent, 1)
                     row["gateway_cpu_us"] = (gateway1 - gateway0) / sent * 1e6

@@ -144,6 +144,18 @@ class ServerProcess:
         except psutil.NoSuchProcess:
             return []
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(gateway, workers): CPU seconds (user + system) used so far by the main process and
+        by its descendants alive now; one that exits meanwhile counts 0."""
+        times = []
+        for proc in self.processes():
+            try:
+                t = proc.cpu_times()
+                times.append(t.user + t.system)
+            except psutil.Error:
+                times.append(0.0)
+        return (times[0] if times else 0.0), sum(times[1:])
+
     def _main_process(self) -> psutil.Process | None:
         """The process whose graceful exit stops its workers; subclasses refine it."""
         procs = self.processes()

@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.support.archives import build_mar
-from tests.support.oip_models import DOUBLE, UPPER, WRONG
+from tests.support.oip_models import build_oip_models
 from tests.support.server import ServerProcess
 
 TIMEOUT = 60
@@ -25,10 +25,7 @@ TIMEOUT = 60
 @pytest.fixture(scope="module")
 def oip_server(store: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[ServerProcess]:
-    build_mar(store, "double", "oip_handler.py", config=DOUBLE)
-    build_mar(store, "upper", "oip_handler.py", config=UPPER)
-    build_mar(store, "v2sum", "oip_handler.py", config="mode: v2\n")
-    build_mar(store, "wrong", "oip_handler.py", config=WRONG)
+    build_oip_models(store)
     build_mar(store, "echo", "echo_handler.py")
     log = tmp_path_factory.mktemp("logs") / "server.log"
     with ServerProcess(log, "--models", "all", model_store=store) as srv:

@@ -19,7 +19,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.support.archives import build_mar
-from tests.support.oip_models import DOUBLE, UPPER, WRONG
+from tests.support.oip_models import build_oip_models
 from tests.support.polling import wait_queued
 from tests.support.server import ServerProcess
 
@@ -30,10 +30,7 @@ QUEUE = "batchSize: 1\njobQueueSize: 1\n"
 @pytest.fixture(scope="module")
 def oip_server(store: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[ServerProcess]:
-    build_mar(store, "double", "oip_handler.py", config=DOUBLE)
-    build_mar(store, "upper", "oip_handler.py", config=UPPER)
-    build_mar(store, "v2sum", "oip_handler.py", config="mode: v2\n")
-    build_mar(store, "wrong", "oip_handler.py", config=WRONG)
+    build_oip_models(store)
     build_mar(store, "batched", "oip_handler.py", config=BATCHED)
     build_mar(store, "slow", "slow_handler.py", config=QUEUE)
     log = tmp_path_factory.mktemp("logs") / "server.log"
