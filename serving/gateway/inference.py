@@ -99,7 +99,7 @@ class InferenceApp:
         except ServingError as e:
             await send_error(send, e, request_id)
             return
-        body = json.dumps(model_description(self.api.openapi(), family)).encode()
+        body = json.dumps(model_description(self.api.openapi(), f"/{family}/")).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"x-request-id", request_id.encode("latin-1"))]})
@@ -127,6 +127,13 @@ def create_inference_api(plane: DataPlane, max_kserve_instances: int) -> FastAPI
         """Liveness: the event loop answers, so the process can serve (also while it loads
         or drains: restarting it then would only lose work)."""
         return JSONResponse({"status": "Alive"})
+
+    @app.options("/v1/models/{model_name}:predict", include_in_schema=False)
+    async def kserve_v1_describe(model_name: str) -> JSONResponse:
+        """TorchServe answers OPTIONS on KServe v1's path as on `/predictions/{model}`: the
+        model's predictions operations, or 404 for a model it does not know."""
+        plane.model_info(model_name, None)
+        return JSONResponse(model_description(app.openapi(), "/predictions/"))
 
     @app.api_route("/v1/models/{model_name}:predict", methods=sorted(PREDICTION_METHODS),
                    include_in_schema=False)

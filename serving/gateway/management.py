@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from serving.errors import BadRequest, MethodNotAllowed
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
-from serving.gateway.openapi import install_openapi
+from serving.gateway.openapi import install_openapi, model_description
 from serving.gateway.operations import MANAGEMENT
 from serving.gateway.params import Params
 from serving.jsondepth import loads
@@ -95,6 +95,24 @@ def create_management_app(manager: ModelManager) -> FastAPI:
                                request: Request) -> JSONResponse:
         describe_params(request)
         return JSONResponse(describe(manager.registry, model_name, model_version))
+
+    # TorchServe answers OPTIONS on a model's paths with that model's management operations
+    # (404 for a model or version it does not know); on /models it is a 405.
+    def model_operations(model_name: str, model_version: str | None) -> JSONResponse:
+        manager.registry.get(model_name, model_version)
+        return JSONResponse(model_description(app.openapi(), "/models/"))
+
+    @app.options("/models/{model_name}", include_in_schema=False)
+    async def options_default(model_name: str) -> JSONResponse:
+        return model_operations(model_name, None)
+
+    @app.options("/models/{model_name}/{model_version}", include_in_schema=False)
+    async def options_version(model_name: str, model_version: str) -> JSONResponse:
+        return model_operations(model_name, model_version)
+
+    @app.options("/models/{model_name}/{model_version}/set-default", include_in_schema=False)
+    async def options_set_default(model_name: str, model_version: str) -> JSONResponse:
+        return model_operations(model_name, model_version)
 
     async def scale(model_name: str, model_version: str | None, request: Request
                     ) -> JSONResponse:

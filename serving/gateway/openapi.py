@@ -137,10 +137,10 @@ def document(app: FastAPI, operations: Paths,
     return doc
 
 
-def model_description(doc: dict[str, Any], family: str) -> dict[str, Any]:
-    """The part of an API's document about one model's `/{family}/...` operations (what
-    TorchServe answers to `OPTIONS /predictions/{model}`)."""
-    prefix = f"/{family}/"
+def model_description(doc: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The part of an API's document about one model: the operations under `prefix` (what
+    TorchServe answers to `OPTIONS /predictions/{model}` with "/predictions/", and to
+    `OPTIONS /models/{model}` on the management API with "/models/")."""
     return {**doc, "paths": {path: ops for path, ops in doc["paths"].items()
                              if path.startswith(prefix)}}
 

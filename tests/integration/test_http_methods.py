@@ -120,6 +120,54 @@ def test_options_describes_the_models_predictions(echo_server: ServerProcess) ->
         assert missing.status_code == 404 and missing.json()["code"] == 404
 
 
+def test_options_describes_the_model_on_kserve_v1(echo_server: ServerProcess) -> None:
+    r = echo_server.inference.options("/v1/models/echo:predict")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"]
+    doc = r.json()
+    assert doc["openapi"] == "3.0.1"
+    assert set(doc["paths"]) == {"/predictions/{model_name}",
+                                 "/predictions/{model_name}/{model_version}"}
+    missing = echo_server.inference.options("/v1/models/absent:predict")
+    assert missing.status_code == 404
+    assert missing.json()["type"] == "ModelNotFoundException"
+    for method in ("HEAD", "TRACE"):
+        _is_405(echo_server.inference.request(method, "/v1/models/echo:predict"),
+                PREDICT_ALLOW, body=method != "HEAD")
+
+
+MODEL_PATHS = {"/models/{model_name}", "/models/{model_name}/{model_version}",
+               "/models/{model_name}/{model_version}/set-default"}
+
+
+@pytest.mark.parametrize("path", ["/models/echo", "/models/echo/1.0",
+                                  "/models/echo/1.0/set-default"])
+def test_options_describes_the_models_management(echo_server: ServerProcess,
+                                                 path: str) -> None:
+    r = echo_server.management.options(path)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["openapi"] == "3.0.1"
+    assert set(doc["paths"]) == MODEL_PATHS
+    assert set(doc["paths"]["/models/{model_name}"]) == {"get", "put", "delete"}
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("/models/absent", "ModelNotFoundException"),
+    ("/models/echo/9.9", "ModelVersionNotFoundException"),
+    ("/models/echo/9.9/set-default", "ModelVersionNotFoundException"),
+])
+def test_options_on_an_unknown_model_is_404(echo_server: ServerProcess, path: str,
+                                            kind: str) -> None:
+    r = echo_server.management.options(path)
+    assert r.status_code == 404, r.text
+    assert r.json()["type"] == kind
+
+
+def test_options_on_the_model_list_is_405_as_torchserve(echo_server: ServerProcess) -> None:
+    _is_405(echo_server.management.options("/models"), {"GET", "POST"})
+
+
 def test_no_model_name_is_404_not_405(echo_server: ServerProcess) -> None:
     for method in ("POST", "PUT", "TRACE"):
         r = echo_server.inference.request(method, "/predictions/")
@@ -135,7 +183,10 @@ def test_ping_answers_any_method_torchserve_answers(echo_server: ServerProcess) 
 
 def test_root_answers_options_only_on_both_apis(echo_server: ServerProcess) -> None:
     for client in (echo_server.inference, echo_server.management):
-        assert client.options("/").status_code == 200
+        described = client.options("/")
+        assert described.status_code == 200
+        assert described.json()["openapi"] == "3.0.1"
+        assert described.json()["paths"] == client.get("/openapi.json").json()["paths"]
         for method in ("GET", "POST", "DELETE"):
             _is_405(client.request(method, "/"), {"OPTIONS"})
 
@@ -159,10 +210,10 @@ def test_metrics_405_names_its_methods(echo_server: ServerProcess) -> None:
 @pytest.mark.parametrize(("method", "path", "allow"), [
     ("PUT", "/models", {"GET", "POST"}),
     ("DELETE", "/models", {"GET", "POST"}),
-    ("POST", "/models/echo", {"DELETE", "GET", "PUT"}),
-    ("PATCH", "/models/echo/1.0", {"DELETE", "GET", "PUT"}),
-    ("GET", "/models/echo/1.0/set-default", {"PUT"}),
-    ("POST", "/models/echo/1.0/set-default", {"PUT"}),
+    ("POST", "/models/echo", {"DELETE", "GET", "OPTIONS", "PUT"}),
+    ("PATCH", "/models/echo/1.0", {"DELETE", "GET", "OPTIONS", "PUT"}),
+    ("GET", "/models/echo/1.0/set-default", {"OPTIONS", "PUT"}),
+    ("POST", "/models/echo/1.0/set-default", {"OPTIONS", "PUT"}),
 ])
 def test_management_405s_name_every_allowed_method(echo_server: ServerProcess, method: str,
                                                    path: str, allow: set[str]) -> None:
