@@ -112,7 +112,8 @@ _REGISTER = [
     query("url", "Archive file name in the model store.", TEXT, required=True),
     query("model_name", "Name of the model; overrides the manifest's.", TEXT),
     query("handler", "Handler; overrides the manifest's.", TEXT),
-    query("runtime", "Runtime; overrides the manifest's.", TEXT),
+    query("runtime", "Runtime; overrides the manifest's. python or python3: any other is a "
+          "400.", TEXT),
     query("batch_size", "Inference batch size.", {"type": "integer", "minimum": 1}),
     query("max_batch_delay", "Batch delay in ms.", {"type": "integer", "minimum": 0}),
     query("initial_workers", "Workers to start.", {"type": "integer", "minimum": 0}),

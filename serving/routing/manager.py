@@ -31,7 +31,7 @@ from serving.optimize.config import check_named_files, from_model_yaml
 from serving.routing.batcher import Batcher
 from serving.routing.download import download, is_remote
 from serving.routing.gauges import register_gauges, worker_name
-from serving.routing.modelsjson import entry_runtime, is_default
+from serving.routing.modelsjson import checked_runtime, entry_runtime, is_default
 from serving.routing.registry import ModelSettings, ModelVersion, Registry
 from serving.routing.resources import Resources
 from serving.routing.scheduler import Scheduler
@@ -106,6 +106,8 @@ class ModelManager:
                       ) -> ModelVersion:
         """Unpack and validate an archive and add it to the registry, with no worker yet."""
         self.require_open()
+        if reg.runtime is not None:  # refused before any download or unpacking
+            reg.runtime = checked_runtime(reg.runtime, f"archive {reg.url}")
         downloaded = await download(reg.url, self.settings) if is_remote(reg.url) else None
         source = downloaded or self._resolve_url(reg.url)
         loop = asyncio.get_running_loop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.errors import ConfigError, ServingError
+from serving.errors import BadRequest, ConfigError, ServingError
 from serving.handlers.modelconfig import FRONTEND_KEYS, frontend_config
 
 # TorchServe's runtime types (`Manifest.RuntimeType`) that run a Python handler.
@@ -26,11 +26,9 @@ def check_models_json(models: dict[str, Any]) -> None:
             unknown = sorted(set(cfg) - ENTRY_KEYS)
             if unknown:
                 raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-            if "runtime" in cfg and entry_runtime(cfg) is None:
-                raise ConfigError(f"{where}: runtime {cfg['runtime']!r} cannot serve model "
-                                  f"{name}: only Python handlers run here (runtime "
-                                  f"{' or '.join(RUNTIMES)})")
             try:
+                if "runtime" in cfg:
+                    checked_runtime(cfg["runtime"], f"model {name}", f"{where}: ")
                 frontend_config(cfg, where)
             except ServingError as e:
                 raise ConfigError(e.message) from None
@@ -40,12 +38,28 @@ def check_models_json(models: dict[str, Any]) -> None:
                               f"{', '.join(defaults)}; a model has one default version")
 
 
-def entry_runtime(cfg: dict[str, Any]) -> str | None:
-    """The entry's `runtime` when it is one this server runs (lower-cased), else None."""
-    runtime = cfg.get("runtime")
+def python_runtime(runtime: object) -> str | None:
+    """`runtime` lower-cased when it is one this server runs, else None."""
     if isinstance(runtime, str) and runtime.lower() in RUNTIMES:
         return runtime.lower()
     return None
+
+
+def checked_runtime(runtime: object, subject: str, where: str = "") -> str:
+    """`runtime` lower-cased, or a 400 naming it: the one rule for `models=` entries and for
+    the `runtime` of a registration (REST and gRPC). TorchServe refuses a runtime outside its
+    `Manifest.RuntimeType` with a 400 too; the ones it runs but this server does not (LSP)
+    are refused here as well."""
+    checked = python_runtime(runtime)
+    if checked is None:
+        raise BadRequest(f"{where}runtime {runtime!r} cannot serve {subject}: only Python "
+                         f"handlers run here (runtime {' or '.join(RUNTIMES)})")
+    return checked
+
+
+def entry_runtime(cfg: dict[str, Any]) -> str | None:
+    """The entry's `runtime` when it is one this server runs (lower-cased), else None."""
+    return python_runtime(cfg.get("runtime"))
 
 
 def is_default(cfg: dict[str, Any]) -> bool:

@@ -300,6 +300,22 @@ def test_management_rpcs(management: Any, inference: Any, store: Path,
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_register_runtime_is_checked_as_over_rest(management: Any, store: Path,
+                                                  ts: dict[str, ModuleType]):
+    pb = ts["management_pb2"]
+    build_mar(store, "runtimed", "echo_handler.py")
+    error = rpc_error(management.RegisterModel,
+                      pb.RegisterModelRequest(url="runtimed.mar", runtime="LSP"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "runtime 'LSP' cannot serve archive runtimed.mar" in error.details()
+    management.RegisterModel(pb.RegisterModelRequest(
+        url="runtimed.mar", runtime="python3", synchronous=True), timeout=120)
+    described = json.loads(management.DescribeModel(
+        pb.DescribeModelRequest(model_name="runtimed"), timeout=TIMEOUT).msg)
+    assert described[0]["runtime"] == "python3"
+    management.UnregisterModel(pb.UnregisterModelRequest(model_name="runtimed"), timeout=120)
+
+
 def test_management_errors(management: Any, ts: dict[str, ModuleType]):
     pb = ts["management_pb2"]
     cases = [
@@ -317,6 +333,8 @@ def test_management_errors(management: Any, ts: dict[str, ModuleType]):
         (management.UnregisterModel, pb.UnregisterModelRequest(model_name="missing"),
          grpc.StatusCode.NOT_FOUND),
         (management.ListModels, pb.ListModelsRequest(limit=-1),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (management.RegisterModel, pb.RegisterModelRequest(url="echo.mar", runtime="cpp"),
          grpc.StatusCode.INVALID_ARGUMENT),
     ]
     for method, request, code in cases:

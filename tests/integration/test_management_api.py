@@ -171,6 +171,35 @@ def test_bad_parameters_get_400_naming_the_parameter(
     assert needle in body["message"]
 
 
+@pytest.mark.parametrize("runtime", ["cpp", "LSP", "java", "python2"])
+def test_a_runtime_that_is_not_python_is_400_naming_it(server: ServerProcess,
+                                                       archives: Path, runtime: str):
+    # Refused before the archive is looked at, as TorchServe does (its 400 for an invalid
+    # RuntimeType comes before its 404 for a missing archive).
+    for url in ("fn.mar", "nothing.mar"):
+        r = server.management.post("/models", params={"url": url, "model_name": "rt",
+                                                      "runtime": runtime})
+        assert r.status_code == 400, r.text
+        assert r.json()["type"] == "BadRequestException"
+        assert f"runtime {runtime!r} cannot serve archive {url}" in r.json()["message"]
+    json_body = server.management.post("/models", json={"url": "fn.mar", "runtime": runtime})
+    assert json_body.status_code == 400 and f"runtime {runtime!r}" in json_body.text
+    assert server.management.get("/models/rt").status_code == 404
+
+
+@pytest.mark.parametrize(("runtime", "described"), [
+    ("python", "python"), ("python3", "python3"), ("Python3", "python3")])
+def test_a_python_runtime_is_accepted_and_described(server: ServerProcess, archives: Path,
+                                                    runtime: str, described: str):
+    r = server.management.post("/models", params={"url": "fn.mar", "model_name": "rt",
+                                                  "runtime": runtime, "initial_workers": 0})
+    assert r.status_code == 200, r.text
+    try:
+        assert server.management.get("/models/rt").json()[0]["runtime"] == described
+    finally:
+        server.management.delete("/models/rt").raise_for_status()
+
+
 def test_scale_rejects_max_below_min(server: ServerProcess, archives: Path):
     server.management.post("/models", params={"url": "fn.mar", "model_name": "scaled",
                                               "initial_workers": 1}).raise_for_status()

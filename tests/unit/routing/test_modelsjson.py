@@ -6,8 +6,13 @@ from typing import Any
 
 import pytest
 
-from serving.errors import ConfigError
-from serving.routing.modelsjson import check_models_json, entry_runtime, is_default
+from serving.errors import BadRequest, ConfigError
+from serving.routing.modelsjson import (
+    check_models_json,
+    checked_runtime,
+    entry_runtime,
+    is_default,
+)
 
 
 def test_torchserve_documented_entry_passes() -> None:
@@ -21,6 +26,16 @@ def test_torchserve_documented_entry_passes() -> None:
     ("cpp", None), ("", None), (3, None), (None, None)])
 def test_entry_runtime(runtime: Any, expected: str | None) -> None:
     assert entry_runtime({"runtime": runtime}) == expected
+
+
+@pytest.mark.parametrize("runtime", ["LSP", "cpp", "", 3, None])
+def test_checked_runtime_refuses_what_entry_runtime_does_not_read(runtime: Any) -> None:
+    with pytest.raises(BadRequest, match=f"runtime {runtime!r} cannot serve archive a.mar"):
+        checked_runtime(runtime, "archive a.mar")
+
+
+def test_checked_runtime_lower_cases() -> None:
+    assert checked_runtime("Python3", "archive a.mar") == "python3"
 
 
 def test_is_default_reads_the_json_boolean() -> None:
