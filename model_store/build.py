@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from model_store import optimized
+from model_store import optimized, package_cache
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "build"
@@ -214,6 +214,7 @@ class Flavour:
     optimize: bool = False
     precompile: bool = False
     cache: Path | None = None
+    keep: int = package_cache.DEFAULT_KEEP  # older cache entries kept per model
 
 
 def _stamp(spec: ModelSpec, flavour: Flavour, names: Sequence[str]) -> tuple[str, int | None]:
@@ -279,7 +280,20 @@ def build_all(out: Path, force: bool = False, only: Sequence[str] | None = None,
         raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {name: build_model(MODELS[name], out, force, flavour) for name in names}
+    built = {name: build_model(MODELS[name], out, force, flavour) for name in names}
+    if flavour.precompile:
+        package_cache.prune(flavour.cache or out / ".cache", used_entries(out), flavour.keep)
+    return built
+
+
+def used_entries(out: Path) -> set[str]:
+    """The cache entries the archives in `out` were built with (their `.mar.key` stamps)."""
+    used = set()
+    for stamp_file in out.glob("*.mar.key"):
+        kind, _, key = stamp_file.read_text().partition(" ")
+        if kind == "precompiled" and key:
+            used.add(package_cache.entry_name(stamp_file.name[:-len(".mar.key")], key))
+    return used
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,12 +308,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "when the server starts")
     parser.add_argument("--cache", type=Path, default=None,
                         help="where precompiled packages are kept (default: <out>/.cache)")
+    parser.add_argument("--keep", type=int, default=package_cache.DEFAULT_KEEP,
+                        help="cached packages kept per model besides the ones the built "
+                             "archives use (default %(default)s); older ones are removed "
+                             "after each build")
     args = parser.parse_args(argv)
+    if args.keep < 0:
+        parser.error(f"--keep must be at least 0, got {args.keep}")
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stdout)
     flavour = Flavour(optimize=not args.plain,
-                      precompile=not (args.plain or args.no_precompile), cache=args.cache)
+                      precompile=not (args.plain or args.no_precompile), cache=args.cache,
+                      keep=args.keep)
     try:
         build_all(args.out, force=args.force, only=only, flavour=flavour)
     except (ValueError, RuntimeError) as exc:

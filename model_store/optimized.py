@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from model_store import package_cache
+
 log = logging.getLogger("model_store.build")
 
 WARMUP = 16  # two batches of 8: two sequence lengths for minilm, 16 images for the guard
@@ -145,8 +147,13 @@ def package_key(sources: Sequence[Path], threads: int) -> str:
 def precompiled_archive(plain: Path, out: Path, cache: Path, key: str, threads: int) -> str:
     """Write `out`: `plain` plus the cached package for `key` (built on a miss) and
     `optimization.precompiled` in its config. Returns "hit" or "miss"."""
+    with package_cache.using(cache):  # no pruning while this build reads or writes
+        return _precompiled_archive(plain, out, cache, key, threads)
+
+
+def _precompiled_archive(plain: Path, out: Path, cache: Path, key: str, threads: int) -> str:
     name = plain.stem
-    entry = cache / f"{name}-{key[:24]}"
+    entry = package_cache.entry_path(cache, name, key)
     state = "hit"
     if (entry / "report.json").is_file():
         report = json.loads((entry / "report.json").read_text())
@@ -159,6 +166,7 @@ def precompiled_archive(plain: Path, out: Path, cache: Path, key: str, threads: 
         except RuntimeError as exc:  # remembered for this key: no retry on every build
             entry.mkdir(parents=True, exist_ok=True)
             (entry / FAILED).write_text(str(exc))
+    package_cache.mark_used(entry)
     if (entry / FAILED).is_file():
         log.warning("%s: no precompiled package for this key (%s): the archive keeps its "
                     "optimization: block and auto runs when a worker starts; why: %s",
@@ -181,7 +189,8 @@ def _build_package(plain: Path, entry: Path, threads: int) -> None:
              "which takes minutes once", plain.stem, threads)
     started = time.perf_counter()
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"{plain.stem}-", dir=entry.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{package_cache.STAGING_PREFIX}{plain.stem}-",
+                                     dir=entry.parent) as tmp:
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
         extract_zip(plain, model_dir, ArchiveLimits())
