@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="a Python logging configuration: dictConfig YAML/JSON or an INI "
                             "file (TorchServe's flag takes a log4j2.xml)")
     start.add_argument("--access-log", action="store_true", default=None,
-                       help="log one line per HTTP request (access_log.log under "
+                       help="log one line per HTTP request and gRPC call (access_log.log under "
                             "LOG_LOCATION, else stderr)")
     start.add_argument("--grpc-inference-port", type=int,
                        help="port of TorchServe's gRPC inference API (default 7070)")

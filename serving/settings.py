@@ -169,7 +169,7 @@ class Settings(BaseModel):
     log_location: Path | None = None  # ts_log.log and access_log.log go there
     metrics_location: Path | None = None  # ts_metrics.log, model_metrics.log (log mode)
     log_config: Path | None = None  # a Python logging config (dictConfig YAML/JSON or INI)
-    access_log: bool = False  # one line per HTTP request (TorchServe's access_log.log)
+    access_log: bool = False  # a line per HTTP request and gRPC call (TorchServe's access_log.log)
     access_log_format: Literal["text", "json"] = "text"
     log_max_bytes: int = Field(100 * 1024**2, ge=0)  # rotate a log file past this; 0: never
     log_backup_count: int = Field(5, ge=0)  # rotated files kept

@@ -1,5 +1,6 @@
 """The two gRPC listeners (TorchServe's 7070 inference and 7071 management), on the gateway's
-event loop: options from the settings, TLS, token authorization, health and reflection."""
+event loop: options from the settings, TLS, token authorization, the access log, health and
+reflection."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from grpc_reflection.v1alpha import reflection
 from serving.errors import ConfigError, ServingError
 from serving.gateway.auth import TokenAuthorization, TokenKind
 from serving.gateway.grpc import inference, management, oip
+from serving.gateway.grpc.access import AccessLogInterceptor
 from serving.gateway.grpc.protos import (
     inference_pb2_grpc,
     management_pb2_grpc,
 )
+from serving.logconfig import ACCESS_LOGGER
 from serving.routing.dataplane import DataPlane
 from serving.routing.manager import ModelManager
 from serving.settings import Settings
@@ -167,8 +170,13 @@ class GrpcServers:
 
     async def _serve(self, listener: Listener, credentials: grpc.ServerCredentials | None,
                      add: Callable[[grpc.aio.Server], Sequence[str]]) -> None:
-        interceptors = ([TokenInterceptor(self._auth, listener.kind)]
-                        if self._auth is not None else [])
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self._settings.access_log:  # first: it logs the token refusals too
+            interceptors.append(AccessLogInterceptor(
+                logging.getLogger(ACCESS_LOGGER), self._settings.access_log_format == "json",
+                skipped=OPEN_SERVICES))
+        if self._auth is not None:
+            interceptors.append(TokenInterceptor(self._auth, listener.kind))
         server = grpc.aio.server(interceptors=interceptors,
                                  options=_options(self._settings, listener))
         names = list(add(server))
