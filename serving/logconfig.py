@@ -1,7 +1,8 @@
 """Logging of the server process: where lines go, their format, the access log, rotation.
 
 Without `--log-config`: the server's lines go to stderr, and with `LOG_LOCATION` also to
-`ts_log.log` there (the workers append theirs to `model_log.log` there themselves); the
+`ts_log.log` there (the workers append theirs to `model_log.log` there themselves, rotated
+under a lock they share: serving/workers/sharedlog.py); the
 access log (`access_log`) goes to `access_log.log` under `LOG_LOCATION`, else to stderr.
 Files rotate past `log_max_bytes` (TorchServe's log4j2 rolls at 100 MB, keeping 5).
 `--log-config` replaces all of that with the user's own configuration; the loggers are

@@ -288,6 +288,8 @@ class ModelManager:
         location = self.settings.log_location
         return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
                           log_file=str(location / "model_log.log") if location else None,
+                          log_max_bytes=self.settings.log_max_bytes,
+                          log_backup_count=self.settings.log_backup_count,
                           device=device.describe(), max_inflight=s.max_inflight_batches,
                           max_response_size=self.settings.max_response_size,
                           observer=mv.scheduler.metrics if self.metrics else None)

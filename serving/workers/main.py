@@ -24,6 +24,7 @@ from serving.workers.channel import BlockingChannel
 from serving.workers.ipc import PROTOCOL_VERSION, Blob, Kind, Message
 from serving.workers.lifeline import die_with_parent, expected_parent_from_env
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
+from serving.workers.sharedlog import SharedRotatingFileHandler
 
 if TYPE_CHECKING:
     from serving.handlers.service import HandlerService
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-file", default=None,
                         help="also append the worker's lines to this file")
+    parser.add_argument("--log-max-bytes", type=int, default=0,
+                        help="rotate --log-file past this size (0: never)")
+    parser.add_argument("--log-backup-count", type=int, default=0,
+                        help="rotated files of --log-file kept")
     args = parser.parse_args(argv)
     die_with_parent(expected_parent_from_env())
     notes = _apply_placement()
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if load is None or load.kind != Kind.LOAD:
         return 1
     _setup_logging(args.log_level, f"{load.meta['model_name']}/{args.worker_id}",
-                   args.log_file)
+                   args.log_file, args.log_max_bytes, args.log_backup_count)
     for note in notes:
         log.info("%s", note)
     try:
@@ -86,13 +91,13 @@ class _RequestIds(logging.Filter):
         return True
 
 
-def _setup_logging(level: str, name: str, log_file: str | None = None) -> None:
+def _setup_logging(level: str, name: str, log_file: str | None = None, max_bytes: int = 0,
+                   backup_count: int = 0) -> None:
     fmt = f"%(asctime)s %(levelname)s [{name}]%(request_ids)s %(name)s: %(message)s"
     logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
     if log_file is not None:
-        # Appended, not rotated: every worker of every model writes this one file (O_APPEND
-        # keeps their lines whole), and only one process may rotate a file safely.
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        # Every worker of every model writes this one file: rotated under a lock they share.
+        to_file = SharedRotatingFileHandler(log_file, max_bytes, backup_count)
         to_file.setFormatter(logging.Formatter(fmt))
         logging.getLogger().addHandler(to_file)
     for handler in logging.getLogger().handlers:

@@ -60,6 +60,8 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     log_file: str | None = None  # also write the worker's lines here (model_log.log)
+    log_max_bytes: int = 0  # rotate log_file past this size (0: never)
+    log_backup_count: int = 0  # rotated files of log_file kept
     device: str = "cpu"  # what describe shows, e.g. "cuda:1"
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
     max_response_size: int | None = None  # bytes of one answer's body; None: no limit
@@ -118,7 +120,10 @@ class Worker:
         hello = self._listener.expect(self.id)
         env = spawn_env(os.environ, self.spec.env)
         env[GATEWAY_PID_ENV] = str(os.getpid())
-        extra = ["--log-file", self.spec.log_file] if self.spec.log_file else []
+        extra = ["--log-file", self.spec.log_file,
+                 "--log-max-bytes", str(self.spec.log_max_bytes),
+                 "--log-backup-count", str(self.spec.log_backup_count)
+                 ] if self.spec.log_file else []
         # A session (and process group) of its own: the terminal's Ctrl-C goes to the
         # gateway alone, which drains; a worker is never interrupted mid-batch by it. It
         # still dies with the gateway (lifeline.die_with_parent, first thing in the worker).

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -64,7 +65,7 @@ def test_log_location_access_log_rotation_and_metric_logs(tmp_path: Path, store:
     # A handler's own log line carries the id of the request it was handling; with
     # LOG_LOCATION the workers' lines also go to model_log.log (TorchServe's file for them).
     assert re.search(r"\[requests rid-7\] .*handling a batch of 1", server.log())
-    model_log = (logs / "model_log.log").read_text()
+    model_log = "".join(p.read_text() for p in sorted(logs.glob("model_log.log*")))
     assert re.search(r"\[logged/\d+\] \[requests rid-7\] .*handling a batch of 1", model_log)
     assert "Server ready" not in model_log
     # Every line once: the duplicated uvicorn start/stop lines are gone.
@@ -90,6 +91,36 @@ def test_log_location_access_log_rotation_and_metric_logs(tmp_path: Path, store:
     assert re.search(r'^WorkerLoadTime\{WorkerName="W-\d+-logged_1\.0",Level="Host",'
                      r'Hostname="[^"]+"\} [1-9]', scraped.text, re.M)
     assert re.search(r"MemoryUsed\.Megabytes:[0-9.]+\|#Level:Host\|#hostname:", ts_metrics)
+
+
+def test_model_log_rotates_with_several_workers_writing_it(tmp_path: Path, store: Path):
+    build_mar(store, "busy", "metrics_handler.py", config="minWorkers: 3\nbatchSize: 1\n")
+    logs = tmp_path / "logs"
+    config = tmp_path / "config.properties"
+    config.write_text("log_max_bytes=4000\nlog_backup_count=200\n")
+    server = ServerProcess(tmp_path / "server.log", "--models", "busy.mar", model_store=store,
+                           ts_config=config, env={"LOG_LOCATION": str(logs)})
+    ids = [f"rot-{i:03d}" for i in range(150)]
+    with server:
+        server.wait_ready(("busy",))
+
+        def call(request_id: str) -> int:
+            return server.inference.post("/predictions/busy", json={},
+                                         headers={"x-request-id": request_id}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(call, ids)) == {200}
+    files = sorted(logs.glob("model_log.log*"))
+    assert len(files) >= 3, "model_log.log did not rotate past log_max_bytes"
+    assert all(f.stat().st_size <= 4000 for f in files)
+    lines = [line for f in files for line in f.read_text().splitlines()]
+    handled = [re.search(r"\[busy/(\d+)\] \[requests (rot-\d+)\] .*handling a batch of 1$",
+                         line) for line in lines]
+    # Every request's line once, whole, whichever worker wrote it and whichever file it is in.
+    assert Counter(m.group(2) for m in handled if m) == Counter(ids)
+    assert len({m.group(1) for m in handled if m}) >= 2  # several workers wrote the file
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \w+ \[busy/\d+\]", line)
+               for line in lines), lines[:3]
 
 
 def test_json_access_log_on_stderr(tmp_path: Path, store: Path):
