@@ -287,6 +287,7 @@ class ModelManager:
         return WorkerSpec(load=load, env=env, log_level=self.settings.log_level,
                           log_file=str(location / "model_log.log") if location else None,
                           device=device.describe(), max_inflight=s.max_inflight_batches,
+                          default_inflight=self.settings.default_max_inflight_batches,
                           max_response_size=self.settings.max_response_size,
                           observer=mv.scheduler.metrics if self.metrics else None)
 
