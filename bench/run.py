@@ -50,7 +50,10 @@ OVERLAP_NOTE = "(this server only; TorchServe column: its plain b1 run)"
 OVERLAP_TEXT = ("The **overlap variant** is not on equal terms: the same handler with "
                 "`maxInflightBatches: 4` in its model-config.yaml, so this server lets up to 4 "
                 "batches wait in the worker's socket, a feature TorchServe lacks; it is divided "
-                "by TorchServe's plain b1 run of the same rep.")
+                "by TorchServe's plain b1 run of the same rep. The **one-at-a-time variant** "
+                "(`maxInflightBatches: 1`) turns off this server's default of sending a "
+                "worker its next full batch while it runs one: the gateway then waits for each "
+                "answer before sending the next batch, as TorchServe's frontend does.")
 
 
 @dataclass
@@ -91,9 +94,11 @@ def sentence_files(p: dict[str, Path]) -> list[Path]:
 def noop_archives(store: Path) -> None:
     """noop-plain.mar: the bench's plain `BaseHandler` noop (it declares no `can_overlap`),
     run by both servers; noop-plain-overlap.mar: the same handler with `maxInflightBatches: 4`
-    in its model-config.yaml (this server lets 4 batches wait in the worker's socket)."""
+    in its model-config.yaml (this server lets 4 batches wait in the worker's socket);
+    noop-plain-single.mar: `maxInflightBatches: 1` (one batch at a time, nothing sent ahead)."""
     plain = build_noop_mar(store, "noop-plain")
     derive_archive(plain, "noop-plain-overlap", {"maxInflightBatches": 4})
+    derive_archive(plain, "noop-plain-single", {"maxInflightBatches": 1})
 
 
 def noop_groups(p: dict[str, Path], levels: list[int], t: Timing) -> list[Group]:
@@ -102,10 +107,12 @@ def noop_groups(p: dict[str, Path], levels: list[int], t: Timing) -> list[Group]
                 wrk_levels=[16])
     b1 = {"noop": ModelConfig("noop-plain.mar", batch_size=1, max_batch_delay_ms=5)}
     overlap = {"noop": ModelConfig("noop-plain-overlap.mar", batch_size=1, max_batch_delay_ms=5)}
+    single = {"noop": ModelConfig("noop-plain-single.mar", batch_size=1, max_batch_delay_ms=5)}
     b8 = {"noop": ModelConfig("noop-plain.mar", batch_size=8, max_batch_delay_ms=5)}
     return [
         Group("noop b1", [ServerRun("serving noop b1", "serving", b1, load, t.warm_s),
                           ServerRun("serving noop b1 overlap", "serving", overlap, load, t.warm_s),
+                          ServerRun("serving noop b1 single", "serving", single, load, t.warm_s),
                           ServerRun("torchserve noop b1", "torchserve", b1, load, t.warm_s)]),
         Group("noop b8", [ServerRun("serving noop b8", "serving", b8, load, t.warm_s),
                           ServerRun("torchserve noop b8", "torchserve", b8, load, t.warm_s)]),
@@ -453,8 +460,9 @@ def setup_text(reps: int, noop: Timing, request_logs: bool, headline: bool) -> s
   (`taskset -c 0`: launcher, JVM, gateway, workers); the load generator runs on CPU 1.
 - Same `.mar` for both: noop is `bench/handlers/noop_handler.py`, a plain `BaseHandler`
   subclass that declares no `can_overlap` (archive `noop-plain.mar`, built by the real
-  archiver). The overlap variant (`noop-plain-overlap.mar`, the same handler with
-  `maxInflightBatches: 4`) runs only on this server and is reported in its own row.
+  archiver). Two variants run only on this server, each in its own row: overlap
+  (`noop-plain-overlap.mar`, the same handler with `maxInflightBatches: 4`) and
+  one-at-a-time (`noop-plain-single.mar`, `maxInflightBatches: 1`: no batch sent ahead).
   resnet50 and minilm: the default store's archives (TorchServe ignores their
   `optimization:` block, if any, and runs the handler as is).
 - Same registration on both (`POST /models?url=...&batch_size=..&max_batch_delay=..
@@ -487,6 +495,10 @@ NOOP_PAIRS = [
     Pair("noop b1 **overlap variant**, aiohttp", "serving noop b1 overlap", "torchserve noop b1",
          OVERLAP_NOTE),
     Pair("noop b1 **overlap variant**, wrk", "serving noop b1 overlap (wrk)",
+         "torchserve noop b1 (wrk)", OVERLAP_NOTE),
+    Pair("noop b1 **one-at-a-time variant**, aiohttp", "serving noop b1 single",
+         "torchserve noop b1", OVERLAP_NOTE),
+    Pair("noop b1 **one-at-a-time variant**, wrk", "serving noop b1 single (wrk)",
          "torchserve noop b1 (wrk)", OVERLAP_NOTE),
 ]
 MODEL_PAIRS = [

@@ -108,6 +108,12 @@ class WorkerDied(ServingError):
     type_name = "WorkerDiedException"
 
 
+class NotStarted(WorkerDied):
+    """A batch that waited in a worker's socket behind the one it was running when that worker
+    died or was replaced: its handler never saw it, so routing queues its requests again (a
+    client only sees this if no queue takes them back)."""
+
+
 class ServiceUnavailable(ServingError):
     code = 503
     type_name = "ServiceUnavailableException"

@@ -63,6 +63,8 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
 # TorchServe's default: any http(s) URL passes this check; the address rules
 # (serving/routing/addresses.py) still refuse internal and metadata hosts.
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
+# Batches in flight to one worker by default: the one it runs and one sent ahead.
+DEFAULT_MAX_INFLIGHT_BATCHES = 2
 
 
 class Address(BaseModel):
@@ -113,6 +115,9 @@ class Settings(BaseModel):
     models: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     default_workers_per_model: int = Field(1, ge=0)
     job_queue_size: int = Field(100, ge=1)
+    # Batches in flight to one worker when neither its handler (`can_overlap`) nor the model
+    # config (`maxInflightBatches`) says: the one it runs and the next, full, sent ahead.
+    default_max_inflight_batches: int = Field(DEFAULT_MAX_INFLIGHT_BATCHES, ge=1)
     # Bytes of request bodies one model version's queue may hold; beyond it, 503 at once.
     job_queue_max_bytes: int = Field(256 * 1024**2, ge=1)
     # Bound on minWorkers/maxWorkers/initial_workers/min_worker/max_worker of one model.

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,20 +82,26 @@ class HandlerService:
         return service
 
     def predict(self, items: list[WorkItem], intermediate: Intermediate | None = None,
-                cancelled: Cancelled | None = None) -> list[InferenceResponse] | ServingError:
+                cancelled: Cancelled | None = None, gone: Collection[int] = ()
+                ) -> list[InferenceResponse] | ServingError:
         """Run one batch; a failure of the batch as a whole is returned, not raised.
         `intermediate` receives what a streaming handler sends before its final answers;
         `cancelled` tells which requests' clients went away (a streaming handler is stopped
         once all have); both speak of requests by their index in `items`.
 
         An OIP request whose tensors cannot be decoded is answered with its error and left
-        out of the batch the handler sees.
+        out of the batch the handler sees; so is a request in `gone` (its client went away
+        before the batch started: the gateway drops whatever answers it).
         """
         rows: list[dict[str, Any]] = []
         kept: list[int] = []  # index in `items` of each request the handler sees
         refused: dict[int, InferenceResponse] = {}
         self._oip_items = {}
         for i, item in enumerate(items):
+            if gone and i in gone:
+                refused[i] = _error_answer(ClientCancelled(
+                    "the client went away before its batch started"))
+                continue
             try:
                 rows.append(self._inputs(item, len(kept)))
                 kept.append(i)

@@ -155,6 +155,37 @@ class Batcher:
             return None
         if self._pending < self.batch_size and now < head.arrival + self.max_delay:
             return None
+        return self._pop_batch()
+
+    def take_full(self) -> list[Job] | None:
+        """A full batch if one is waiting: what a worker still busy with another batch gets
+        (a partial batch waits for the worker to be free, gathering more requests). Nor is a
+        batch with a request that has a queue deadline sent ahead: that deadline bounds its
+        wait for a free worker, which it must spend here, where it can expire."""
+        if self._pending < self.batch_size:
+            return None
+        seen = 0
+        for job in self._queue:
+            if job.state is JobState.QUEUED:
+                if job.deadline is not None:
+                    return None
+                seen += 1
+                if seen == self.batch_size:
+                    break
+        return self._pop_batch()
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put jobs that were taken but never reached a handler back at the head of the queue,
+        in their order; they were admitted already, so no bound refuses them."""
+        for job in reversed(jobs):
+            job.state = JobState.QUEUED
+            job.runner = None
+            job.batch_token = None
+            self._queue.appendleft(job)
+            self._pending += 1
+            self.queued_bytes += job.size
+
+    def _pop_batch(self) -> list[Job]:
         batch: list[Job] = []
         queue = self._queue
         while queue and len(batch) < self.batch_size:

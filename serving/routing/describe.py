@@ -56,6 +56,7 @@ def _worker(w: Worker) -> dict[str, Any]:
             timespec="milliseconds").replace("+00:00", "Z"),
         "status": status,
         "busy": w.busy,
+        "inflightBatches": w.inflight_batches,
         "maxInflightBatches": w.max_inflight,
         "memoryUsage": _rss(w.pid),
         "pid": w.pid if w.pid is not None else -1,

@@ -291,6 +291,7 @@ class ModelManager:
                           log_max_bytes=self.settings.log_max_bytes,
                           log_backup_count=self.settings.log_backup_count,
                           device=device.describe(), max_inflight=s.max_inflight_batches,
+                          default_inflight=self.settings.default_max_inflight_batches,
                           max_response_size=self.settings.max_response_size,
                           observer=mv.scheduler.metrics if self.metrics else None)
 

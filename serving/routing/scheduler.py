@@ -15,7 +15,7 @@ from functools import partial
 from time import perf_counter
 from typing import Protocol
 
-from serving.errors import ResponseTimeout, ServiceUnavailable, ServingError, WorkerDied
+from serving.errors import NotStarted, ResponseTimeout, ServiceUnavailable, ServingError, WorkerDied
 from serving.metrics.catalog import NO_METRICS, ModelMetrics
 from serving.routing.batcher import Batcher, Job, JobState, QueueFull, QueueTimeout
 from serving.types import InferenceRequest, InferenceResponse
@@ -39,6 +39,10 @@ class BatchRunner(Protocol):
 
     @property
     def has_room(self) -> bool: ...
+
+    @property
+    def busy(self) -> bool:
+        """Whether it holds a batch (then it takes only a full one more, if it has room)."""
 
 
 class _Done(Protocol):
@@ -144,9 +148,16 @@ class Scheduler:
         job.resolve(result)
 
     def add_worker(self, worker: BatchRunner) -> None:
-        """A worker is ready for a batch."""
-        if worker not in self._idle:
-            self._idle.append(worker)
+        """A worker has room for a batch. `_idle` keeps the workers holding nothing at its
+        end, where dispatch takes from, and those running a batch (with room for one more
+        waiting in their socket) at its start: an idle worker is always chosen first."""
+        idle = self._idle
+        if worker in idle:
+            idle.remove(worker)
+        if worker.busy:
+            idle.insert(0, worker)
+        else:
+            idle.append(worker)
         self._dispatch()
 
     def remove_worker(self, worker: BatchRunner) -> None:
@@ -156,11 +167,16 @@ class Scheduler:
     def _dispatch(self, now: float | None = None) -> None:
         if now is None:
             now = self._loop.time()
-        while self._idle:
-            batch = self.batcher.take(now)
+        idle = self._idle
+        while idle:
+            worker = idle[-1]
+            # A worker running a batch gets the next one sent ahead (so that it finds it in
+            # its socket instead of waiting a round trip), but only a full one: a partial
+            # batch waits for a free worker, gathering requests meanwhile.
+            batch = self.batcher.take_full() if worker.busy else self.batcher.take(now)
             if batch is None:
                 break
-            worker = self._idle.pop()
+            idle.pop()
             dispatched = self.metrics.dispatched
             sent = perf_counter()
             for job in batch:
@@ -174,10 +190,10 @@ class Scheduler:
                 job.runner = worker
                 job.batch_token = token
                 job.index = i
-            if worker.has_room:  # a worker that overlaps batches takes one more
-                self._idle.insert(0, worker)
-        if self._idle and len(self.batcher):
-            self._arm_timer()
+            if worker.has_room:  # it takes one more, sent ahead
+                idle.insert(0, worker)
+        if idle and not idle[-1].busy and len(self.batcher):
+            self._arm_timer()  # the batch delay runs out for a free worker
 
     def _arm_timer(self) -> None:
         deadline = self.batcher.deadline()
@@ -236,6 +252,9 @@ class Scheduler:
     def _done(self, batch: list[Job], result: BatchResult) -> None:
         self.inflight -= len(batch)
         now = perf_counter()
+        if isinstance(result, NotStarted):
+            self._requeue(batch, now)
+            return
         self.metrics.batch_done(len(batch), now - batch[0].dispatched_at)
         if isinstance(result, ServingError):
             for job in batch:
@@ -243,6 +262,22 @@ class Scheduler:
         else:
             for job, answer in zip(batch, result, strict=True):
                 self._settle(job, answer, now)
+        self._check_settled()
+
+    def _requeue(self, batch: list[Job], now: float) -> None:
+        """A batch that never reached its handler (it waited behind one whose worker died or
+        was replaced) goes back to the head of the queue, for the next free worker. A job
+        whose client left meanwhile is counted as gone instead."""
+        again = [job for job in batch if not job.future.done()]
+        for job in batch:
+            if job.future.done():
+                self._settle(job, NotStarted("not started"), now)  # counts the client gone
+        if again:
+            self.batcher.requeue(again)
+            for job in again:
+                if job.deadline is not None:
+                    self._add_deadline(job, job.deadline)
+            self._dispatch()
         self._check_settled()
 
     def _check_settled(self) -> None:

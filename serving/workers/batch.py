@@ -25,15 +25,18 @@ if TYPE_CHECKING:
     from serving.workers.channel import BlockingChannel
 
 
-def encode_batch(batch_id: int, requests: Sequence[InferenceRequest]
+def encode_batch(batch_id: int, requests: Sequence[InferenceRequest], ahead: bool = False
                  ) -> tuple[dict[str, Any], list[Blob]]:
-    """Gateway side: the PREDICT message for a batch."""
+    """Gateway side: the PREDICT message for a batch; `ahead`: sent while the worker runs
+    another (it then checks for cancellations before starting it)."""
     items = []
     blobs: list[Blob] = []
     for req in requests:
         items.append({"id": req.request_id, "h": req.headers,
                       "in": [[i.name, i.content_type] for i in req.inputs]})
         blobs.extend(i.value for i in req.inputs)
+    if ahead:
+        return {"batch": batch_id, "items": items, "ahead": 1}, blobs
     return {"batch": batch_id, "items": items}, blobs
 
 
@@ -117,8 +120,13 @@ def run_batch(service: HandlerService, msg: Message, channel: BlockingChannel | 
     if channel is not None:
         def cancelled() -> set[int]:
             return channel.cancelled(batch_id)
+    # A batch sent ahead waited in the socket while the one before it ran: requests whose
+    # client went away meanwhile (the gateway's CANCEL came behind it) are left out.
+    gone: set[int] = set()
+    if channel is not None and msg.meta.get("ahead"):
+        gone = channel.cancelled(batch_id)
     try:
-        results = service.predict(work, intermediate, cancelled)
+        results = service.predict(work, intermediate, cancelled, gone)
     finally:
         if channel is not None:
             channel.forget(batch_id)

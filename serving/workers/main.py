@@ -217,10 +217,13 @@ def _run(service: HandlerService, msg: Message, channel: BlockingChannel
         return {"batch": msg.meta.get("batch"), "error": error.to_dict()}, []
 
 
-def _overlap_depth(service: HandlerService) -> int:
-    """How many batches the handler lets wait in its socket: `can_overlap = True` (4) or a
-    number; TorchServe handlers do not say, which means one at a time."""
-    declared = getattr(service.handler.instance, "can_overlap", False)
+def _overlap_depth(service: HandlerService) -> int | None:
+    """How many batches the handler lets be in flight to its worker (run one at a time, the
+    others waiting in its socket): `can_overlap = True` (4), a number, or False (1). None:
+    it does not say (TorchServe handlers), and the gateway's default applies."""
+    declared = getattr(service.handler.instance, "can_overlap", None)
+    if declared is None:
+        return None
     if declared is True:
         return 4
     return declared if isinstance(declared, int) and declared > 1 else 1

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from serving.errors import InternalError, ResponseTimeout, ServingError, WorkerDied
+from serving.errors import InternalError, NotStarted, ResponseTimeout, ServingError, WorkerDied
+from serving.settings import DEFAULT_MAX_INFLIGHT_BATCHES
 from serving.types import InferenceRequest, InferenceResponse
 from serving.workers.batch import decode_result, decode_stream, encode_batch
 from serving.workers.channel import WorkerConnection
@@ -64,6 +65,9 @@ class WorkerSpec:
     log_backup_count: int = 0  # rotated files of log_file kept
     device: str = "cpu"  # what describe shows, e.g. "cuda:1"
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
+    # Batches in flight to a worker whose handler and config say nothing: the one it runs and
+    # one sent ahead (`default_max_inflight_batches`).
+    default_inflight: int = DEFAULT_MAX_INFLIGHT_BATCHES
     max_response_size: int | None = None  # bytes of one answer's body; None: no limit
     module: str = "serving.workers.main"  # the worker program (`python -m`)
     observer: ResultObserver | None = None  # metrics of each answered batch
@@ -92,9 +96,9 @@ class Worker:
         self._batch_id = 0
         self._ping_timer: asyncio.TimerHandle | None = None
         self.load_info: dict[str, Any] = {}  # what the worker reported when it loaded
-        # Batches sent and not answered, oldest first. More than one only when the handler
-        # declares it can overlap (`can_overlap = True`): the worker then finds its next
-        # batch waiting in the socket instead of idling through a round trip.
+        # Batches sent and not answered, oldest first: the one the worker runs, then those
+        # sent ahead, which it finds waiting in its socket instead of idling through a round
+        # trip (up to max_inflight; the worker still runs one batch at a time, in order).
         self._inflight: deque[_Batch] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # loop time the deadline timer fires at (uvloop does not tell)
@@ -107,6 +111,11 @@ class Worker:
     @property
     def busy(self) -> bool:
         return bool(self._inflight)
+
+    @property
+    def inflight_batches(self) -> int:
+        """Batches sent and not answered: the one it runs and those waiting in its socket."""
+        return len(self._inflight)
 
     @property
     def has_room(self) -> bool:
@@ -159,7 +168,8 @@ class Worker:
             raise ServingError.from_dict(loaded.meta["error"])
         self.load_info = loaded.meta
         self.load_seconds = time.time() - self.start_time
-        depth = self.spec.max_inflight or int(loaded.meta.get("overlap") or 1)
+        depth = self.spec.max_inflight or int(loaded.meta.get("overlap") or
+                                              self.spec.default_inflight)
         self.max_inflight = max(1, depth)
         self.state = WorkerState.READY
 
@@ -170,7 +180,7 @@ class Worker:
         the batch's id (for `cancel`)."""
         assert self._conn is not None and len(self._inflight) < self.max_inflight
         self._batch_id += 1
-        meta, blobs = encode_batch(self._batch_id, requests)
+        meta, blobs = encode_batch(self._batch_id, requests, ahead=bool(self._inflight))
         self._inflight.append(_Batch(self._batch_id, requests, done, timeout,
                                      time.perf_counter(), partial))
         if len(self._inflight) == 1:
@@ -340,14 +350,24 @@ class Worker:
 
     def _timed_out(self, timeout: float) -> None:
         self._fail_inflight(ResponseTimeout(f"worker {self.id} did not answer within "
-                                            f"{timeout:g} s (response_timeout)"))
+                                            f"{timeout:g} s (response_timeout)"),
+                            requeue_waiting=True)
         # The worker is stuck in the handler: only a restart frees it.
         self.kill()
 
-    def _fail_inflight(self, error: ServingError) -> None:
+    def _fail_inflight(self, error: ServingError, requeue_waiting: bool = False) -> None:
+        """Answer every batch it holds with `error`; with `requeue_waiting`, only the one it
+        was running: those behind it never left its socket (it runs batches one at a time,
+        in order) and are handed back to routing to run elsewhere."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if requeue_waiting and self._inflight:
+            self._inflight.popleft().done(error)
+            if self._inflight:
+                log.warning("worker %s: %d batch(es) sent ahead never started; queued again",
+                            self.id, len(self._inflight))
+            error = NotStarted(f"worker {self.id} was replaced before starting this batch")
         while self._inflight:
             self._inflight.popleft().done(error)
 
@@ -369,7 +389,7 @@ class Worker:
             self._ping_timer.cancel()
             self._ping_timer = None
         self._fail_inflight(WorkerDied(f"worker {self.id} (pid {self.pid}) exited while "
-                                       "running this request"))
+                                       "running this request"), requeue_waiting=True)
         if self._conn is not None:
             self._conn.close()
         if not expected and not was_starting:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.archives import build_mar
 from tests.support.ledger import ledger_lines
-from tests.support.polling import wait_for, wait_queued
+from tests.support.polling import wait_for, wait_held, wait_queued
 from tests.support.server import ServerProcess
 
 
@@ -61,7 +61,9 @@ def test_full_queue_answers_503_at_once(server: ServerProcess, store: Path):
         async with aiohttp.ClientSession() as s:
             busy = asyncio.create_task(post(s, url, {"sleep": 3, "tag": "busy"}))
             await asyncio.to_thread(wait_queued, server, "tiny-queue", 0)  # the worker has it
-            queued = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(2)]
+            # The first is sent ahead to the busy worker (default_max_inflight_batches 2);
+            # the next two fill the queue.
+            queued = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(3)]
             await asyncio.to_thread(wait_queued, server, "tiny-queue", 2)  # the queue is full
             rejected = await post(s, url, {"tag": "over"})
             busy_done_when_rejected = busy.done()
@@ -73,7 +75,7 @@ def test_full_queue_answers_503_at_once(server: ServerProcess, store: Path):
     assert status == 503 and headers["Retry-After"] == "1"
     assert body["type"] == "ServiceUnavailableException" and "queue is full" in body["message"]
     assert not busy_done  # the 503 came while the worker was still busy: nothing waited
-    assert [r[0] for r in rest] == [200, 200, 200]
+    assert [r[0] for r in rest] == [200, 200, 200, 200]
 
 
 def test_response_timeout_is_504_and_the_worker_is_replaced(server: ServerProcess,
@@ -103,19 +105,48 @@ def test_disconnected_client_is_never_run(server: ServerProcess, store: Path, tm
         async with aiohttp.ClientSession() as s:
             busy = asyncio.create_task(post(s, url, {"sleep": 2, "tag": "busy"}))
             await asyncio.to_thread(wait_queued, server, "ledgered", 0)  # the worker has it
+            # "ahead" is sent to the busy worker's socket (default_max_inflight_batches 2);
+            # "queued" and "gone" wait in the queue behind it.
+            ahead = asyncio.create_task(post(s, url, {"tag": "ahead"}))
+            queued = asyncio.create_task(post(s, url, {"tag": "queued"}))
+            await asyncio.to_thread(wait_queued, server, "ledgered", 1)
             gone = asyncio.create_task(post(s, url, {"tag": "gone"}))
-            await asyncio.to_thread(wait_queued, server, "ledgered", 1)  # it waits its turn
+            await asyncio.to_thread(wait_queued, server, "ledgered", 2)  # it waits its turn
             gone.cancel()  # the client hangs up
             with pytest.raises(asyncio.CancelledError):
                 await gone
             kept = await post(s, url, {"tag": "kept"})
-            await busy
-        return kept
+            return kept, await busy, await ahead, await queued
 
-    kept = asyncio.run(scenario())
-    assert kept[0] == 200
+    answers = asyncio.run(scenario())
+    assert [a[0] for a in answers] == [200] * 4
     tags = [o.get("tag") for o in ledger_lines(ledger)]
-    assert tags == ["busy", "kept"]  # "gone" never reached the handler
+    assert tags == ["busy", "ahead", "queued", "kept"]  # "gone" never reached the handler
+
+
+def test_a_client_gone_while_its_batch_waits_in_the_workers_socket_is_left_out(
+        server: ServerProcess, store: Path, tmp_path: Path):
+    ledger = tmp_path / "ledger.jsonl"
+    register(server, store, "ahead", f"batchSize: 1\nledger: {ledger}\n")
+    url = f"{base(server)}/predictions/ahead"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            busy = asyncio.create_task(post(s, url, {"sleep": 2, "tag": "busy"}))
+            await asyncio.to_thread(wait_queued, server, "ahead", 0)  # the worker has it
+            gone = asyncio.create_task(post(s, url, {"tag": "gone"}))
+            await asyncio.to_thread(wait_held, server, "ahead", 2)  # sent ahead
+            after = asyncio.create_task(post(s, url, {"tag": "after"}))
+            await asyncio.to_thread(wait_queued, server, "ahead", 1)
+            gone.cancel()  # the client hangs up while its batch waits in the socket
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            return await busy, await after
+
+    busy, after = asyncio.run(scenario())
+    assert busy[0] == 200 and after[0] == 200
+    tags = [o.get("tag") for o in ledger_lines(ledger)]
+    assert tags == ["busy", "after"]  # the worker left "gone" out of the batch it started
 
 
 def test_worker_death_answers_its_requests_at_once_and_others_continue(
@@ -127,14 +158,16 @@ def test_worker_death_answers_its_requests_at_once_and_others_continue(
 
     async def scenario():
         async with aiohttp.ClientSession() as s:
-            # The fatal request and three after it wait behind a running one, so the three
-            # are queued when the worker dies: they must wait for the replacement, not fail.
+            # The fatal request is sent ahead to the worker running "busy"; three more queue
+            # behind. When "busy" is answered the worker starts the fatal one and the first
+            # of the three is sent ahead: it never starts there, so it must go back to the
+            # queue and, like the other two, wait for the replacement, not fail.
             busy = asyncio.create_task(post(s, url, {"sleep": 3, "tag": "busy"}))
             await asyncio.to_thread(wait_queued, server, "mortal", 0)
             dying = asyncio.create_task(post(s, url, {"exit": True}))
-            await asyncio.to_thread(wait_queued, server, "mortal", 1)
+            await asyncio.to_thread(wait_held, server, "mortal", 2)
             waiting = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(3)]
-            await asyncio.to_thread(wait_queued, server, "mortal", 4)
+            await asyncio.to_thread(wait_queued, server, "mortal", 3)
             return await busy, await dying, await asyncio.gather(*waiting)
 
     busy, dying, waiting = asyncio.run(scenario())
@@ -229,11 +262,14 @@ def test_overlap_is_declared_by_the_handler_and_capped_by_the_config(server: Ser
     build_mar(store, "overlapping", "overlap_handler.py")
     build_mar(store, "capped", "overlap_handler.py", config="maxInflightBatches: 2\n")
     build_mar(store, "plain", "slow_handler.py")
-    for name in ("overlapping", "capped", "plain"):
+    build_mar(store, "single", "slow_handler.py", config="maxInflightBatches: 1\n")
+    names = ("overlapping", "capped", "plain", "single")
+    for name in names:
         server.management.post("/models", params={"url": f"{name}.mar"}).raise_for_status()
     depth = {name: server.management.get(f"/models/{name}").json()[0]["workers"][0][
-        "maxInflightBatches"] for name in ("overlapping", "capped", "plain")}
-    assert depth == {"overlapping": 4, "capped": 2, "plain": 1}  # TorchServe handlers: 1
+        "maxInflightBatches"] for name in names}
+    # TorchServe handlers do not say: default_max_inflight_batches (2), one sent ahead.
+    assert depth == {"overlapping": 4, "capped": 2, "plain": 2, "single": 1}
 
     async def burst():
         url = f"{base(server)}/predictions/overlapping"

@@ -24,7 +24,8 @@ def test_shutdown_answers_running_requests_503_after_drain_timeout_and_closes_ma
         store: Path, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     build_mar(store, "stuck", "slow_handler.py",
-              config=f"minWorkers: 1\nbatchSize: 1\nresponseTimeout: {HANDLER_SLEEP_S * 2}\n"
+              config=f"minWorkers: 1\nbatchSize: 1\nmaxInflightBatches: 1\n"
+                     f"responseTimeout: {HANDLER_SLEEP_S * 2}\n"
                      f"ledger: {ledger}\n")
     cfg = tmp_path / "config.properties"
     cfg.write_text("drain_timeout=8\n")

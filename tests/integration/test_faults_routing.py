@@ -203,7 +203,8 @@ def test_queue_deadline_answers_504_and_the_request_never_runs(server: ServerPro
 def test_scaling_to_zero_answers_queued_requests_at_once(server: ServerProcess, store: Path,
                                                          tmp_path: Path):
     ledger = tmp_path / "ledger.jsonl"
-    register(server, store, "fading", f"batchSize: 1\nledger: {ledger}\n", initial_workers=1)
+    register(server, store, "fading", f"batchSize: 1\nmaxInflightBatches: 1\nledger: {ledger}\n",
+             initial_workers=1)
 
     async def scenario() -> tuple[Any, ...]:
         async with aiohttp.ClientSession() as s:
@@ -275,7 +276,8 @@ def test_queue_bytes_bound_answers_503_with_retry_after(small_queue_server: Serv
                                                         store: Path, tmp_path: Path):
     srv = small_queue_server
     ledger = tmp_path / "ledger.jsonl"
-    register(srv, store, "bulky", f"batchSize: 1\nledger: {ledger}\n", initial_workers=1)
+    register(srv, store, "bulky", f"batchSize: 1\nmaxInflightBatches: 1\nledger: {ledger}\n",
+             initial_workers=1)
     pad = "x" * 1000
 
     async def scenario() -> tuple[Any, ...]:

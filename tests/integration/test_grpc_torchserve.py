@@ -40,8 +40,11 @@ def grpc_server(store: Path, ledger: Path, tmp_path_factory: pytest.TempPathFact
                 ) -> Iterator[ServerProcess]:
     build_mar(store, "echo", "echo_handler.py")
     build_mar(store, "behaviour", "behaviour_handler.py")
-    build_mar(store, "slow", "slow_handler.py", config=f"batchSize: 1\nledger: {ledger}\n")
-    build_mar(store, "narrow", "slow_handler.py", config="batchSize: 1\njobQueueSize: 1\n")
+    # One batch at a time (nothing sent ahead): what waits behind the running one queues.
+    build_mar(store, "slow", "slow_handler.py",
+              config=f"batchSize: 1\nmaxInflightBatches: 1\nledger: {ledger}\n")
+    build_mar(store, "narrow", "slow_handler.py",
+              config="batchSize: 1\njobQueueSize: 1\nmaxInflightBatches: 1\n")
     build_mar(store, "versioned", "echo_handler.py", version="1.0")
     cfg = tmp_path_factory.mktemp("cfg") / "config.properties"
     cfg.write_text("max_request_size=100000\n"

@@ -24,7 +24,7 @@ from tests.support.polling import wait_queued
 from tests.support.server import ServerProcess
 
 BATCHED = "batchSize: 4\nmaxBatchDelay: 3000\nmode: batch\n"
-QUEUE = "batchSize: 1\njobQueueSize: 1\n"
+QUEUE = "batchSize: 1\njobQueueSize: 1\nmaxInflightBatches: 1\n"
 
 
 @pytest.fixture(scope="module")

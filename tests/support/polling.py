@@ -30,3 +30,12 @@ def wait_queued(server: ServerProcess, model: str, pending: int, timeout: float 
         return (all(w["busy"] for w in described["workers"])
                 and described["jobQueueStatus"]["pendingRequests"] == pending)
     wait_for(reached, f"{model}: workers busy and {pending} queued", timeout)
+
+
+def wait_held(server: ServerProcess, model: str, batches: int, timeout: float = 120) -> None:
+    """Wait until the first worker of `model` holds `batches` batches: the one it runs and
+    those sent ahead to wait in its socket (describe's inflightBatches)."""
+    def reached() -> bool:
+        (described,) = server.management.get(f"/models/{model}").json()
+        return described["workers"][0]["inflightBatches"] == batches
+    wait_for(reached, f"{model}: its worker holds {batches} batches", timeout)

@@ -174,8 +174,8 @@ def test_runner_fails_a_run_with_bad_answers_and_passes_a_clean_one(
 
 
 def test_headline_noop_is_plain_and_only_the_variant_overlaps(tmp_path: Path) -> None:
-    """The equal-terms claim: the archive both servers run declares no overlap; the variant
-    differs from it only by `maxInflightBatches` in its model-config.yaml."""
+    """The equal-terms claim: the archive both servers run declares no overlap; the variants
+    differ from it only by `maxInflightBatches` in their model-config.yaml."""
     import zipfile
 
     import yaml
@@ -185,11 +185,13 @@ def test_headline_noop_is_plain_and_only_the_variant_overlaps(tmp_path: Path) ->
 
     assert not getattr(NoopHandler, "can_overlap", False)
     noop_archives(tmp_path)
-    with zipfile.ZipFile(tmp_path / "noop-plain.mar") as plain, \
-            zipfile.ZipFile(tmp_path / "noop-plain-overlap.mar") as variant:
-        assert "model-config.yaml" not in plain.namelist()
-        assert yaml.safe_load(variant.read("model-config.yaml")) == {"maxInflightBatches": 4}
-        assert plain.read("noop_handler.py") == variant.read("noop_handler.py")
+    for name, depth in (("overlap", 4), ("single", 1)):
+        with zipfile.ZipFile(tmp_path / "noop-plain.mar") as plain, \
+                zipfile.ZipFile(tmp_path / f"noop-plain-{name}.mar") as variant:
+            assert "model-config.yaml" not in plain.namelist()
+            assert yaml.safe_load(variant.read("model-config.yaml")) == \
+                {"maxInflightBatches": depth}
+            assert plain.read("noop_handler.py") == variant.read("noop_handler.py")
 
 
 def _post_noop(base_url: str, n: int) -> None:

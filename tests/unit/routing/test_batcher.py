@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 import uvloop
 
-from serving.errors import ServiceUnavailable, ServingError
-from serving.routing.batcher import Batcher, Job, QueueFull
+from serving.errors import NotStarted, ServiceUnavailable, ServingError, WorkerDied
+from serving.routing.batcher import Batcher, Job, QueueFull, QueueTimeout
 from serving.routing.scheduler import Scheduler
 from serving.types import InferenceRequest, InferenceResponse
 
@@ -70,6 +70,10 @@ class FakeWorker:
     @property
     def has_room(self) -> bool:
         return len(self.pending) < self.depth
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
 
     def run(self, requests: Sequence[InferenceRequest], done, timeout, partial=None) -> int:
         assert self.has_room, "a worker got a batch beyond what it declared it can hold"
@@ -157,6 +161,75 @@ async def test_a_worker_that_overlaps_gets_a_second_batch_and_no_more():
     w.answer()
     w.answer()
     assert [(await j.future).body for j in jobs] == [b"w:0", b"w:1", b"w:2"]
+
+
+@run
+async def test_a_busy_worker_is_sent_only_full_batches_ahead_and_idle_workers_come_first():
+    s = Scheduler(Batcher(batch_size=2, max_delay=0.05, capacity=10), response_timeout=None)
+    a, b = FakeWorker("a", depth=2), FakeWorker("b", depth=2)
+    s.add_worker(a)
+    jobs = [s.submit(InferenceRequest(str(i), [])) for i in range(2)]
+    assert a.batches == [["0", "1"]]
+    s.add_worker(b)                                 # idle: it goes before busy `a`
+    jobs += [s.submit(InferenceRequest(str(i), [])) for i in range(2, 5)]
+    assert b.batches == [["2", "3"]] and a.batches == [["0", "1"]]
+    # "4" alone is a partial batch: no busy worker is sent it ahead, it waits its delay...
+    await asyncio.sleep(0.1)
+    assert a.batches == [["0", "1"]] and b.batches == [["2", "3"]]
+    jobs.append(s.submit(InferenceRequest("5", [])))  # ...until it is full
+    assert [a.batches[1:], b.batches[1:]] in ([[["4", "5"]], []], [[], [["4", "5"]]])
+    b.answer()
+    s.add_worker(b)
+    jobs.append(s.submit(InferenceRequest("6", [])))
+    await asyncio.sleep(0.1)                        # partial, to the idle worker after delay
+    assert ["6"] in b.batches
+    for w in (a, b):
+        while w.pending:
+            w.answer()
+    assert [(await j.future).body.split(b":")[1] for j in jobs] == \
+        [str(i).encode() for i in range(7)]
+
+
+@run
+async def test_a_request_with_a_queue_deadline_is_not_sent_ahead_and_expires_in_the_queue():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=10), response_timeout=None)
+    w = FakeWorker("w", depth=2)
+    s.add_worker(w)
+    running = s.submit(InferenceRequest("run", []))
+    late = s.submit(InferenceRequest("late", []), queue_timeout=0.05)
+    assert w.batches == [["run"]]                 # "late" waits here, not in the socket
+    with pytest.raises(QueueTimeout):
+        await late.future
+    plain = s.submit(InferenceRequest("plain", []))
+    assert w.batches == [["run"], ["plain"]]      # without a deadline it is sent ahead
+    w.answer()
+    w.answer()
+    assert (await running.future).body == b"w:run" and (await plain.future).body == b"w:plain"
+
+
+@run
+async def test_batches_sent_ahead_of_a_dead_worker_run_on_the_next_one():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=10), response_timeout=None)
+    a = FakeWorker("a", depth=3)
+    s.add_worker(a)
+    jobs = [s.submit(InferenceRequest(str(i), [])) for i in range(4)]
+    assert a.batches == [["0"], ["1"], ["2"]]
+    jobs[2].cancel()                               # its client leaves while it waits ahead
+    s.remove_worker(a)
+    a.answer(WorkerDied("died"))                    # the batch it ran
+    a.answer(NotStarted("never started"))           # the two waiting in its socket
+    a.answer(NotStarted("never started"))
+    with pytest.raises(WorkerDied):
+        await jobs[0].future
+    assert s.inflight == 0 and len(s.batcher) == 2  # "1" is back, ahead of "3"; "2" gone
+    b = FakeWorker("b", depth=1)
+    s.add_worker(b)
+    assert b.batches == [["1"]]
+    b.answer()
+    s.add_worker(b)
+    b.answer()
+    assert [(await j.future).body for j in (jobs[1], jobs[3])] == [b"b:1", b"b:3"]
+    assert jobs[2].future.cancelled()
 
 
 @run

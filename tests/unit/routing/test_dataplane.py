@@ -32,6 +32,7 @@ class StreamingWorker:
     """Holds one batch at a time; the test makes it stream, answer or see cancellations."""
 
     has_room = True
+    busy = False  # takes any batch, as a free worker does
 
     def __init__(self) -> None:
         self.batches: list[tuple[Sequence[InferenceRequest], Any, Any]] = []
