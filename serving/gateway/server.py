@@ -127,7 +127,8 @@ class Server:
             apps = [Observed(app, metrics.server if metrics else None, access,
                              s.access_log_format == "json") for app in apps]
         if metrics is not None:
-            apps.append(MetricsApp(metrics.registry))
+            apps.append(MetricsApp(metrics.registry, manager.flush_handler_metrics))
+            metrics.before_log = manager.flush_handler_metrics
         # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
         # Server header (it only advertises the stack).
         # httptools, with limits on the request line and headers (see httplimits.py).

@@ -272,14 +272,16 @@ class ModelMetrics:
         self._inference.observe(seconds)
 
     def worker_result(self, meta: dict[str, Any], seconds: float) -> None:
-        """A worker's RESULT: its handler's metric updates, and its own time on the batch
-        (what the round trip took beyond it is TorchServe's WorkerThreadTime)."""
-        updates = meta.get("m")
-        if updates is not None:
-            self._server.handlers.record(updates)
+        """A worker's RESULT: its own time on the batch (what the round trip took beyond it
+        is TorchServe's WorkerThreadTime)."""
         spent = meta.get("t")
         if type(spent) is float:
             self._thread_time.set(max(0.0, seconds - spent) * 1000)
+
+    def handler_metrics(self, updates: Any) -> None:
+        """A worker's METRICS: what its handler recorded since it last sent them."""
+        if updates:
+            self._server.handlers.record(updates)
 
     def answered(self, status: int, seconds: float) -> None:
         """A request got its final answer, `seconds` after it arrived."""
@@ -314,6 +316,9 @@ class NoMetrics(ModelMetrics):
         pass
 
     def worker_result(self, meta: dict[str, Any], seconds: float) -> None:
+        pass
+
+    def handler_metrics(self, updates: Any) -> None:
         pass
 
     def answered(self, status: int, seconds: float) -> None:
