@@ -133,7 +133,9 @@ class Server:
         # Server header (it only advertises the stack).
         # httptools, with limits on the request line and headers (see httplimits.py).
         http = limited_protocol(s)
-        servers = [_Uvicorn(uvicorn.Config(app, http=http, lifespan="off",
+        # interface: every app here speaks ASGI 3; Observed's __call__ is a plain function
+        # returning an awaitable, which uvicorn's guess would take for ASGI 2.
+        servers = [_Uvicorn(uvicorn.Config(app, http=http, lifespan="off", interface="asgi3",
                                            access_log=False, log_config=None,
                                            proxy_headers=False, server_header=False,
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
