@@ -202,7 +202,13 @@ def _serve(channel: BlockingChannel, service: HandlerService) -> int:
     a RESULT: the gateway drops the answers of batches that timed out and frames that are
     too large without reading them.
     """
+    from serving.handlers.metrics import HandlerMetrics
+
     metrics = service.context.metrics
+    if not isinstance(metrics, HandlerMetrics):
+        # The handler put something else in `context.metrics`: nothing of ours to send, but
+        # the worker must not fail over it.
+        metrics = HandlerMetrics(service.context.model_name)
     sent_at = time.perf_counter()
     while True:
         msg = channel.recv()
