@@ -6,7 +6,11 @@ Two servers run at once on CPU 0 (each with its noop worker there too), one with
 alternates measured windows between them, ABBA order, so drift of this shared VM hits both
 alike. Writes `raw.jsonl` (one row per window) and `report.md` with medians, min and max.
 
-    python -m bench.metrics_cost [--reps 8] [--window 8] [--concurrency 16] [--out DIR]
+    python -m bench.metrics_cost [--reps 8] [--window 8] [--concurrency 16] [--depth 1]
+                                 [--out DIR]
+
+`--depth 4` gives the noop archive `maxInflightBatches: 4`: the gateway sends the worker its
+next batches while it runs one (pipelined dispatch), instead of one batch at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -22,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.archive import build_noop_mar
+from bench.archive import build_noop_mar, derive_archive
 from bench.loadgen import open_session, run_level, warm
 from bench.machine import facts, pin_process
 from bench.project_server import ProjectServer
@@ -38,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=8, help="windows per mode")
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=1,
+                        help="maxInflightBatches of the noop model (1: one batch at a time)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--checkout", type=Path, default=None,
+                        help="run both servers from another checkout's `serving` (e.g. the "
+                             "main branch, to compare); default: this one")
     parser.add_argument("--control", action="store_true",
                         help="both servers with metrics off: how far apart two identical "
                              "servers measure on this box (the noise floor of the comparison)")
@@ -46,21 +56,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.control:
         MODES["on"] = dict(MODES["off"])
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = measure(args.reps, args.window, args.concurrency)
+    rows = measure(args.reps, args.window, args.concurrency, args.depth, args.checkout)
     (args.out / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "report.md").write_text(report(rows, args))
     print((args.out / "report.md").read_text())
     return 0
 
 
-def measure(reps: int, window: float, concurrency: int) -> list[dict[str, Any]]:
+def measure(reps: int, window: float, concurrency: int, depth: int = 1,
+            checkout: Path | None = None) -> list[dict[str, Any]]:
     store = Path(tempfile.mkdtemp(prefix="metrics-cost-"))
-    build_noop_mar(store)
+    if depth > 1:
+        derive_archive(build_noop_mar(store, "noop-one"), "noop", {"maxInflightBatches": depth})
+    else:
+        build_noop_mar(store)
     models = {"noop": ModelConfig("noop.mar", workers=1, batch_size=1)}
     pin_process({1})
     with ExitStack() as stack:
-        servers = {mode: stack.enter_context(ProjectServer(
-            store, models, pin_cpus="0", extra_properties=extra)) for mode, extra in MODES.items()}
+        servers = {}
+        for mode, extra in MODES.items():
+            server = ProjectServer(store, models, pin_cpus="0", extra_properties=extra)
+            if checkout is not None:
+                server.env["PYTHONPATH"] = str(checkout)  # that build's `serving`
+            servers[mode] = stack.enter_context(server)
         targets = {mode: Target(s.base_url, "/predictions/noop", b"{}", "application/json",
                                 expect=b'"ok"') for mode, s in servers.items()}
         return asyncio.run(ab_windows(targets, servers, reps, window, concurrency,
@@ -96,6 +114,7 @@ async def ab_windows(targets: dict[str, Target], servers: dict[str, ProjectServe
                    "gateway_cpu_us": (gateway1 - gateway0) / sent * 1e6,
                    "worker_cpu_us": (workers1 - workers0) / sent * 1e6}
             row["cpu_us"] = row["gateway_cpu_us"] + row["worker_cpu_us"]
+            row["load1"] = os.getloadavg()[0]  # the box is shared: how busy it was
             for c, read in counters.items():
                 row[f"{c}_us"] = (read() - before[c]) / sent * 1e6
             rows.append(row)
@@ -103,7 +122,7 @@ async def ab_windows(targets: dict[str, Target], servers: dict[str, ProjectServe
             print(f"rep {rep} {name}: {result.rps:.0f} req/s p50 {result.p50_ms:.2f} ms "
                   f"p99 {result.p99_ms:.2f} ms errors {result.error_count} gateway "
                   f"{row['gateway_cpu_us']:.0f} + worker {row['worker_cpu_us']:.0f} = "
-                  f"{row['cpu_us']:.0f} µs/req{extra}", flush=True)
+                  f"{row['cpu_us']:.0f} µs/req{extra}, load {row['load1']:.2f}", flush=True)
             await asyncio.sleep(0.5)
     return rows
 
@@ -111,14 +130,14 @@ async def ab_windows(targets: dict[str, Target], servers: dict[str, ProjectServe
 def hot_path_cost(n: int = 200_000) -> float:
     """µs per request of what routing and the HTTP wrapper call when metrics are on, in
     process (no server): one request's received, dispatched, batch_done, answered and the
-    Requests2XX increment, plus a worker result with one handler metric per batch."""
+    Requests2XX increment, plus a worker result (its time on the batch; the handler's
+    metric updates travel apart, once per 50 ms or scrape, not per batch)."""
     import time
 
     from serving.metrics.catalog import NO_METRICS, ServerMetrics
 
     def run(model: Any, http: Any) -> float:
-        meta = {"t": 0.0001, "m": [["PredictionTime", "ms", "GAUGE", 0.5,
-                                    [["ModelName", "noop"], ["Level", "Model"]]]]}
+        meta = {"t": 0.0001}
         start = time.perf_counter()
         for _ in range(n):
             model.received()
@@ -151,8 +170,13 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Metrics on vs off: noop throughput" + (
             " (CONTROL: both servers with metrics off)" if args.control else ""), "",
         f"`python -m bench.metrics_cost --reps {args.reps} --window {args.window} "
-        f"--concurrency {args.concurrency}`: two servers at once, every process of both on "
-        "CPU 0, the aiohttp client on CPU 1, windows alternated ABBA; batch 1, one worker.", "",
+        f"--concurrency {args.concurrency} --depth {args.depth}"
+        + (f" --checkout {args.checkout}" if args.checkout else "")
+        + "`: two servers at once, every "
+        "process of both on CPU 0, the aiohttp client on CPU 1, windows alternated ABBA; "
+        "batch 1, one worker, "
+        + ("one batch at a time." if args.depth <= 1 else
+           f"up to {args.depth} batches sent to it at once (maxInflightBatches).") + "", "",
         "| metrics | windows | median req/s | min | max | median p50 ms | median p99 ms | "
         "gateway CPU µs/req (median, min-max) | worker CPU µs/req |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

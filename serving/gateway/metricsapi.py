@@ -2,12 +2,14 @@
 
 The Prometheus text format by default, OpenMetrics when the scraper's Accept header asks for
 it; `?name[]=a&name[]=b` keeps only the named metrics (TorchServe's filter). Rendering runs on
-the event loop: a scrape of a few models is a millisecond or two.
+the event loop: a scrape of a few models is a millisecond or two. Before it, the workers are
+asked for the handler metric updates they hold (`before`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from prometheus_client.registry import Collector
@@ -17,8 +19,10 @@ from serving.metrics.exposition import negotiate, render
 
 
 class MetricsApp:
-    def __init__(self, collector: Collector) -> None:
+    def __init__(self, collector: Collector,
+                 before: Callable[[], Awaitable[None]] | None = None) -> None:
         self.collector = collector
+        self.before = before
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,6 +42,8 @@ class MetricsApp:
         accept = next((v.decode("latin-1") for k, v in scope.get("headers", ())
                        if k == b"accept"), None)
         content_type = negotiate(accept)
+        if self.before is not None:
+            await self.before()
         body = render(self.collector, content_type, names)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", content_type.encode()),

@@ -2,7 +2,10 @@
 
 One ASGI wrapper per HTTP API (inference, management) notes the status of each response as it
 starts; the request path pays a closure and a counter increment, and an access-log line only
-when the access log is on.
+when the access log is on. Without the access log, neither the wrapper nor its `send` is a
+coroutine of its own: each hands back the awaitable of what it wraps (a coroutine frame less
+per call, three per request), so uvicorn must be told the app speaks ASGI 3
+(`interface="asgi3"`: it cannot tell from a plain `__call__`).
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ class Observed:
             for cls in (2, 4, 5):
                 self._by_class[cls] = metrics.http_status(cls * 100)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         if self.access is None:
-            await self.app(scope, receive, self._counting(send))
-            return
+            return self.app(scope, receive, self._counting(send))
+        return self._logged(scope, receive, send)
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         seen: list[Message] = []
         by_class = self._by_class
@@ -66,12 +70,12 @@ class Observed:
         """`send`, counting the response's status class (no access log: nothing more)."""
         by_class = self._by_class
 
-        async def count(message: Message) -> None:
+        def count(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 child = by_class[message["status"] // 100 % 6]
                 if child is not None:
                     child.inc()
-            await send(message)
+            return send(message)
 
         return count
 

@@ -127,12 +127,15 @@ class Server:
             apps = [Observed(app, metrics.server if metrics else None, access,
                              s.access_log_format == "json") for app in apps]
         if metrics is not None:
-            apps.append(MetricsApp(metrics.registry))
+            apps.append(MetricsApp(metrics.registry, manager.flush_handler_metrics))
+            metrics.before_log = manager.flush_handler_metrics
         # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
         # Server header (it only advertises the stack).
         # httptools, with limits on the request line and headers (see httplimits.py).
         http = limited_protocol(s)
-        servers = [_Uvicorn(uvicorn.Config(app, http=http, lifespan="off",
+        # interface: every app here speaks ASGI 3; Observed's __call__ is a plain function
+        # returning an awaitable, which uvicorn's guess would take for ASGI 2.
+        servers = [_Uvicorn(uvicorn.Config(app, http=http, lifespan="off", interface="asgi3",
                                            access_log=False, log_config=None,
                                            proxy_headers=False, server_header=False,
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S))

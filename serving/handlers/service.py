@@ -126,7 +126,6 @@ class HandlerService:
              intermediate: Intermediate | None, cancelled: Cancelled | None
              ) -> list[InferenceResponse] | ServingError:
         ctx = self.context
-        ctx.metrics.drain()  # what was recorded between batches goes with no batch
         ctx.request_ids = {i: item.request_id for i, item in enumerate(items)}
         ctx.request_processor = [_processor(item) for item in items]
         ctx.metrics.request_ids = ctx.request_ids

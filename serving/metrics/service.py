@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
@@ -44,6 +44,8 @@ class MetricsService:
             self.server.add_collector(self.system.collect)
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: MetricLogWriter | None = None
+        # Run before each round of log lines: the workers send the handler metrics they hold.
+        self.before_log: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def create(cls, settings: Settings) -> MetricsService | None:
@@ -65,6 +67,8 @@ class MetricsService:
         while True:
             await asyncio.sleep(interval)
             try:
+                if self.before_log is not None:
+                    await self.before_log()
                 self._writer.write()
             except Exception:
                 log.exception("writing the metric logs failed")

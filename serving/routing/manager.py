@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 # At shutdown, after the drain: how long an idle worker may take to exit on its own.
 SHUTDOWN_GRACE_S = 2.0
+# How long a scrape waits for the handler metrics of idle workers (which answer at once
+# unless hung) and of busy ones (which answer after their batches in flight), seconds.
+FLUSH_IDLE_WAIT = 5.0
+FLUSH_BUSY_WAIT = 0.1
 
 
 @dataclass
@@ -380,6 +384,28 @@ class ModelManager:
             self.metrics.forget_model(mv.name, mv.version)
             if not any(v.name == mv.name for v in self.registry.all_versions()):
                 self.metrics.handlers.forget_model(mv.name)
+
+    async def flush_handler_metrics(self, busy_wait: float = FLUSH_BUSY_WAIT,
+                                    idle_wait: float = FLUSH_IDLE_WAIT) -> None:
+        """Have every worker send the handler metric updates it holds (before a scrape).
+
+        An idle worker answers at once, so its updates are waited for (up to `idle_wait`,
+        for one that hangs): once every client has its answer and the workers are idle, a
+        scrape shows exact counts. A busy worker answers after its batches in flight; those
+        are waited for only up to `busy_wait`, the rest is recorded when it arrives.
+        """
+        idle: list[asyncio.Future[None]] = []
+        busy: list[asyncio.Future[None]] = []
+        for mv in self.registry.all_versions():
+            for worker in list(mv.pool.workers.values()):
+                was_busy = worker.busy
+                flushed = worker.flush_metrics()
+                if flushed is not None:
+                    (busy if was_busy else idle).append(flushed)
+        if idle:
+            await asyncio.wait(idle, timeout=idle_wait)
+        if busy:
+            await asyncio.wait(busy, timeout=busy_wait)
 
     async def watch_workers(self, interval: float = 10.0, timeout: float = 10.0) -> None:
         """Ping idle workers forever; one that stops answering is killed and replaced.

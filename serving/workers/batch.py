@@ -6,8 +6,8 @@ with one blob per input, in order. RESULT meta: `{"batch": n, "items": [{"id", "
 when the whole batch failed. STREAM meta (intermediate answers of a streaming handler, sent
 before the batch's RESULT): `{"batch": n, "items": [{"i": index in the batch, "id", "s", "ct",
 "h"}]}` with one blob per item.
-A RESULT also carries `"t"`, the seconds the worker spent on the batch, and `"m"`, the
-handler's metric updates, when it recorded any.
+A RESULT also carries `"t"`, the seconds the worker spent on the batch. The handler's metric
+updates travel in METRICS frames of their own (serving/workers/main.py says when).
 """
 
 from __future__ import annotations
@@ -131,9 +131,6 @@ def run_batch(service: HandlerService, msg: Message, channel: BlockingChannel | 
         if channel is not None:
             channel.forget(batch_id)
     meta: dict[str, Any] = {"batch": batch_id}
-    updates = service.context.metrics.drain()
-    if updates:
-        meta["m"] = updates
     if isinstance(results, ServingError):
         meta["error"] = results.to_dict()
         blobs_out: list[Blob] = []

@@ -79,6 +79,13 @@ class BlockingChannel:
         with self._send_lock:
             send_buffers(self._sock, buffers)
 
+    def send_two(self, first: tuple[Kind, dict[str, Any]], kind: Kind, meta: dict[str, Any],
+                 blobs: Sequence[Blob] = ()) -> None:
+        """A small frame (`first`, without blobs) and then another, in one write."""
+        buffers = [*encode(*first), *encode(kind, meta, blobs)]
+        with self._send_lock:
+            send_buffers(self._sock, buffers)
+
     def recv(self) -> Message | None:
         """The next message other than CANCEL, or None when the gateway closed the
         connection."""

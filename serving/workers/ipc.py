@@ -18,7 +18,7 @@ HEADER = struct.Struct("<IBI")
 MAX_FRAME = 2**32 - 1
 # Sent in HELLO; the gateway refuses a worker that speaks another version (a worker started
 # from another installation of this package) instead of misreading its frames.
-PROTOCOL_VERSION = 2  # 2: STREAM answers are delivered, CANCEL added
+PROTOCOL_VERSION = 3  # 2: STREAM answers are delivered, CANCEL added; 3: FLUSH, METRICS
 
 Blob = bytes | bytearray | memoryview
 
@@ -34,6 +34,8 @@ class Kind(enum.IntEnum):
     STREAM = 8     # worker -> gateway: an intermediate answer for one request of a batch
     SHUTDOWN = 9   # gateway -> worker: finish and exit
     CANCEL = 10    # gateway -> worker: {batch, i}: the client of that request went away
+    FLUSH = 11     # gateway -> worker: send the handler metrics recorded so far (a scrape)
+    METRICS = 12   # worker -> gateway: {m: [update, ...], flush: true if FLUSH asked for it}
 
 
 # The kind byte to its Kind without the enum's call machinery (every frame pays it).

@@ -8,11 +8,13 @@ force before torch creates its thread pools.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from serving.handlers.service import HandlerService
 
 log = logging.getLogger("serving.worker")
+
+# The longest handler metric updates wait in a busy worker before they are sent (seconds).
+SEND_METRICS_EVERY = 0.05
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,15 +197,48 @@ def _raised_in_handler(exc: BaseException) -> bool:
 
 
 def _serve(channel: BlockingChannel, service: HandlerService) -> int:
+    """Answer batches until told to stop.
+
+    The handler's metric updates are folded in `context.metrics` and sent in a METRICS frame
+    of their own: when the gateway asks (FLUSH, on every scrape, answered in order after the
+    batches sent before it, so a scrape after an answer sees that batch's updates), and ahead
+    of a RESULT when SEND_METRICS_EVERY passed since they were last sent, so that they never
+    wait long under load and a worker that dies loses at most that much of them. Never inside
+    a RESULT: the gateway drops the answers of batches that timed out and frames that are
+    too large without reading them.
+    """
+    from serving.handlers.metrics import HandlerMetrics
+
+    metrics = service.context.metrics
+    if not isinstance(metrics, HandlerMetrics):
+        # The handler put something else in `context.metrics`: nothing of ours to send, but
+        # the worker must not fail over it.
+        metrics = HandlerMetrics(service.context.model_name)
+    sent_at = time.perf_counter()
     while True:
         msg = channel.recv()
-        if msg is None or msg.kind == Kind.SHUTDOWN:
+        if msg is None:
             return 0
-        if msg.kind == Kind.PREDICT:
+        kind = msg.kind
+        if kind == Kind.PREDICT:
             meta, blobs = _run(service, msg, channel)
-            channel.send(Kind.RESULT, meta, blobs)
-        elif msg.kind == Kind.PING:
+            now = time.perf_counter()
+            if now - sent_at >= SEND_METRICS_EVERY and metrics.pending:
+                sent_at = now
+                channel.send_two((Kind.METRICS, {"m": metrics.take()}), Kind.RESULT, meta,
+                                 blobs)
+            else:
+                channel.send(Kind.RESULT, meta, blobs)
+        elif kind == Kind.FLUSH:
+            sent_at = time.perf_counter()
+            channel.send(Kind.METRICS, {"m": metrics.take(), "flush": True})
+        elif kind == Kind.PING:
             channel.send(Kind.PONG, _pong(msg.meta))
+        elif kind == Kind.SHUTDOWN:
+            if metrics.pending:  # best effort: the gateway may be gone already
+                with contextlib.suppress(OSError):
+                    channel.send(Kind.METRICS, {"m": metrics.take()})
+            return 0
 
 
 def _run(service: HandlerService, msg: Message, channel: BlockingChannel

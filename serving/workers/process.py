@@ -47,10 +47,12 @@ class WorkerState(enum.Enum):
 
 
 class ResultObserver(Protocol):
-    """Who hears of every answered batch: its RESULT metadata (the handler's metric updates,
-    the worker's own time) and how long the round trip took, in seconds."""
+    """Who hears of every answered batch (its RESULT metadata, with the worker's own time,
+    and how long the round trip took, in seconds) and of the handler's metric updates."""
 
     def worker_result(self, meta: dict[str, Any], seconds: float) -> None: ...
+
+    def handler_metrics(self, updates: Any) -> None: ...
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_inflight = 1
         self._exited = asyncio.Event()
+        self._flushes: deque[asyncio.Future[None]] = deque()  # FLUSHes not answered yet
 
     @property
     def busy(self) -> bool:
@@ -192,6 +195,34 @@ class Worker:
             self._fail_inflight(WorkerDied(f"worker {self.id} connection closed"))
         return self._batch_id
 
+    def flush_metrics(self) -> asyncio.Future[None] | None:
+        """Ask the worker for the handler metric updates it holds; the future is done once
+        they are recorded (or the worker is gone). The worker answers after the batches
+        already sent to it. None: no live worker to ask."""
+        if self._conn is None or self._conn.closed or \
+                self.state not in (WorkerState.READY, WorkerState.BUSY):
+            return None
+        try:
+            self._conn.send(Kind.FLUSH, {})
+        except ConnectionError:
+            return None
+        loop = self._loop or asyncio.get_running_loop()
+        flushed: asyncio.Future[None] = loop.create_future()
+        self._flushes.append(flushed)
+        return flushed
+
+    def _on_metrics(self, msg: Message) -> None:
+        observer = self.spec.observer
+        if observer is not None:
+            try:
+                observer.handler_metrics(msg.meta.get("m"))
+            except Exception:  # metrics must never cost the worker
+                log.exception("recording the handler metrics of worker %s failed", self.id)
+        if msg.meta.get("flush") is True and self._flushes:
+            flushed = self._flushes.popleft()
+            if not flushed.done():
+                flushed.set_result(None)
+
     def cancel(self, token: object, index: int) -> None:
         """Tell the worker that the client of a request of a batch it holds went away: a
         streaming handler is stopped at its next intermediate answer for it."""
@@ -249,6 +280,9 @@ class Worker:
             if self._ping_timer is not None:
                 self._ping_timer.cancel()
                 self._ping_timer = None
+            return
+        if msg.kind == Kind.METRICS:
+            self._on_metrics(msg)
             return
         if msg.kind != Kind.RESULT and msg.kind != Kind.STREAM:
             self._broken(f"a {msg.kind.name} message, which only the gateway sends")
@@ -390,6 +424,10 @@ class Worker:
             self._ping_timer = None
         self._fail_inflight(WorkerDied(f"worker {self.id} (pid {self.pid}) exited while "
                                        "running this request"), requeue_waiting=True)
+        while self._flushes:  # what it held is lost (at most SEND_METRICS_EVERY of it)
+            flushed = self._flushes.popleft()
+            if not flushed.done():
+                flushed.set_result(None)
         if self._conn is not None:
             self._conn.close()
         if not expected and not was_starting:

@@ -128,7 +128,8 @@ def server(store: Path, ledger: Path, tmp_path_factory: pytest.TempPathFactory):
     """`queue`: one worker, a queue of one; `mortal`: dies or hangs on request (restarts);
     `behaviour`: raises PredictionException with a chosen code."""
     build_mar(store, "queue", "slow_handler.py",
-              config=f"batchSize: 1\njobQueueSize: 1\nmaxInflightBatches: 1\nledger: {json.dumps(str(ledger))}\n")
+              config=f"batchSize: 1\njobQueueSize: 1\nmaxInflightBatches: 1\n"
+                     f"ledger: {json.dumps(str(ledger))}\n")
     build_mar(store, "mortal", "slow_handler.py", config="batchSize: 1\nresponseTimeout: 2\n")
     build_mar(store, "behaviour", "behaviour_handler.py")
     cfg = tmp_path_factory.mktemp("cfg") / "config.properties"

@@ -20,7 +20,8 @@ from tests.support.tsgrpc import torchserve_stubs
 def test_sigterm_drains_grpc_calls(store: Path, tmp_path: Path):
     ts = torchserve_stubs()
     ledger = tmp_path / "ledger.jsonl"
-    build_mar(store, "slow", "slow_handler.py", config=f"batchSize: 1\nmaxInflightBatches: 1\nledger: {ledger}\n")
+    build_mar(store, "slow", "slow_handler.py",
+              config=f"batchSize: 1\nmaxInflightBatches: 1\nledger: {ledger}\n")
     srv = ServerProcess(tmp_path / "server.log", "--models", "slow.mar", model_store=store)
     with srv:
         srv.wait_ready(models=("slow",))

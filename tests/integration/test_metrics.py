@@ -308,3 +308,57 @@ def test_unregistering_removes_the_versions_series(server: ServerProcess, store:
     assert not snap.has("serving_requests_total", model="gamma")
     assert not snap.has("serving_queue_depth", model="gamma")
     assert not snap.has("InferCount_total", ModelName="gamma")
+
+
+def test_a_handler_metric_of_the_last_batch_before_idle_is_in_the_next_scrape(
+        server: ServerProcess):
+    # Workers send their handler metrics every 50 ms under load and when a scrape asks, not
+    # with each answer: requests answered back to back, then a scrape at once, must all show.
+    before = scrape(server)
+    n = 25
+    for level in range(n):
+        assert post(server, "/predictions/alpha", {"color": "violet", "level": level}
+                    ).status_code == 200
+    after = scrape(server)
+    host = {"ModelName": "alpha", "Level": "Model"}
+    assert after.value("InferCount_total", Color="violet", **host) - \
+        before.value("InferCount_total", Color="violet", **host) == n
+    assert after.value("DistanceInKM_total", Color="violet", **host) - \
+        before.value("DistanceInKM_total", Color="violet", **host) == 2.0 * n
+    assert after.value("FillLevel", **host) == n - 1  # a gauge keeps the last value
+    assert after.value("TokensSeen_count", **host) - before.value("TokensSeen_count", **host) \
+        == n  # one observation per request, none folded away
+
+
+def test_handler_metrics_are_exact_once_idle_after_pipelined_load(server: ServerProcess,
+                                                                  store: Path):
+    # The overlap handler lets the gateway send batches while one runs (pipelined dispatch):
+    # most answers then leave a worker that has more batches waiting.
+    build_mar(store, "piped", "overlap_handler.py", config="batchSize: 4\nmaxBatchDelay: 2\n")
+    assert server.management.post("/models", params={"url": "piped.mar"}).status_code == 200
+    url = f"http://127.0.0.1:{server.inference_port}/predictions/piped"
+    n = 400
+
+    async def load() -> list[int]:
+        async with aiohttp.ClientSession() as s:
+            gate = asyncio.Semaphore(32)
+
+            async def one() -> int:
+                async with gate, s.post(url, json={}) as r:
+                    await r.read()
+                    return r.status
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    before = scrape(server)
+    assert Counter(asyncio.run(load())) == {200: n}
+    after = scrape(server)
+    host = {"ModelName": "piped", "Level": "Model"}
+    assert after.value("OverlapItems_total", **host) == n
+    batches = after.value("serving_batch_size_count", model="piped") - \
+        before.value("serving_batch_size_count", model="piped")
+    assert after.value("OverlapBatchSize_count", **host) == batches
+    assert after.value("OverlapBatchSize_sum", **host) == n
+    assert after.value("serving_requests_total", model="piped", status="200") == n
+    # The server's own per-batch figure made it too (a gauge).
+    assert after.has("PredictionTime", ModelName="piped")
+    assert server.management.delete("/models/piped").status_code == 200

@@ -137,7 +137,8 @@ def test_scaling_one_model_never_restarts_another(server: ServerProcess, store: 
 def quick_ping_server(store: Path, tmp_path: Path):
     cfg = tmp_path / "config.properties"
     cfg.write_text("worker_ping_interval=0.5\nworker_ping_timeout=1\ndrain_timeout=30\n")
-    build_mar(store, "frozen", "slow_handler.py", config="minWorkers: 1\nbatchSize: 1\nmaxInflightBatches: 1\n")
+    build_mar(store, "frozen", "slow_handler.py",
+              config="minWorkers: 1\nbatchSize: 1\nmaxInflightBatches: 1\n")
     with ServerProcess(tmp_path / "log", "--models", "frozen.mar", model_store=store,
                        ts_config=cfg) as srv:
         srv.wait_ready(models=("frozen",))

@@ -35,6 +35,9 @@ class MetricsHandler:
                 # Declared in the server's metrics_config: the cache has it from the start.
                 gauge = metrics.get_metric("QueueLength", MetricTypes.GAUGE)
                 gauge.add_or_update(order["declared"], [context.model_name, "Model"])
+            if "level" in order:  # a gauge: the last value recorded is the one exported
+                metrics.add_metric("FillLevel", order["level"], "percent", None, [],
+                                   MetricTypes.GAUGE)
             if order.get("bad_counter"):
                 metrics.add_counter("InferCount", -5, None, [color])  # refused, as TorchServe
             if order.get("raise"):

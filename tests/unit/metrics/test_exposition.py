@@ -111,6 +111,7 @@ def test_no_metrics_records_nothing() -> None:
     NO_METRICS.received()
     NO_METRICS.dispatched(1.0)
     NO_METRICS.batch_done(1, 1.0)
-    NO_METRICS.worker_result({"m": "not even a list"}, 1.0)
+    NO_METRICS.worker_result({"t": "not even a float"}, 1.0)
+    NO_METRICS.handler_metrics("not even a list")
     NO_METRICS.answered(200, 1.0)
     NO_METRICS.failed("queue_full")

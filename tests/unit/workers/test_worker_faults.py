@@ -102,3 +102,19 @@ def test_a_4_gib_answer_is_never_buffered(short_dir: Path) -> None:
             assert s.worker.state == WorkerState.READY and not s.exits and len(calls) == 1
 
     uvloop.run(body())
+
+
+def test_a_metrics_flush_the_worker_never_answers_ends_when_it_dies(short_dir: Path) -> None:
+    # A scrape waits for the workers' handler metrics: a worker that dies instead of
+    # answering must not leave it waiting (the stub ignores FLUSH).
+    async def body() -> None:
+        async with stub(short_dir, "echo") as s:
+            flushed = s.worker.flush_metrics()
+            assert flushed is not None
+            await asyncio.sleep(0.2)
+            assert not flushed.done()
+            s.worker.kill()
+            await asyncio.wait_for(flushed, 30)
+            assert s.worker.flush_metrics() is None  # nothing to ask any more
+
+    uvloop.run(body())
