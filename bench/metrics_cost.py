@@ -6,11 +6,12 @@ Two servers run at once on CPU 0 (each with its noop worker there too), one with
 alternates measured windows between them, ABBA order, so drift of this shared VM hits both
 alike. Writes `raw.jsonl` (one row per window) and `report.md` with medians, min and max.
 
-    python -m bench.metrics_cost [--reps 8] [--window 8] [--concurrency 16] [--depth 1]
+    python -m bench.metrics_cost [--reps 8] [--window 8] [--concurrency 16] [--depth N]
                                  [--out DIR]
 
-`--depth 4` gives the noop archive `maxInflightBatches: 4`: the gateway sends the worker its
-next batches while it runs one (pipelined dispatch), instead of one batch at a time.
+Without `--depth` the noop archive says nothing and the server's default applies
+(`default_max_inflight_batches`, 2: the worker's next full batch is sent ahead while it runs
+one). `--depth N` gives the archive `maxInflightBatches: N` (1: one batch at a time).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=8, help="windows per mode")
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=1,
-                        help="maxInflightBatches of the noop model (1: one batch at a time)")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="maxInflightBatches of the noop model (1: one batch at a time); "
+                        "default: none in the archive, the server's default applies")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--checkout", type=Path, default=None,
                         help="run both servers from another checkout's `serving` (e.g. the "
@@ -63,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(reps: int, window: float, concurrency: int, depth: int = 1,
+def measure(reps: int, window: float, concurrency: int, depth: int | None = None,
             checkout: Path | None = None) -> list[dict[str, Any]]:
     store = Path(tempfile.mkdtemp(prefix="metrics-cost-"))
-    if depth > 1:
+    if depth is not None:
         derive_archive(build_noop_mar(store, "noop-one"), "noop", {"maxInflightBatches": depth})
     else:
         build_noop_mar(store)
@@ -170,12 +172,15 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Metrics on vs off: noop throughput" + (
             " (CONTROL: both servers with metrics off)" if args.control else ""), "",
         f"`python -m bench.metrics_cost --reps {args.reps} --window {args.window} "
-        f"--concurrency {args.concurrency} --depth {args.depth}"
+        f"--concurrency {args.concurrency}"
+        + (f" --depth {args.depth}" if args.depth is not None else "")
         + (f" --checkout {args.checkout}" if args.checkout else "")
         + "`: two servers at once, every "
         "process of both on CPU 0, the aiohttp client on CPU 1, windows alternated ABBA; "
         "batch 1, one worker, "
-        + ("one batch at a time." if args.depth <= 1 else
+        + ("the server's default dispatch (`default_max_inflight_batches`: the next full "
+           "batch sent ahead while the worker runs one)." if args.depth is None else
+           "one batch at a time (`maxInflightBatches: 1`)." if args.depth == 1 else
            f"up to {args.depth} batches sent to it at once (maxInflightBatches).") + "", "",
         "| metrics | windows | median req/s | min | max | median p50 ms | median p99 ms | "
         "gateway CPU µs/req (median, min-max) | worker CPU µs/req |",

@@ -47,9 +47,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("noop", "resnet50", "minilm", "accuracy", "inproc", "hop", "pinning")
 HEADLINE_LEVELS = [1, 16]
 OVERLAP_NOTE = "(this server only; TorchServe column: its plain b1 run)"
-OVERLAP_TEXT = ("The **overlap variant** is not on equal terms: the same handler with "
+OVERLAP_TEXT = ("The plain rows run this server as it ships: while a worker runs a batch, the "
+                "next full one is sent ahead to wait in its socket "
+                "(`default_max_inflight_batches` 2; handlers still run one batch at a time). "
+                "The **overlap variant** is not on equal terms: the same handler with "
                 "`maxInflightBatches: 4` in its model-config.yaml, so this server lets up to 4 "
-                "batches wait in the worker's socket, a feature TorchServe lacks; it is divided "
+                "batches be in flight to the worker, which TorchServe's archive format has no "
+                "word for; it is divided "
                 "by TorchServe's plain b1 run of the same rep. The **one-at-a-time variant** "
                 "(`maxInflightBatches: 1`) turns off this server's default of sending a "
                 "worker its next full batch while it runs one: the gateway then waits for each "
