@@ -170,6 +170,9 @@ class Scheduler:
         idle = self._idle
         while idle:
             worker = idle[-1]
+            if not worker.has_room:  # it died or is being replaced since it was listed
+                idle.pop()
+                continue
             # A worker running a batch gets the next one sent ahead (so that it finds it in
             # its socket instead of waiting a round trip), but only a full one: a partial
             # batch waits for a free worker, gathering requests meanwhile.

@@ -109,6 +109,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_inflight = 1
         self._exited = asyncio.Event()
+        self._retired = False  # being replaced (timeout, protocol breach): takes no batch
         self._flushes: deque[asyncio.Future[None]] = deque()  # FLUSHes not answered yet
 
     @property
@@ -124,7 +125,7 @@ class Worker:
     def has_room(self) -> bool:
         """Whether the scheduler may send another batch now."""
         return self.state in (WorkerState.READY, WorkerState.BUSY) and \
-            len(self._inflight) < self.max_inflight
+            not self._retired and len(self._inflight) < self.max_inflight
 
     async def start(self, timeout: float) -> None:
         """Spawn the process and wait until its handler is initialised, or raise why not."""
@@ -359,6 +360,7 @@ class Worker:
         """The worker sent something this protocol does not allow: whatever it holds can no
         longer be matched to its answers, so its requests fail and it is replaced."""
         log.error("worker %s (pid %s) sent %s; replacing it", self.id, self.pid, what)
+        self._retired = True
         self._fail_inflight(WorkerDied(f"worker {self.id} broke the worker protocol ({what}); "
                                        "it was replaced"))
         if self._conn is not None:
@@ -383,6 +385,7 @@ class Worker:
         self.kill()
 
     def _timed_out(self, timeout: float) -> None:
+        self._retired = True  # before its batches are handed back: routing must not resend
         self._fail_inflight(ResponseTimeout(f"worker {self.id} did not answer within "
                                             f"{timeout:g} s (response_timeout)"),
                             requeue_waiting=True)
@@ -396,14 +399,18 @@ class Worker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if requeue_waiting and self._inflight:
-            self._inflight.popleft().done(error)
-            if self._inflight:
+        # Taken out first: answering a batch can make routing dispatch again, and this
+        # worker (no room now: dead or retired) must not be handed one it would then fail.
+        held = list(self._inflight)
+        self._inflight.clear()
+        if requeue_waiting and held:
+            held.pop(0).done(error)
+            if held:
                 log.warning("worker %s: %d batch(es) sent ahead never started; queued again",
-                            self.id, len(self._inflight))
+                            self.id, len(held))
             error = NotStarted(f"worker {self.id} was replaced before starting this batch")
-        while self._inflight:
-            self._inflight.popleft().done(error)
+        for batch in held:
+            batch.done(error)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._died()
@@ -454,6 +461,7 @@ class Worker:
         """Answer the batches it holds with `error` now and kill it (shutdown: past the
         drain timeout nothing waits for a handler)."""
         self.stop_requested = True
+        self._retired = True
         self._fail_inflight(error)
         self.kill()
 

@@ -178,6 +178,34 @@ def test_worker_death_answers_its_requests_at_once_and_others_continue(
     assert server.management.get("/models/mortal").json()[0]["restarts"] == 1
 
 
+def test_a_timeout_hands_the_batches_sent_ahead_to_the_replacement(server: ServerProcess,
+                                                                  store: Path, tmp_path: Path):
+    """Three batches in flight to one worker with room for a fourth (`maxInflightBatches:
+    4`, so routing still lists it); the running one passes responseTimeout: it alone gets
+    504, the two waiting in the killed worker's socket never started and run once on the
+    replacement, never handed back to the retiring worker (and the gateway keeps serving)."""
+    ledger = tmp_path / "ledger.jsonl"
+    register(server, store, "deep", f"batchSize: 1\nmaxInflightBatches: 4\nledger: {ledger}\n",
+             response_timeout=2)
+    url = f"{base(server)}/predictions/deep"
+    first = server.management.get("/models/deep").json()[0]["workers"][0]["pid"]
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            stuck = asyncio.create_task(post(s, url, {"sleep": 30, "tag": "stuck"}))
+            await asyncio.to_thread(wait_queued, server, "deep", 0)
+            ahead = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(2)]
+            await asyncio.to_thread(wait_held, server, "deep", 3)
+            return await stuck, await asyncio.gather(*ahead)
+
+    stuck, ahead = asyncio.run(scenario())
+    assert stuck[0] == 504 and stuck[2]["type"] == "RequestTimeoutException"
+    assert [a[0] for a in ahead] == [200, 200]
+    assert first not in {a[2]["pid"] for a in ahead}  # the replacement ran them
+    tags = Counter(o.get("tag") for o in ledger_lines(ledger))
+    assert tags == {"stuck": 1, 0: 1, 1: 1}  # each ran exactly once
+
+
 def test_several_workers_run_batches_in_parallel(server: ServerProcess, store: Path):
     register(server, store, "pair", "batchSize: 1\n", initial_workers=2)
     url = f"{base(server)}/predictions/pair"

@@ -233,6 +233,20 @@ async def test_batches_sent_ahead_of_a_dead_worker_run_on_the_next_one():
 
 
 @run
+async def test_a_listed_worker_that_lost_its_room_is_skipped_and_dropped():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=10), response_timeout=None)
+    gone, alive = FakeWorker("gone", depth=3), FakeWorker("alive")
+    s.add_worker(alive)
+    s.add_worker(gone)                 # listed last: dispatch would take it first
+    gone.depth = 0                     # it died or is being replaced meanwhile
+    job = s.submit(InferenceRequest("x", []))
+    assert gone.batches == [] and alive.batches == [["x"]]
+    assert gone not in s._idle
+    alive.answer()
+    assert (await job.future).body == b"alive:x"
+
+
+@run
 async def test_a_partial_batch_waits_for_its_first_requests_deadline():
     # "b" comes 0.5 s after "a": the batch must go at a's deadline, not b's (0.5 s later),
     # which a timer re-armed on each arrival would wait for. The gaps are wide so that only
