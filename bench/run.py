@@ -47,17 +47,17 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("noop", "resnet50", "minilm", "accuracy", "inproc", "hop", "pinning")
 HEADLINE_LEVELS = [1, 16]
 OVERLAP_NOTE = "(this server only; TorchServe column: its plain b1 run)"
-OVERLAP_TEXT = ("The plain rows run this server as it ships: while a worker runs a batch, the "
-                "next full one is sent ahead to wait in its socket "
-                "(`default_max_inflight_batches` 2; handlers still run one batch at a time). "
-                "The **overlap variant** is not on equal terms: the same handler with "
-                "`maxInflightBatches: 4` in its model-config.yaml, so this server lets up to 4 "
-                "batches be in flight to the worker, which TorchServe's archive format has no "
-                "word for; it is divided "
-                "by TorchServe's plain b1 run of the same rep. The **one-at-a-time variant** "
-                "(`maxInflightBatches: 1`) turns off this server's default of sending a "
-                "worker its next full batch while it runs one: the gateway then waits for each "
-                "answer before sending the next batch, as TorchServe's frontend does.")
+OVERLAP_TEXT = ("The plain rows run this server as it ships: while a worker runs a batch, "
+                "its next full batches are sent ahead to wait in its socket, as many as its "
+                "recent batch times say run within ~2 ms (up to "
+                "`default_max_inflight_batches` 16 in flight; handlers still run one batch at "
+                "a time, what they see is unchanged). Two variants show what that default "
+                "does, each divided by TorchServe's plain b1 run of the same rep: the "
+                "**one-sent-ahead variant** (`maxInflightBatches: 2` in the archive's "
+                "model-config.yaml: the running batch and one sent ahead, the previous "
+                "default) and the **one-at-a-time variant** (`maxInflightBatches: 1`: the "
+                "gateway waits for each answer before sending the next batch, as TorchServe's "
+                "frontend does).")
 
 
 @dataclass
@@ -97,11 +97,11 @@ def sentence_files(p: dict[str, Path]) -> list[Path]:
 
 def noop_archives(store: Path) -> None:
     """noop-plain.mar: the bench's plain `BaseHandler` noop (it declares no `can_overlap`),
-    run by both servers; noop-plain-overlap.mar: the same handler with `maxInflightBatches: 4`
-    in its model-config.yaml (this server lets 4 batches wait in the worker's socket);
+    run by both servers; noop-plain-ahead1.mar: the same handler with `maxInflightBatches: 2`
+    in its model-config.yaml (the running batch and one sent ahead: the previous default);
     noop-plain-single.mar: `maxInflightBatches: 1` (one batch at a time, nothing sent ahead)."""
     plain = build_noop_mar(store, "noop-plain")
-    derive_archive(plain, "noop-plain-overlap", {"maxInflightBatches": 4})
+    derive_archive(plain, "noop-plain-ahead1", {"maxInflightBatches": 2})
     derive_archive(plain, "noop-plain-single", {"maxInflightBatches": 1})
 
 
@@ -110,12 +110,12 @@ def noop_groups(p: dict[str, Path], levels: list[int], t: Timing) -> list[Group]
                 duration_s=t.duration_s, warmup_s=t.warmup_s, reps=1, expect='"ok"',
                 wrk_levels=[16])
     b1 = {"noop": ModelConfig("noop-plain.mar", batch_size=1, max_batch_delay_ms=5)}
-    overlap = {"noop": ModelConfig("noop-plain-overlap.mar", batch_size=1, max_batch_delay_ms=5)}
+    ahead1 = {"noop": ModelConfig("noop-plain-ahead1.mar", batch_size=1, max_batch_delay_ms=5)}
     single = {"noop": ModelConfig("noop-plain-single.mar", batch_size=1, max_batch_delay_ms=5)}
     b8 = {"noop": ModelConfig("noop-plain.mar", batch_size=8, max_batch_delay_ms=5)}
     return [
         Group("noop b1", [ServerRun("serving noop b1", "serving", b1, load, t.warm_s),
-                          ServerRun("serving noop b1 overlap", "serving", overlap, load, t.warm_s),
+                          ServerRun("serving noop b1 ahead1", "serving", ahead1, load, t.warm_s),
                           ServerRun("serving noop b1 single", "serving", single, load, t.warm_s),
                           ServerRun("torchserve noop b1", "torchserve", b1, load, t.warm_s)]),
         Group("noop b8", [ServerRun("serving noop b8", "serving", b8, load, t.warm_s),
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--headline", action="store_true",
-                        help="only the equal-terms noop rows (b1, b8, the overlap variant) at "
+                        help="only the equal-terms noop rows (b1, b8, the two variants) at "
                              "c=1 and c=16: what the README quotes (~11-13 min)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved reps (default 3)")
     parser.add_argument("--quick", action="store_true",
@@ -386,7 +386,7 @@ def write_report(out: Path, hops: dict[str, Any] | None) -> None:
 
 def headline_section(out: Path, rows: list[dict[str, Any]],
                      failures: list[dict[str, Any]]) -> list[str]:
-    """The served comparisons first: noop on equal terms, its overlap variant apart, then the
+    """The served comparisons first: noop on equal terms, its variants apart, then the
     models; ratios through the server only (in-process figures have their own table below)."""
     levels = sorted({int(r["concurrency"]) for r in rows})
     reps = sorted({int(r["rep"]) for r in rows})
@@ -464,9 +464,10 @@ def setup_text(reps: int, noop: Timing, request_logs: bool, headline: bool) -> s
   (`taskset -c 0`: launcher, JVM, gateway, workers); the load generator runs on CPU 1.
 - Same `.mar` for both: noop is `bench/handlers/noop_handler.py`, a plain `BaseHandler`
   subclass that declares no `can_overlap` (archive `noop-plain.mar`, built by the real
-  archiver). Two variants run only on this server, each in its own row: overlap
-  (`noop-plain-overlap.mar`, the same handler with `maxInflightBatches: 4`) and
-  one-at-a-time (`noop-plain-single.mar`, `maxInflightBatches: 1`: no batch sent ahead).
+  archiver). Two variants run only on this server, each in its own row: one sent ahead
+  (`noop-plain-ahead1.mar`, the same handler with `maxInflightBatches: 2`, the previous
+  default) and one-at-a-time (`noop-plain-single.mar`, `maxInflightBatches: 1`: no batch
+  sent ahead).
   resnet50 and minilm: the default store's archives (TorchServe ignores their
   `optimization:` block, if any, and runs the handler as is).
 - Same registration on both (`POST /models?url=...&batch_size=..&max_batch_delay=..
@@ -496,9 +497,9 @@ NOOP_PAIRS = [
     Pair("noop b1, plain BaseHandler, wrk", "serving noop b1 (wrk)", "torchserve noop b1 (wrk)"),
     Pair("noop b8, plain BaseHandler, aiohttp", "serving noop b8", "torchserve noop b8"),
     Pair("noop b8, plain BaseHandler, wrk", "serving noop b8 (wrk)", "torchserve noop b8 (wrk)"),
-    Pair("noop b1 **overlap variant**, aiohttp", "serving noop b1 overlap", "torchserve noop b1",
-         OVERLAP_NOTE),
-    Pair("noop b1 **overlap variant**, wrk", "serving noop b1 overlap (wrk)",
+    Pair("noop b1 **one-sent-ahead variant**, aiohttp", "serving noop b1 ahead1",
+         "torchserve noop b1", OVERLAP_NOTE),
+    Pair("noop b1 **one-sent-ahead variant**, wrk", "serving noop b1 ahead1 (wrk)",
          "torchserve noop b1 (wrk)", OVERLAP_NOTE),
     Pair("noop b1 **one-at-a-time variant**, aiohttp", "serving noop b1 single",
          "torchserve noop b1", OVERLAP_NOTE),

@@ -60,7 +60,6 @@ def targets_section(cells: Sequence[Aggregate], inproc: Sequence[dict[str, Any]]
     lines = ["## Targets", "", "| target | measured (medians of this run) | verdict |",
              "|---|---|---|"]
     lines += _vs_torchserve(cells, "serving noop b1", "torchserve noop b1", 16)
-    lines += _vs_torchserve(cells, "serving noop b1 overlap", "torchserve noop b1", 16)
     lines += _vs_torchserve(cells, "serving noop b8", "torchserve noop b8", 16)
     lines += _vs_inproc(cells, inproc, "resnet50", 8, 16, 0.95)
     lines += _vs_inproc(cells, inproc, "resnet50", 1, 16, None)

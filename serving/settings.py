@@ -63,8 +63,10 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
 # TorchServe's default: any http(s) URL passes this check; the address rules
 # (serving/routing/addresses.py) still refuse internal and metadata hosts.
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
-# Batches in flight to one worker by default: the one it runs and one sent ahead.
-DEFAULT_MAX_INFLIGHT_BATCHES = 2
+# The most batches in flight to one worker by default: the one it runs and up to 15 sent ahead,
+# as many as its recent batch times say run within ~2 ms (at least one; see
+# serving/workers/process.py, SEND_AHEAD_BUDGET_S).
+DEFAULT_MAX_INFLIGHT_BATCHES = 16
 
 
 class Address(BaseModel):
@@ -116,7 +118,8 @@ class Settings(BaseModel):
     default_workers_per_model: int = Field(1, ge=0)
     job_queue_size: int = Field(100, ge=1)
     # Batches in flight to one worker when neither its handler (`can_overlap`) nor the model
-    # config (`maxInflightBatches`) says: the one it runs and the next, full, sent ahead.
+    # config (`maxInflightBatches`) says: the one it runs and full ones sent ahead, as many as
+    # its batch times allow (see DEFAULT_MAX_INFLIGHT_BATCHES).
     default_max_inflight_batches: int = Field(DEFAULT_MAX_INFLIGHT_BATCHES, ge=1)
     # Bytes of request bodies one model version's queue may hold; beyond it, 503 at once.
     job_queue_max_bytes: int = Field(256 * 1024**2, ge=1)

@@ -99,11 +99,11 @@ class ServerMetrics(Collector):
         self.latency = f("serving_request_duration_seconds", "Time from a request's arrival in "
                          "the model's queue to its answer", "histogram", MODEL_LABELS,
                          LATENCY_BUCKETS)
-        self.queue_wait = f("serving_queue_wait_seconds", "Time a request waited in the queue "
-                            "before a worker took its batch", "histogram", MODEL_LABELS,
-                            LATENCY_BUCKETS)
-        self.inference = f("serving_inference_duration_seconds", "Time from a batch being sent "
-                           "to a worker to its answers", "histogram", MODEL_LABELS,
+        self.queue_wait = f("serving_queue_wait_seconds", "Time a request waited for a worker "
+                            "to start its batch (in the queue or a busy worker's socket)",
+                            "histogram", MODEL_LABELS, LATENCY_BUCKETS)
+        self.inference = f("serving_inference_duration_seconds", "Time from a batch starting on "
+                           "a worker to its answers", "histogram", MODEL_LABELS,
                            LATENCY_BUCKETS)
         self.batch_size = f("serving_batch_size", "Requests per batch sent to a worker",
                             "histogram", MODEL_LABELS, BATCH_SIZE_BUCKETS)

@@ -25,8 +25,9 @@ RELEASED = InferenceRequest("", [])
 
 class JobState(enum.Enum):
     QUEUED = 1
-    RUNNING = 2
-    DONE = 3
+    SENT = 2  # in a batch sent ahead to a busy worker: waits in its socket, not started
+    RUNNING = 3
+    DONE = 4
 
 
 class QueueFull(ServiceUnavailable):
@@ -53,7 +54,6 @@ class Job:
     future: asyncio.Future[InferenceResponse]
     arrival: float
     state: JobState = JobState.QUEUED
-    started: float = 0.0  # when it was handed to a worker (loop time)
     withdraw: Callable[[Job], None] | None = None  # set by the scheduler that queued it
     size: int = 0  # body bytes, counted against the queue's byte bound while queued
     deadline: float | None = None  # loop time after which it may no longer start
@@ -62,7 +62,9 @@ class Job:
     runner: Any = None
     batch_token: object = None
     index: int = 0
-    # perf_counter at arrival and at dispatch, for the metrics (uvloop's clock ticks in ms)
+    # perf_counter at arrival and when its batch started (reached a worker that was free, or
+    # reached the head of a busy worker's socket): the metrics' queue wait and inference time
+    # (uvloop's clock ticks in ms)
     received_at: float = 0.0
     dispatched_at: float = 0.0
 
@@ -96,7 +98,12 @@ class Job:
 
 
 class Batcher:
-    """Futures in, batches out: a FIFO with a size bound and the batch-closing rule."""
+    """Futures in, batches out: a FIFO with a size bound and the batch-closing rule.
+
+    The bounds count every request that has not started: those in the queue and those
+    `held` in batches sent ahead to a busy worker (waiting in its socket). Only a batch a
+    worker runs is outside them, as in TorchServe, where nothing waits anywhere but the queue.
+    """
 
     def __init__(self, batch_size: int, max_delay: float, capacity: int,
                  max_bytes: int | None = None) -> None:
@@ -109,23 +116,31 @@ class Batcher:
         self._queue: deque[Job] = deque()
         self._pending = 0
         self.queued_bytes = 0
+        self.held = 0  # requests sent ahead, not started
+        self.held_bytes = 0
 
     def __len__(self) -> int:
         return self._pending
 
     @property
+    def waiting(self) -> int:
+        """Requests not started: queued, or sent ahead and waiting in a worker's socket."""
+        return self._pending + self.held
+
+    @property
     def remaining_capacity(self) -> int:
-        return max(0, self.capacity - self._pending)
+        return max(0, self.capacity - self._pending - self.held)
 
     def put(self, job: Job) -> None:
-        if self._pending >= self.capacity:
+        if self._pending + self.held >= self.capacity:
             raise QueueFull(f"Model queue is full ({self.capacity} requests waiting); "
                             "retry later", retry_after=1)
-        # One request is always admitted to an empty queue (max_request_size bounds it), so
+        # One request is always admitted when none waits (max_request_size bounds it), so
         # that a bound below one body never turns into a 503 that no retry can pass.
-        if (self.max_bytes is not None and self._pending
-                and self.queued_bytes + job.size > self.max_bytes):
-            raise QueueFull(f"Model queue is full ({self.queued_bytes} bytes waiting, "
+        waiting_bytes = self.queued_bytes + self.held_bytes
+        if (self.max_bytes is not None and (self._pending or self.held)
+                and waiting_bytes + job.size > self.max_bytes):
+            raise QueueFull(f"Model queue is full ({waiting_bytes} bytes waiting, "
                             f"job_queue_max_bytes is {self.max_bytes}); retry later",
                             retry_after=1)
         self._queue.append(job)
@@ -173,6 +188,20 @@ class Batcher:
                 if seen == self.batch_size:
                     break
         return self._pop_batch()
+
+    def hold(self, jobs: list[Job]) -> None:
+        """A batch taken from the queue goes ahead to a busy worker: still waiting, still
+        counted against the bounds until it starts (`release_held`)."""
+        self.held += len(jobs)
+        for job in jobs:
+            job.state = JobState.SENT
+            self.held_bytes += job.size
+
+    def release_held(self, jobs: list[Job]) -> None:
+        """A batch sent ahead started, or came back (requeued, failed): no longer held."""
+        self.held -= len(jobs)
+        for job in jobs:
+            self.held_bytes -= job.size
 
     def requeue(self, jobs: list[Job]) -> None:
         """Put jobs that were taken but never reached a handler back at the head of the queue,

@@ -20,9 +20,10 @@ def register_gauges(metrics: ServerMetrics, registry: Registry) -> None:
         return list(registry.all_versions())
 
     metrics.add_gauge(
-        "serving_queue_depth", "Requests waiting in a model version's queue for a worker",
+        "serving_queue_depth", "Requests of a model version waiting for a worker to start "
+        "them: in its queue, or sent ahead to wait in a busy worker's socket",
         ("model", "version"),
-        lambda: [((mv.name, mv.version), len(mv.scheduler.batcher)) for mv in versions()])
+        lambda: [((mv.name, mv.version), mv.scheduler.batcher.waiting) for mv in versions()])
     metrics.add_gauge(
         "serving_requests_in_flight", "Requests of a model version queued or running",
         ("model", "version"),

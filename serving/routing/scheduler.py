@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from time import perf_counter
 from typing import Protocol
@@ -30,8 +30,11 @@ class BatchRunner(Protocol):
     """What the scheduler needs of a worker."""
 
     def run(self, requests: Sequence[InferenceRequest], done: _Done,
-            timeout: float | None, partial: _Partial | None = None) -> object:
-        """Start a batch; returns a token naming it for `cancel`."""
+            timeout: float | None, partial: _Partial | None = None,
+            started: Callable[[], None] | None = None) -> object:
+        """Start a batch, or send it ahead to wait behind those the worker holds
+        (`started` is called when it reaches the worker's head); returns a token naming it
+        for `cancel`."""
 
     def cancel(self, token: object, index: int) -> None:
         """The client of the request at `index` of that batch went away (best effort: a
@@ -121,7 +124,7 @@ class Scheduler:
             self._check_settled()
         elif not job.future.done():
             job.future.cancel()  # counted when its batch comes back
-            if job.state is JobState.RUNNING and job.runner is not None:
+            if job.state in _HELD_OR_RUNNING and job.runner is not None:
                 job.runner.cancel(job.batch_token, job.index)
 
     def _client_gone(self, job: Job, now: float) -> None:
@@ -180,15 +183,15 @@ class Scheduler:
             if batch is None:
                 break
             idle.pop()
-            dispatched = self.metrics.dispatched
-            sent = perf_counter()
-            for job in batch:
-                job.started = now
-                job.dispatched_at = sent
-                dispatched(sent - job.received_at)
             self.inflight += len(batch)
+            started = None
+            if worker.busy:  # it waits in the worker's socket: it starts when it is its turn
+                self.batcher.hold(batch)
+                started = partial(self._started, batch)
+            else:
+                self._started(batch, False)
             token = worker.run([job.request for job in batch], partial(self._done, batch),
-                               self.response_timeout, partial(_partial, batch))
+                               self.response_timeout, partial(_partial, batch), started)
             for i, job in enumerate(batch):  # so that a client going away can be told
                 job.runner = worker
                 job.batch_token = token
@@ -252,13 +255,29 @@ class Scheduler:
         # reads a hair before its deadline; the deadline has passed by definition here.
         self._dispatch(max(self._loop.time(), deadline))
 
+    def _started(self, batch: list[Job], held: bool = True) -> None:
+        """A batch reached its worker's head: its queue wait ends now (so the queue-time
+        metrics count a wait in a worker's socket as the wait it is)."""
+        if held:
+            self.batcher.release_held(batch)
+        dispatched = self.metrics.dispatched
+        now = perf_counter()
+        for job in batch:
+            job.state = JobState.RUNNING
+            job.dispatched_at = now
+            dispatched(now - job.received_at)
+
     def _done(self, batch: list[Job], result: BatchResult) -> None:
         self.inflight -= len(batch)
         now = perf_counter()
+        ran = batch[0].state is not JobState.SENT
+        if not ran:  # sent ahead, never started: its worker died or was replaced first
+            self.batcher.release_held(batch)
         if isinstance(result, NotStarted):
             self._requeue(batch, now)
             return
-        self.metrics.batch_done(len(batch), now - batch[0].dispatched_at)
+        if ran:
+            self.metrics.batch_done(len(batch), now - batch[0].dispatched_at)
         if isinstance(result, ServingError):
             for job in batch:
                 self._settle(job, result, now)
@@ -312,8 +331,12 @@ class Scheduler:
         self._check_settled()
 
     def queued_jobs_state(self) -> tuple[int, int]:
-        """(pending requests, remaining queue capacity) for describe."""
-        return len(self.batcher), self.batcher.remaining_capacity
+        """(pending requests: queued or sent ahead, not started; remaining queue capacity)
+        for describe."""
+        return self.batcher.waiting, self.batcher.remaining_capacity
+
+
+_HELD_OR_RUNNING = (JobState.SENT, JobState.RUNNING)
 
 
 def _partial(batch: list[Job], index: int, answer: InferenceResponse) -> None:

@@ -37,6 +37,17 @@ ITEM_META_ALLOWANCE = 64 * 1024
 # Any other frame from a worker (LOADED, PONG) is small; a larger one is a broken worker.
 CONTROL_FRAME_LIMIT = 64 * 1024 * 1024
 
+# Send-ahead depth when neither the handler nor the model config names one: always the
+# running batch and the next one; more (up to `default_max_inflight_batches`) while the
+# batches already held would run within this budget by the worker's recent batch times. Fast
+# batches (a noop, a small model) then reach the worker many at a time and it runs them
+# without a sleep and a wake-up each; a batch held behind others of a busy worker, while
+# another worker may free up first, waits at most about this long for its turn.
+SEND_AHEAD_BUDGET_S = 0.002
+MIN_SEND_AHEAD_DEPTH = 2
+# Weight of the latest batch in the running estimate of a batch's time.
+SERVICE_EWMA = 0.25
+
 
 class WorkerState(enum.Enum):
     STARTING = "STARTING"
@@ -67,8 +78,9 @@ class WorkerSpec:
     log_backup_count: int = 0  # rotated files of log_file kept
     device: str = "cpu"  # what describe shows, e.g. "cuda:1"
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
-    # Batches in flight to a worker whose handler and config say nothing: the one it runs and
-    # one sent ahead (`default_max_inflight_batches`).
+    # The most batches in flight to a worker whose handler and config say nothing
+    # (`default_max_inflight_batches`): how many of them are used follows its batch times
+    # (SEND_AHEAD_BUDGET_S).
     default_inflight: int = DEFAULT_MAX_INFLIGHT_BATCHES
     max_response_size: int | None = None  # bytes of one answer's body; None: no limit
     module: str = "serving.workers.main"  # the worker program (`python -m`)
@@ -107,7 +119,9 @@ class Worker:
         # Held from start(): asyncio.get_running_loop() costs a getpid() syscall per call on
         # Python 3.11, and the deadline is re-armed for every batch.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.max_inflight = 1
+        self.max_inflight = 1  # batches it may hold now
+        self._depth_cap = 0  # > 0: max_inflight follows its batch times, up to this
+        self._service = 0.0  # running estimate of one batch's time (s); 0: none measured yet
         self._exited = asyncio.Event()
         self._retired = False  # being replaced (timeout, protocol breach): takes no batch
         self._flushes: deque[asyncio.Future[None]] = deque()  # FLUSHes not answered yet
@@ -172,23 +186,32 @@ class Worker:
             raise ServingError.from_dict(loaded.meta["error"])
         self.load_info = loaded.meta
         self.load_seconds = time.time() - self.start_time
-        depth = self.spec.max_inflight or int(loaded.meta.get("overlap") or
-                                              self.spec.default_inflight)
-        self.max_inflight = max(1, depth)
+        depth = self.spec.max_inflight or int(loaded.meta.get("overlap") or 0)
+        if depth:  # named by the model's config or its handler: fixed
+            self.max_inflight = max(1, depth)
+        else:
+            self._depth_cap = max(1, self.spec.default_inflight)
+            self.max_inflight = min(MIN_SEND_AHEAD_DEPTH, self._depth_cap)
         self.state = WorkerState.READY
 
     def run(self, requests: Sequence[InferenceRequest], done: BatchCallback,
-            timeout: float | None, partial: PartialCallback | None = None) -> int:
+            timeout: float | None, partial: PartialCallback | None = None,
+            started: Callable[[], None] | None = None) -> int:
         """Send one batch; `done` is called exactly once with its answers or an error, and
-        `partial` with each intermediate answer a streaming handler sends before. Returns
-        the batch's id (for `cancel`)."""
+        `partial` with each intermediate answer a streaming handler sends before. A batch
+        sent while the worker holds others waits behind them: `started` is called when the
+        worker starts it (it has reached the head). Returns the batch's id (for `cancel`)."""
         assert self._conn is not None and len(self._inflight) < self.max_inflight
         self._batch_id += 1
-        meta, blobs = encode_batch(self._batch_id, requests, ahead=bool(self._inflight))
-        self._inflight.append(_Batch(self._batch_id, requests, done, timeout,
-                                     time.perf_counter(), partial))
-        if len(self._inflight) == 1:
+        ahead = bool(self._inflight)
+        meta, blobs = encode_batch(self._batch_id, requests, ahead=ahead)
+        now = time.perf_counter()
+        self._inflight.append(_Batch(self._batch_id, requests, done, timeout, now, partial,
+                                     started))
+        if not ahead:
             self._arm_deadline()
+            if started is not None:
+                started()
         self.state = WorkerState.BUSY
         try:
             self._conn.send(Kind.PREDICT, meta, blobs)
@@ -306,7 +329,7 @@ class Worker:
             return
         if self.spec.observer is not None:
             try:
-                self.spec.observer.worker_result(msg.meta, time.perf_counter() - head.sent)
+                self.spec.observer.worker_result(msg.meta, time.perf_counter() - head.began)
             except Exception:  # metrics must never cost a request its answer
                 log.exception("recording the metrics of worker %s's batch failed", self.id)
         self._finish_head(result)
@@ -324,12 +347,27 @@ class Worker:
 
     def _finish_head(self, result: list[InferenceResponse] | ServingError) -> None:
         head = self._inflight.popleft()
+        now = time.perf_counter()
+        if self._depth_cap:
+            self._adapt_depth(now - head.began)
+        if self._inflight:  # the worker went on with the next one, which it held
+            nxt = self._inflight[0]
+            nxt.began = now
+            if nxt.started is not None:
+                nxt.started()
         self._arm_deadline()
         if self.state == WorkerState.BUSY and not self._inflight:
             self.state = WorkerState.READY
         head.done(result)
         if self.has_room:
             self._on_idle(self)
+
+    def _adapt_depth(self, seconds: float) -> None:
+        """Fold one batch's time into the estimate and size the send-ahead depth from it."""
+        est = self._service
+        est = seconds if est == 0.0 else est + SERVICE_EWMA * (seconds - est)
+        self._service = est
+        self.max_inflight = send_ahead_depth(est, self._depth_cap)
 
     def _frame_limit(self, kind: int) -> int:
         """The most body bytes the next frame of `kind` may declare: a RESULT (or STREAM)
@@ -471,14 +509,25 @@ class Worker:
                 self._proc.send_signal(signal.SIGKILL)
 
 
+def send_ahead_depth(batch_seconds: float, cap: int) -> int:
+    """Batches a worker may hold (running and sent ahead) when a batch takes `batch_seconds`:
+    the running one plus as many as run within SEND_AHEAD_BUDGET_S, at least
+    MIN_SEND_AHEAD_DEPTH in all, at most `cap`."""
+    fits = 1 + int(SEND_AHEAD_BUDGET_S / batch_seconds) if batch_seconds > 0.0 else 0
+    return min(cap, max(MIN_SEND_AHEAD_DEPTH, fits))
+
+
 @dataclass(slots=True)
 class _Batch:
     batch_id: int
     requests: Sequence[InferenceRequest]
     done: BatchCallback
     timeout: float | None
-    sent: float  # perf_counter when the batch was written to the socket
+    # perf_counter when the worker started it: when it was written to the socket of a worker
+    # holding nothing, or when the batch before it was answered
+    began: float
     partial: PartialCallback | None = None
+    started: Callable[[], None] | None = None  # called when it reaches the head
     deadline: float | None = None  # loop time; set when it reaches the head of the queue
 
 

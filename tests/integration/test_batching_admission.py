@@ -61,9 +61,10 @@ def test_full_queue_answers_503_at_once(server: ServerProcess, store: Path):
         async with aiohttp.ClientSession() as s:
             busy = asyncio.create_task(post(s, url, {"sleep": 3, "tag": "busy"}))
             await asyncio.to_thread(wait_queued, server, "tiny-queue", 0)  # the worker has it
-            # The first is sent ahead to the busy worker (default_max_inflight_batches 2);
-            # the next two fill the queue.
-            queued = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(3)]
+            # The first is sent ahead to wait in the busy worker's socket, the second in the
+            # queue: both wait, and the bound counts both (jobQueueSize 2: full).
+            queued = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(2)]
+            await asyncio.to_thread(wait_held, server, "tiny-queue", 2)
             await asyncio.to_thread(wait_queued, server, "tiny-queue", 2)  # the queue is full
             rejected = await post(s, url, {"tag": "over"})
             busy_done_when_rejected = busy.done()
@@ -75,7 +76,7 @@ def test_full_queue_answers_503_at_once(server: ServerProcess, store: Path):
     assert status == 503 and headers["Retry-After"] == "1"
     assert body["type"] == "ServiceUnavailableException" and "queue is full" in body["message"]
     assert not busy_done  # the 503 came while the worker was still busy: nothing waited
-    assert [r[0] for r in rest] == [200, 200, 200, 200]
+    assert [r[0] for r in rest] == [200, 200, 200]
 
 
 def test_response_timeout_is_504_and_the_worker_is_replaced(server: ServerProcess,
@@ -105,13 +106,13 @@ def test_disconnected_client_is_never_run(server: ServerProcess, store: Path, tm
         async with aiohttp.ClientSession() as s:
             busy = asyncio.create_task(post(s, url, {"sleep": 2, "tag": "busy"}))
             await asyncio.to_thread(wait_queued, server, "ledgered", 0)  # the worker has it
-            # "ahead" is sent to the busy worker's socket (default_max_inflight_batches 2);
-            # "queued" and "gone" wait in the queue behind it.
+            # "ahead" is sent to the busy worker's socket (its slow batches keep the depth at
+            # 2: the running one and one sent ahead); "queued" and "gone" wait in the queue.
             ahead = asyncio.create_task(post(s, url, {"tag": "ahead"}))
             queued = asyncio.create_task(post(s, url, {"tag": "queued"}))
-            await asyncio.to_thread(wait_queued, server, "ledgered", 1)
+            await asyncio.to_thread(wait_queued, server, "ledgered", 2)  # both wait
             gone = asyncio.create_task(post(s, url, {"tag": "gone"}))
-            await asyncio.to_thread(wait_queued, server, "ledgered", 2)  # it waits its turn
+            await asyncio.to_thread(wait_queued, server, "ledgered", 3)  # it waits its turn
             gone.cancel()  # the client hangs up
             with pytest.raises(asyncio.CancelledError):
                 await gone
@@ -296,7 +297,8 @@ def test_overlap_is_declared_by_the_handler_and_capped_by_the_config(server: Ser
         server.management.post("/models", params={"url": f"{name}.mar"}).raise_for_status()
     depth = {name: server.management.get(f"/models/{name}").json()[0]["workers"][0][
         "maxInflightBatches"] for name in names}
-    # TorchServe handlers do not say: default_max_inflight_batches (2), one sent ahead.
+    # TorchServe handlers do not say: the depth follows the batch times, from 2 (one sent
+    # ahead) up to default_max_inflight_batches; nothing has run yet, so 2.
     assert depth == {"overlapping": 4, "capped": 2, "plain": 2, "single": 1}
 
     async def burst():

@@ -255,9 +255,9 @@ def test_gauges_show_the_queue_in_flight_requests_and_busy_workers(server: Serve
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 snap = await asyncio.to_thread(scrape, server)
-                # One runs, one is sent ahead to the busy worker's socket
-                # (default_max_inflight_batches 2), one waits in the queue.
-                if snap.value("serving_queue_depth", model="slow") == 1:
+                # One runs, one is sent ahead to the busy worker's socket (slow batches: 2
+                # in flight), one waits in the queue: two wait for the worker to start them.
+                if snap.value("serving_queue_depth", model="slow") == 2:
                     seen.append(snap)
                     break
                 await asyncio.sleep(0.05)

@@ -23,8 +23,9 @@ def wait_for(predicate: Callable[[], Any], what: str = "condition", timeout: flo
 
 
 def wait_queued(server: ServerProcess, model: str, pending: int, timeout: float = 120) -> None:
-    """Wait until `model` has every worker busy and `pending` requests waiting in its queue:
-    a request reached a worker, or the queue, when describe says so, not after a guess."""
+    """Wait until `model` has every worker busy and `pending` requests waiting (not started:
+    in its queue, or sent ahead to a busy worker's socket): a request reached a worker, or
+    the queue, when describe says so, not after a guess."""
     def reached() -> bool:
         (described,) = server.management.get(f"/models/{model}").json()
         return (all(w["busy"] for w in described["workers"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from serving.errors import ServiceUnavailable, ServingError, WorkerDied
+from serving.errors import NotStarted, ServiceUnavailable, ServingError, WorkerDied
 from serving.metrics.catalog import FAILURE_REASONS, ServerMetrics
 from serving.routing.batcher import Batcher, QueueFull
 from serving.routing.scheduler import Scheduler
@@ -46,7 +46,7 @@ async def test_every_ending_is_counted_once():
     worker.answer(WorkerDied("gone"))                     # ...counted once, as 499
     s.add_worker(worker)
     custom = s.submit(InferenceRequest("custom", []))
-    _requests, done = worker.pending.pop(0)
+    _requests, done, _ = worker.pending.pop(0)
     done([InferenceResponse(b"", 418)])                  # the worker is not idle again
     late = s.submit(InferenceRequest("deadline", []), queue_timeout=0.01)
     await asyncio.sleep(0.05)                             # deadline passes: 504
@@ -82,3 +82,31 @@ async def test_a_batch_error_counts_each_request_under_its_reason():
     assert reasons(server) == {"handler_error": 3}
     batch = server.batch_size.histogram("m", "1.0")
     assert batch.sum == 3 and sum(batch.counts) == 1
+
+
+@run
+async def test_queue_wait_ends_when_a_batch_sent_ahead_starts_and_is_counted_once():
+    server = ServerMetrics(hostname="h")
+    s = Scheduler(Batcher(batch_size=1, max_delay=0.0, capacity=10), response_timeout=None,
+                  metrics=server.model("m", "1.0"))
+    wait = server.queue_wait.histogram("m", "1.0")
+    a = FakeWorker("a", depth=3)
+    s.add_worker(a)
+    jobs = [s.submit(InferenceRequest(str(i), [])) for i in range(3)]
+    assert a.batches == [["0"], ["1"], ["2"]]
+    assert sum(wait.counts) == 1          # "1" and "2" wait in the socket: not dispatched yet
+    await asyncio.sleep(0.02)
+    a.answer()                            # "1" starts after waiting behind "0"
+    assert sum(wait.counts) == 2 and wait.sum >= 0.02
+    s.remove_worker(a)
+    a.answer(WorkerDied("died"))          # "1" fails; "2" never started: queued again
+    a.answer(NotStarted("never started"))
+    assert sum(wait.counts) == 2          # nothing counted for a batch that never started
+    b = FakeWorker("b")
+    s.add_worker(b)                       # "2" starts on the replacement: counted now, once
+    assert sum(wait.counts) == 3
+    b.answer()
+    await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
+    assert sum(wait.counts) == 3
+    # Batches that ran: "0", "1" (its worker died under it) and "2", on the replacement.
+    assert sum(server.inference.histogram("m", "1.0").counts) == 3

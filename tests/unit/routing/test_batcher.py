@@ -8,10 +8,16 @@ from collections.abc import Sequence
 import pytest
 import uvloop
 
-from serving.errors import NotStarted, ServiceUnavailable, ServingError, WorkerDied
+from serving.errors import (
+    NotStarted,
+    ResponseTimeout,
+    ServiceUnavailable,
+    ServingError,
+    WorkerDied,
+)
 from serving.routing.batcher import Batcher, Job, QueueFull, QueueTimeout
 from serving.routing.scheduler import Scheduler
-from serving.types import InferenceRequest, InferenceResponse
+from serving.types import InferenceRequest, InferenceResponse, Input
 
 
 def job(arrival: float, rid: str = "r") -> Job:
@@ -75,17 +81,26 @@ class FakeWorker:
     def busy(self) -> bool:
         return bool(self.pending)
 
-    def run(self, requests: Sequence[InferenceRequest], done, timeout, partial=None) -> int:
+    def run(self, requests: Sequence[InferenceRequest], done, timeout, partial=None,
+            started=None) -> int:
         assert self.has_room, "a worker got a batch beyond what it declared it can hold"
+        assert (started is None) == (not self.pending), \
+            "a batch sent ahead must say when it starts; one that starts at once must not"
         self.batches.append([r.request_id for r in requests])
-        self.pending.append((requests, done))
+        self.pending.append((requests, done, started))
         return len(self.batches)
 
     def cancel(self, token: object, index: int) -> None:
         self.cancelled.append((token, index))
 
     def answer(self, error: ServingError | None = None) -> None:
-        requests, done = self.pending.pop(0)
+        """Answer the batch at the head; as the real worker, start the next one held."""
+        requests, done, _ = self.pending.pop(0)
+        # A worker that died or was replaced starts nothing more: what it held comes back
+        # NotStarted.
+        stopped = isinstance(error, (WorkerDied, ResponseTimeout, NotStarted))
+        if self.pending and self.pending[0][2] is not None and not stopped:
+            self.pending[0][2]()
         done(error or [InferenceResponse(f"{self.name}:{r.request_id}".encode())
                        for r in requests])
 
@@ -272,3 +287,56 @@ async def test_a_partial_batch_waits_for_its_first_requests_deadline():
     assert w.batches == [["a", "b"]]
     w.answer()
     assert [(await j.future).body for j in (a, b)] == [b"w:a", b"w:b"]
+
+
+@run
+async def test_requests_sent_ahead_count_against_the_queue_bound_until_they_start():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=2), response_timeout=None)
+    w = FakeWorker("w", depth=3)
+    s.add_worker(w)
+    running = s.submit(InferenceRequest("run", []))     # starts at once: outside the bound
+    held = [s.submit(InferenceRequest(f"h{i}", [])) for i in range(2)]
+    assert w.batches == [["run"], ["h0"], ["h1"]]        # both wait in the worker's socket
+    assert len(s.batcher) == 0 and s.queued_jobs_state() == (2, 0)
+    with pytest.raises(QueueFull):                       # 2 waiting: the bound is reached
+        s.submit(InferenceRequest("over", []))
+    w.answer()                                           # "h0" starts: one place frees
+    assert s.queued_jobs_state() == (1, 1)
+    later = s.submit(InferenceRequest("later", []))
+    s.add_worker(w)
+    assert w.batches[-1] == ["later"]
+    for _ in range(3):
+        w.answer()
+    assert [(await j.future).body for j in (running, *held, later)] == \
+        [b"w:run", b"w:h0", b"w:h1", b"w:later"]
+    assert s.queued_jobs_state() == (0, 2)
+
+
+@run
+async def test_the_byte_bound_counts_bodies_sent_ahead_too():
+    s = Scheduler(Batcher(batch_size=1, max_delay=0, capacity=10, max_bytes=10),
+                  response_timeout=None)
+    w = FakeWorker("w", depth=2)
+    s.add_worker(w)
+    s.submit(InferenceRequest("run", [Input("body", "application/octet-stream", b"x" * 8)]))
+    s.submit(InferenceRequest("held", [Input("body", "application/octet-stream", b"x" * 8)]))
+    assert w.batches == [["run"], ["held"]]
+    with pytest.raises(QueueFull):   # 8 bytes waiting in the socket + 8 > 10
+        s.submit(InferenceRequest("over", [Input("body", "application/octet-stream",
+                                                 b"x" * 8)]))
+    w.answer()                       # "held" starts: its bytes no longer wait
+    s.submit(InferenceRequest("fits", [Input("body", "application/octet-stream", b"x" * 8)]))
+    assert s.batcher.held_bytes == 0 and s.batcher.queued_bytes == 8
+
+
+def test_send_ahead_depth_follows_the_batch_time():
+    from serving.workers.process import (
+        MIN_SEND_AHEAD_DEPTH,
+        SEND_AHEAD_BUDGET_S,
+        send_ahead_depth,
+    )
+    assert send_ahead_depth(0.0, 16) == MIN_SEND_AHEAD_DEPTH          # nothing measured yet
+    assert send_ahead_depth(SEND_AHEAD_BUDGET_S / 100, 16) == 16       # fast: up to the cap
+    assert send_ahead_depth(SEND_AHEAD_BUDGET_S / 4, 16) == 5          # the running one + 4
+    assert send_ahead_depth(SEND_AHEAD_BUDGET_S * 10, 16) == MIN_SEND_AHEAD_DEPTH  # slow
+    assert send_ahead_depth(SEND_AHEAD_BUDGET_S / 100, 1) == 1         # one at a time stays so

@@ -38,7 +38,8 @@ class StreamingWorker:
         self.batches: list[tuple[Sequence[InferenceRequest], Any, Any]] = []
         self.cancelled: list[tuple[object, int]] = []
 
-    def run(self, requests, done, timeout, partial=None) -> int:
+    def run(self, requests, done, timeout, partial=None, started=None) -> int:
+        assert started is None  # never busy: every batch starts at once
         self.batches.append((requests, done, partial))
         return len(self.batches)
 
