@@ -138,7 +138,7 @@ def test_a_client_gone_while_its_batch_waits_in_the_workers_socket_is_left_out(
             gone = asyncio.create_task(post(s, url, {"tag": "gone"}))
             await asyncio.to_thread(wait_held, server, "ahead", 2)  # sent ahead
             after = asyncio.create_task(post(s, url, {"tag": "after"}))
-            await asyncio.to_thread(wait_queued, server, "ahead", 1)
+            await asyncio.to_thread(wait_queued, server, "ahead", 2)  # "gone" and "after" wait
             gone.cancel()  # the client hangs up while its batch waits in the socket
             with pytest.raises(asyncio.CancelledError):
                 await gone
@@ -168,7 +168,7 @@ def test_worker_death_answers_its_requests_at_once_and_others_continue(
             dying = asyncio.create_task(post(s, url, {"exit": True}))
             await asyncio.to_thread(wait_held, server, "mortal", 2)
             waiting = [asyncio.create_task(post(s, url, {"tag": i})) for i in range(3)]
-            await asyncio.to_thread(wait_queued, server, "mortal", 3)
+            await asyncio.to_thread(wait_queued, server, "mortal", 4)  # the fatal one too
             return await busy, await dying, await asyncio.gather(*waiting)
 
     busy, dying, waiting = asyncio.run(scenario())
