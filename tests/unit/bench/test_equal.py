@@ -173,7 +173,7 @@ def test_runner_fails_a_run_with_bad_answers_and_passes_a_clean_one(
                for f in runner.failures)
 
 
-def test_headline_noop_is_plain_and_only_the_variant_overlaps(tmp_path: Path) -> None:
+def test_headline_noop_is_plain_and_the_variants_only_set_the_depth(tmp_path: Path) -> None:
     """The equal-terms claim: the archive both servers run declares no overlap; the variants
     differ from it only by `maxInflightBatches` in their model-config.yaml."""
     import zipfile
@@ -185,7 +185,7 @@ def test_headline_noop_is_plain_and_only_the_variant_overlaps(tmp_path: Path) ->
 
     assert not getattr(NoopHandler, "can_overlap", False)
     noop_archives(tmp_path)
-    for name, depth in (("overlap", 4), ("single", 1)):
+    for name, depth in (("ahead1", 2), ("single", 1)):
         with zipfile.ZipFile(tmp_path / "noop-plain.mar") as plain, \
                 zipfile.ZipFile(tmp_path / f"noop-plain-{name}.mar") as variant:
             assert "model-config.yaml" not in plain.namelist()
