@@ -49,7 +49,7 @@ HEADLINE_LEVELS = [1, 16]
 OVERLAP_NOTE = "(this server only; TorchServe column: its plain b1 run)"
 OVERLAP_TEXT = ("The plain rows run this server as it ships: while a worker runs a batch, "
                 "its next full batches are sent ahead to wait in its socket, as many as its "
-                "recent batch times say run within ~2 ms (up to "
+                "recent batch times say run within ~4 ms (up to "
                 "`default_max_inflight_batches` 16 in flight; handlers still run one batch at "
                 "a time, what they see is unchanged). Two variants show what that default "
                 "does, each divided by TorchServe's plain b1 run of the same rep: the "

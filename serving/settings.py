@@ -64,7 +64,7 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
 # (serving/routing/addresses.py) still refuse internal and metadata hosts.
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 # The most batches in flight to one worker by default: the one it runs and up to 15 sent ahead,
-# as many as its recent batch times say run within ~2 ms (at least one; see
+# as many as its recent batch times say run within ~4 ms (at least one; see
 # serving/workers/process.py, SEND_AHEAD_BUDGET_S).
 DEFAULT_MAX_INFLIGHT_BATCHES = 16
 

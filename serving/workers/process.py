@@ -43,10 +43,10 @@ CONTROL_FRAME_LIMIT = 64 * 1024 * 1024
 # batches (a noop, a small model) then reach the worker many at a time and it runs them
 # without a sleep and a wake-up each; a batch held behind others of a busy worker, while
 # another worker may free up first, waits at most about this long for its turn.
-SEND_AHEAD_BUDGET_S = 0.002
+SEND_AHEAD_BUDGET_S = 0.004
 MIN_SEND_AHEAD_DEPTH = 2
 # Weight of the latest batch in the running estimate of a batch's time.
-SERVICE_EWMA = 0.25
+SERVICE_EWMA = 0.1
 
 
 class WorkerState(enum.Enum):
