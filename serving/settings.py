@@ -65,7 +65,7 @@ UNSUPPORTED_TORCHSERVE_KEYS = {
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 # The most batches in flight to one worker by default: the one it runs and up to 15 sent ahead,
 # as many as its recent batch times say run within ~4 ms (at least one; see
-# serving/workers/process.py, SEND_AHEAD_BUDGET_S).
+# serving/workers/sendahead.py).
 DEFAULT_MAX_INFLIGHT_BATCHES = 16
 
 

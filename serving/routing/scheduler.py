@@ -189,7 +189,7 @@ class Scheduler:
                 self.batcher.hold(batch)
                 started = partial(self._started, batch)
             else:
-                self._started(batch, False)
+                self._started(batch)
             token = worker.run([job.request for job in batch], partial(self._done, batch),
                                self.response_timeout, partial(_partial, batch), started)
             for i, job in enumerate(batch):  # so that a client going away can be told
@@ -255,10 +255,10 @@ class Scheduler:
         # reads a hair before its deadline; the deadline has passed by definition here.
         self._dispatch(max(self._loop.time(), deadline))
 
-    def _started(self, batch: list[Job], held: bool = True) -> None:
+    def _started(self, batch: list[Job]) -> None:
         """A batch reached its worker's head: its queue wait ends now (so the queue-time
         metrics count a wait in a worker's socket as the wait it is)."""
-        if held:
+        if batch[0].state is JobState.SENT:
             self.batcher.release_held(batch)
         dispatched = self.metrics.dispatched
         now = perf_counter()

@@ -24,6 +24,7 @@ from serving.workers.ipc import MAX_FRAME, Kind, Message, Oversize, ProtocolErro
 from serving.workers.lifeline import GATEWAY_PID_ENV
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import spawn_env
+from serving.workers.sendahead import SendAhead
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,6 @@ FRAME_META_ALLOWANCE = 64 * 1024
 ITEM_META_ALLOWANCE = 64 * 1024
 # Any other frame from a worker (LOADED, PONG) is small; a larger one is a broken worker.
 CONTROL_FRAME_LIMIT = 64 * 1024 * 1024
-
-# Send-ahead depth when neither the handler nor the model config names one: always the
-# running batch and the next one; more (up to `default_max_inflight_batches`) while the
-# batches already held would run within this budget by the worker's recent batch times. Fast
-# batches (a noop, a small model) then reach the worker many at a time and it runs them
-# without a sleep and a wake-up each; a batch held behind others of a busy worker, while
-# another worker may free up first, waits at most about this long for its turn.
-SEND_AHEAD_BUDGET_S = 0.004
-MIN_SEND_AHEAD_DEPTH = 2
-# Weight of the latest batch in the running estimate of a batch's time.
-SERVICE_EWMA = 0.1
 
 
 class WorkerState(enum.Enum):
@@ -80,7 +70,7 @@ class WorkerSpec:
     max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
     # The most batches in flight to a worker whose handler and config say nothing
     # (`default_max_inflight_batches`): how many of them are used follows its batch times
-    # (SEND_AHEAD_BUDGET_S).
+    # (serving/workers/sendahead.py).
     default_inflight: int = DEFAULT_MAX_INFLIGHT_BATCHES
     max_response_size: int | None = None  # bytes of one answer's body; None: no limit
     module: str = "serving.workers.main"  # the worker program (`python -m`)
@@ -120,8 +110,7 @@ class Worker:
         # Python 3.11, and the deadline is re-armed for every batch.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_inflight = 1  # batches it may hold now
-        self._depth_cap = 0  # > 0: max_inflight follows its batch times, up to this
-        self._service = 0.0  # running estimate of one batch's time (s); 0: none measured yet
+        self._send_ahead: SendAhead | None = None  # max_inflight follows its batch times
         self._exited = asyncio.Event()
         self._retired = False  # being replaced (timeout, protocol breach): takes no batch
         self._flushes: deque[asyncio.Future[None]] = deque()  # FLUSHes not answered yet
@@ -190,8 +179,8 @@ class Worker:
         if depth:  # named by the model's config or its handler: fixed
             self.max_inflight = max(1, depth)
         else:
-            self._depth_cap = max(1, self.spec.default_inflight)
-            self.max_inflight = min(MIN_SEND_AHEAD_DEPTH, self._depth_cap)
+            self._send_ahead = SendAhead(self.spec.default_inflight)
+            self.max_inflight = self._send_ahead.depth
         self.state = WorkerState.READY
 
     def run(self, requests: Sequence[InferenceRequest], done: BatchCallback,
@@ -348,7 +337,7 @@ class Worker:
     def _finish_head(self, result: list[InferenceResponse] | ServingError) -> None:
         head = self._inflight.popleft()
         now = time.perf_counter()
-        if self._depth_cap:
+        if self._send_ahead is not None:
             self._adapt_depth(now - head.began)
         if self._inflight:  # the worker went on with the next one, which it held
             nxt = self._inflight[0]
@@ -363,11 +352,9 @@ class Worker:
             self._on_idle(self)
 
     def _adapt_depth(self, seconds: float) -> None:
-        """Fold one batch's time into the estimate and size the send-ahead depth from it."""
-        est = self._service
-        est = seconds if est == 0.0 else est + SERVICE_EWMA * (seconds - est)
-        self._service = est
-        self.max_inflight = send_ahead_depth(est, self._depth_cap)
+        """Fold one batch's time in and size the send-ahead depth from it."""
+        assert self._send_ahead is not None
+        self.max_inflight = self._send_ahead.observe(seconds)
 
     def _frame_limit(self, kind: int) -> int:
         """The most body bytes the next frame of `kind` may declare: a RESULT (or STREAM)
@@ -507,14 +494,6 @@ class Worker:
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGKILL)
-
-
-def send_ahead_depth(batch_seconds: float, cap: int) -> int:
-    """Batches a worker may hold (running and sent ahead) when a batch takes `batch_seconds`:
-    the running one plus as many as run within SEND_AHEAD_BUDGET_S, at least
-    MIN_SEND_AHEAD_DEPTH in all, at most `cap`."""
-    fits = 1 + int(SEND_AHEAD_BUDGET_S / batch_seconds) if batch_seconds > 0.0 else 0
-    return min(cap, max(MIN_SEND_AHEAD_DEPTH, fits))
 
 
 @dataclass(slots=True)

@@ -330,7 +330,7 @@ async def test_the_byte_bound_counts_bodies_sent_ahead_too():
 
 
 def test_send_ahead_depth_follows_the_batch_time():
-    from serving.workers.process import (
+    from serving.workers.sendahead import (
         MIN_SEND_AHEAD_DEPTH,
         SEND_AHEAD_BUDGET_S,
         send_ahead_depth,

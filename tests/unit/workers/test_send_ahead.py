@@ -15,7 +15,7 @@ import uvloop
 from serving.errors import ServingError
 from serving.settings import DEFAULT_MAX_INFLIGHT_BATCHES
 from serving.types import InferenceRequest, InferenceResponse, Input
-from serving.workers.process import MIN_SEND_AHEAD_DEPTH, SEND_AHEAD_BUDGET_S
+from serving.workers.sendahead import MIN_SEND_AHEAD_DEPTH, SEND_AHEAD_BUDGET_S
 from tests.support.stub_worker import stub
 
 
