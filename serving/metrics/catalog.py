@@ -203,15 +203,10 @@ def _ts_name(family: Family) -> str:
 
 @dataclass(slots=True)
 class _Disabled:
-    """Stands in for a TorchServe metric that metrics.yaml leaves out."""
+    """Stands in for a TorchServe metric that metrics.yaml leaves out: the request path adds
+    to and sets its `value` as on a real child, and nothing exports it."""
 
     value: float = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        pass
-
-    def set(self, value: float) -> None:
-        pass
 
 
 class ModelMetrics:
@@ -259,18 +254,20 @@ class ModelMetrics:
 
     def received(self) -> None:
         """A request reached the model version (answered or not)."""
-        self._ts_requests.inc()
+        self._ts_requests.value += 1
 
-    # The histograms' observe is written out in the calls below (one Python call less per
-    # update: these run for every request); HistogramChild.observe is the reference.
+    # The updates are written out in the calls below (a counter's `value +=`, a gauge's
+    # `value =`, a histogram's observe): one Python call less per update, and these run for
+    # every request. CounterChild.inc, GaugeChild.set and HistogramChild.observe are the
+    # reference.
 
     def dispatched(self, waited: float) -> None:
         """A request left the queue for a worker after `waited` seconds."""
         wait = self._queue_wait
         wait.counts[_bisect(wait.bounds, waited)] += 1
         wait.sum += waited
-        self._ts_queue.inc(waited * 1e6)
-        self._queue_time.set(waited * 1000)
+        self._ts_queue.value += waited * 1e6
+        self._queue_time.value = waited * 1000
 
     def batch_done(self, size: int, seconds: float) -> None:
         """A batch of `size` was answered `seconds` after it was handed to a worker."""
@@ -286,7 +283,7 @@ class ModelMetrics:
         is TorchServe's WorkerThreadTime)."""
         spent = meta.get("t")
         if type(spent) is float:
-            self._thread_time.set(max(0.0, seconds - spent) * 1000)
+            self._thread_time.value = max(0.0, seconds - spent) * 1000
 
     def handler_metrics(self, updates: Any) -> None:
         """A worker's METRICS: what its handler recorded since it last sent them."""
@@ -303,7 +300,7 @@ class ModelMetrics:
         latency = self._latency
         latency.counts[_bisect(latency.bounds, seconds)] += 1
         latency.sum += seconds
-        self._ts_latency.inc(seconds * 1e6)
+        self._ts_latency.value += seconds * 1e6
 
     def failed(self, reason: str) -> None:
         self._failures[reason].inc()
