@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 
 from serving.errors import BadRequest, ServingError, http_status
 from serving.gateway.auth import TokenAuthorization, TokenKind
+from serving.gateway.observed import count_status
 from serving.gateway.requestids import scope_request_id
 from serving.gateway.responses import JSON, error_body, error_headers
 
@@ -95,6 +96,7 @@ async def _send_error(scope: Scope, send: Send, error: ServingError) -> None:
                (b"content-length", str(len(body)).encode())]
     if error.code == 401:
         headers.append((b"www-authenticate", b'Bearer realm="serving"'))
+    count_status(scope, error.code)  # a refusal on a route whose app counts its answers
     await send({"type": "http.response.start", "status": http_status(error.code),
                 "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -14,6 +14,7 @@ from serving.errors import BadRequest, MethodNotAllowed, NotFound, ServingError
 from serving.gateway.bodies import read_body
 from serving.gateway.errors import install_error_handlers
 from serving.gateway.guard import LIVENESS_PATH
+from serving.gateway.observed import counted
 from serving.gateway.oip import PREFIX as OIP_PREFIX
 from serving.gateway.oip import OipEndpoint
 from serving.gateway.oip_operations import OIP_ERROR_SCHEMA, OIP_OPERATIONS
@@ -77,6 +78,7 @@ class InferenceApp:
         description, as TorchServe), or a method TorchServe would not serve either (405)."""
         path: str = scope["path"]
         request_id = request_id_of(handler_headers(scope))
+        send = counted(scope, send)  # a route whose answers Observed leaves to this app
         if not model:
             await send_error(send, NotFound(f"Requested resource is not found: {path}; use "
                                             f"/{family}/{{model_name}}[/{{version}}]"),

@@ -6,6 +6,12 @@ when the access log is on. Without the access log, neither the wrapper nor its `
 coroutine of its own: each hands back the awaitable of what it wraps (a coroutine frame less
 per call, three per request), so uvicorn must be told the app speaks ASGI 3
 (`interface="asgi3"`: it cannot tell from a plain `__call__`).
+
+On the prediction routes (`counted_by_app`), without the access log, not even the closure:
+the wrapper puts its counters into the scope and hands `send` through, and whatever answers
+there (the token guard, the inference app's router and endpoint) calls `count_status` just
+before it starts its response. On a noop request the Python calls of the wrapped `send` were
+a measurable part of what metrics cost (bench/results/metrics/).
 """
 
 from __future__ import annotations
@@ -25,15 +31,44 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# The scope key under which Observed leaves its counters to an app that counts its own
+# responses (absent: the app counts nothing, Observed does or nobody does).
+STATUS_COUNTS = "serving.status_counts"
+
+
+def count_status(scope: Scope, code: int) -> None:
+    """For an app on a route Observed leaves to it: count the response of status `code`
+    (a code outside HTTP's range answers 500) it is about to start."""
+    by_class = scope.get(STATUS_COUNTS)
+    if by_class is not None:
+        child = by_class[(code if 100 <= code <= 599 else 500) // 100]
+        if child is not None:
+            child.value += 1
+
+
+def counted(scope: Scope, send: Send) -> Send:
+    """`send` that counts the response it starts, by count_status: for the rarer answers on
+    a route an app counts itself."""
+
+    def count(message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            count_status(scope, message["status"])
+        return send(message)
+
+    return count
+
 
 class Observed:
     """Counts responses by status class and writes the access log, around `app`."""
 
     def __init__(self, app: App, metrics: ServerMetrics | None,
-                 access: logging.Logger | None, access_json: bool = False) -> None:
+                 access: logging.Logger | None, access_json: bool = False,
+                 counted_by_app: tuple[str, ...] = ()) -> None:
         self.app = app
         self.access = access
         self.access_json = access_json
+        # Path prefixes whose responses the app counts itself (see count_status).
+        self.counted_by_app = counted_by_app
         # Bound once: a status class to the child it counts in (1xx/3xx count nowhere).
         self._by_class: list[CounterChild | None] = [None] * 6
         if metrics is not None:
@@ -44,6 +79,9 @@ class Observed:
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         if self.access is None:
+            if scope["path"].startswith(self.counted_by_app):
+                scope[STATUS_COUNTS] = self._by_class
+                return self.app(scope, receive, send)
             return self.app(scope, receive, self._counting(send))
         return self._logged(scope, receive, send)
 

@@ -15,6 +15,7 @@ from serving.errors import BadRequest, ClientCancelled, InternalError, ServingEr
 from serving.gateway.bodies import body_inputs, read_body
 from serving.gateway.clientgone import client_gone
 from serving.gateway.cork import send_whole
+from serving.gateway.observed import count_status
 from serving.gateway.responses import error_body, send_answer, send_error
 from serving.routing.dataplane import DataPlane, ResponseStream
 from serving.types import InferenceRequest, InferenceResponse
@@ -82,15 +83,19 @@ class PredictionEndpoint:
         except ClientCancelled:
             return  # nobody is listening for an answer
         except ServingError as e:
+            count_status(scope, e.code)
             await send_whole(scope, send_error(send, e, request_id))
             return
         except ConnectionAbortedError:
             return  # gone while sending its body
         except Exception as e:  # a bug: answer it as one, and keep the connection
             log.exception("unexpected error on %s", scope.get("path"))
+            count_status(scope, 500)
             await send_error(send, InternalError(f"Internal error: {type(e).__name__}"),
                              request_id)
             return
+        # Observed leaves the count of Requests2XX/4XX/5XX on this route to this endpoint.
+        count_status(scope, answer.status)
         if answer.final:
             await send_whole(scope, send_answer(send, answer, request_id))
         else:

@@ -22,7 +22,7 @@ from serving.gateway.auth import KEY_FILE_NAME, TokenAuthorization, TokenKind
 from serving.gateway.grpc.server import GrpcServers
 from serving.gateway.guard import Guarded
 from serving.gateway.httplimits import limited_protocol
-from serving.gateway.inference import InferenceApp
+from serving.gateway.inference import HOT_PREFIXES, InferenceApp
 from serving.gateway.management import create_management_app
 from serving.gateway.memory import ConnectionTrimmer
 from serving.gateway.metricsapi import MetricsApp
@@ -124,8 +124,10 @@ class Server:
         # Outside the token guard, so that refusals are counted and logged too.
         access = logging.getLogger(ACCESS_LOGGER) if s.access_log else None
         if metrics is not None or access is not None:
+            # The inference app counts the answers of its prediction routes itself.
             apps = [Observed(app, metrics.server if metrics else None, access,
-                             s.access_log_format == "json") for app in apps]
+                             s.access_log_format == "json", counted_by_app=prefixes)
+                    for app, prefixes in zip(apps, (HOT_PREFIXES, ()), strict=True)]
         if metrics is not None:
             apps.append(MetricsApp(metrics.registry, manager.flush_handler_metrics))
             metrics.before_log = manager.flush_handler_metrics

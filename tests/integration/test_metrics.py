@@ -123,6 +123,29 @@ def test_counts_match_the_requests_sent_per_model_and_status(server: ServerProce
                        le="+Inf") == count
 
 
+def test_every_answer_on_the_prediction_routes_counts_in_its_status_class(
+        server: ServerProcess):
+    """The inference app counts the answers of its prediction routes itself (no wrapped
+    `send` there): the rarer ones too, and the other routes through the wrapper."""
+    before = scrape(server)
+    inference = server.inference
+    assert inference.request("OPTIONS", "/predictions/alpha").status_code == 200  # described
+    assert inference.request("TRACE", "/predictions/alpha").status_code == 405
+    assert inference.post("/predictions/", json={}).status_code == 404  # no model named
+    assert inference.post("/predictions/alpha/9.9", json={}).status_code == 404  # no version
+    assert inference.post("/predictions/alpha", json={},  # refused before it queues
+                          headers={"x-request-timeout-ms": "soon"}).status_code == 400
+    assert inference.get("/ping").status_code == 200  # a route the wrapper counts
+    assert server.management.get("/models/nobody").status_code == 404  # the management API
+    after = scrape(server)
+    assert after.value("Requests2XX_total", Level="Host") \
+        - before.value("Requests2XX_total", Level="Host") == 2
+    assert after.value("Requests4XX_total", Level="Host") \
+        - before.value("Requests4XX_total", Level="Host") == 5
+    assert after.value("Requests5XX_total", Level="Host") \
+        - before.value("Requests5XX_total", Level="Host") == 0
+
+
 def test_torchserve_names_are_exposed_as_torchserve_writes_them(server: ServerProcess):
     post(server, "/predictions/alpha", {})
     text = scrape(server).text

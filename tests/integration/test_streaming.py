@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.archives import build_mar
 from tests.support.polling import wait_for
+from tests.support.scrape import scrape
 from tests.support.server import ServerProcess
 
 
@@ -108,6 +109,14 @@ def test_an_error_after_the_first_chunk_truncates_the_response(server: ServerPro
     assert json.loads(rest)["message"] == "Prediction failed"
     # The worker is fine and the next request is answered whole.
     assert server.inference.post("/predictions/stream", json={"tokens": 1}).content == b"t0end"
+
+
+def test_a_streamed_answer_counts_once_in_its_status_class(server: ServerProcess,
+                                                           ledger: Path):
+    before = scrape(server).value("Requests2XX_total", Level="Host")
+    assert server.inference.post("/predictions/stream", json={"tokens": 3}).content \
+        == b"t0t1t2end"
+    assert scrape(server).value("Requests2XX_total", Level="Host") - before == 1
 
 
 def test_a_client_going_away_stops_the_stream_and_the_handler(server: ServerProcess,

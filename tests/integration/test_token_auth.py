@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.archives import build_mar
+from tests.support.scrape import scrape
 from tests.support.server import ServerProcess
 
 REFUSED = "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
@@ -44,6 +45,17 @@ def assert_refused(r: httpx.Response) -> None:
 
 def predict(srv: ServerProcess, headers: dict[str, str]) -> httpx.Response:
     return srv.inference.post("/predictions/echo", json={"a": 1}, headers=headers)
+
+
+def test_refusals_count_as_4xx_on_the_prediction_routes_too(secured: ServerProcess):
+    """The guard answers before the inference app, which counts its own routes' answers."""
+    def refused() -> float:
+        return scrape(secured).value("Requests4XX_total", Level="Host")
+
+    before = refused()
+    assert_refused(predict(secured, {}))
+    assert_refused(secured.management.get("/models"))
+    assert refused() - before == 2
 
 
 def test_key_file_is_torchserves_and_private(secured: ServerProcess):
