@@ -10,8 +10,9 @@ alike. Writes `raw.jsonl` (one row per window) and `report.md` with medians, min
                                  [--out DIR]
 
 Without `--depth` the noop archive says nothing and the server's default applies
-(`default_max_inflight_batches`, 2: the worker's next full batch is sent ahead while it runs
-one). `--depth N` gives the archive `maxInflightBatches: N` (1: one batch at a time).
+(full batches sent ahead while the worker runs one, as many as its recent batch times fit in
+4 ms, up to `default_max_inflight_batches`: serving/workers/sendahead.py). `--depth N` gives
+the archive `maxInflightBatches: N` (1: one batch at a time).
 """
 
 from __future__ import annotations
@@ -178,8 +179,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + "`: two servers at once, every "
         "process of both on CPU 0, the aiohttp client on CPU 1, windows alternated ABBA; "
         "batch 1, one worker, "
-        + ("the server's default dispatch (`default_max_inflight_batches`: the next full "
-           "batch sent ahead while the worker runs one)." if args.depth is None else
+        + ("the server's default dispatch (full batches sent ahead while the worker runs "
+           "one, as many as its batch times fit in 4 ms, up to "
+           "`default_max_inflight_batches`)." if args.depth is None else
            "one batch at a time (`maxInflightBatches: 1`)." if args.depth == 1 else
            f"up to {args.depth} batches sent to it at once (maxInflightBatches).") + "", "",
         "| metrics | windows | median req/s | min | max | median p50 ms | median p99 ms | "
