@@ -36,9 +36,20 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 STATUS_COUNTS = "serving.status_counts"
 
 
+# Requests2XX/4XX/5XX by status class (index 2, 4, 5); None where a class counts nowhere.
+StatusCounts = list[CounterChild | None]
+
+
+def _count(by_class: StatusCounts, code: int) -> None:
+    """Count a response of status `code` (outside HTTP's range: it answers 500)."""
+    child = by_class[(code if 100 <= code <= 599 else 500) // 100]
+    if child is not None:
+        child.value += 1
+
+
 def count_status(scope: Scope, code: int) -> None:
-    """For an app on a route Observed leaves to it: count the response of status `code`
-    (a code outside HTTP's range answers 500) it is about to start."""
+    """For an app on a route Observed leaves to it: count the response of status `code` it is
+    about to start. `_count` written out: this runs for every prediction."""
     by_class = scope.get(STATUS_COUNTS)
     if by_class is not None:
         child = by_class[(code if 100 <= code <= 599 else 500) // 100]
@@ -46,16 +57,22 @@ def count_status(scope: Scope, code: int) -> None:
             child.value += 1
 
 
-def counted(scope: Scope, send: Send) -> Send:
-    """`send` that counts the response it starts, by count_status: for the rarer answers on
-    a route an app counts itself."""
+def counting(by_class: StatusCounts, send: Send) -> Send:
+    """`send`, counting the status class of the response it starts."""
 
     def count(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            count_status(scope, message["status"])
+            _count(by_class, message["status"])
         return send(message)
 
     return count
+
+
+def counted(scope: Scope, send: Send) -> Send:
+    """`send` that counts the response it starts if Observed left the count to the app: for
+    the rarer answers on such a route."""
+    by_class = scope.get(STATUS_COUNTS)
+    return send if by_class is None else counting(by_class, send)
 
 
 class Observed:
@@ -70,7 +87,7 @@ class Observed:
         # Path prefixes whose responses the app counts itself (see count_status).
         self.counted_by_app = counted_by_app
         # Bound once: a status class to the child it counts in (1xx/3xx count nowhere).
-        self._by_class: list[CounterChild | None] = [None] * 6
+        self._by_class: StatusCounts = [None] * 6
         if metrics is not None:
             for cls in (2, 4, 5):
                 self._by_class[cls] = metrics.http_status(cls * 100)
@@ -82,7 +99,7 @@ class Observed:
             if scope["path"].startswith(self.counted_by_app):
                 scope[STATUS_COUNTS] = self._by_class
                 return self.app(scope, receive, send)
-            return self.app(scope, receive, self._counting(send))
+            return self.app(scope, receive, counting(self._by_class, send))
         return self._logged(scope, receive, send)
 
     async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,9 +110,7 @@ class Observed:
         async def observe(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen.append(message)
-                child = by_class[message["status"] // 100 % 6]
-                if child is not None:
-                    child.inc()
+                _count(by_class, message["status"])
             await send(message)
 
         try:
@@ -103,19 +118,6 @@ class Observed:
         finally:
             if self.access is not None:
                 self._log(scope, seen[0] if seen else None, time.perf_counter() - start)
-
-    def _counting(self, send: Send) -> Send:
-        """`send`, counting the response's status class (no access log: nothing more)."""
-        by_class = self._by_class
-
-        def count(message: Message) -> Awaitable[None]:
-            if message["type"] == "http.response.start":
-                child = by_class[message["status"] // 100 % 6]
-                if child is not None:
-                    child.inc()
-            return send(message)
-
-        return count
 
     def _log(self, scope: Scope, start: Message | None, seconds: float) -> None:
         assert self.access is not None
