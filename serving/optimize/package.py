@@ -151,7 +151,10 @@ def write_package(
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     example = prepare_inputs(sample, device, variant.channels_last)
-    with COMPILE_LOCK:
+    # Without no_grad Inductor skips freezing (it only freezes inference graphs): weights stay
+    # graph inputs, so neither the oneDNN weight prepack nor the INT8 conv/linear fusions
+    # happen, and a static INT8 package ran at fp32 eager speed (pytorch/ao#4566).
+    with COMPILE_LOCK, torch.no_grad():
         exported = export_batched(variant.module, example, max_batch, dynamic)
         options = {"freezing": True} if device.type == "cpu" else {}
         aoti_compile_and_package(

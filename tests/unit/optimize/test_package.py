@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from serving.optimize.pipeline import build
 from serving.optimize.precompile import precompile
 from serving.optimize.provenance import weights_sha256
 from tests.unit.optimize.models import (
+    ConvClassifier,
     Encoder,
     TokenEncoder,
+    image_samples,
     seeded,
     token_inputs,
     token_samples,
@@ -236,3 +239,31 @@ def test_the_same_settings_are_no_override(package: tuple[Encoder, Path]) -> Non
          "compile": {"mode": "default", "batch_sizes": [2, 4]}})
     _, report = build(model, config, vector_samples(), model_dir=path.parent)
     assert report.package_override is None and report.applied == ["precompiled"]
+
+
+def _wrapper_code(package: Path) -> str:
+    """The C++ wrapper AOTInductor generated: which kernels the package calls."""
+    with zipfile.ZipFile(package) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".wrapper.cpp")]
+        return archive.read(name).decode()
+
+
+def test_a_static_int8_package_runs_onednn_int8_convolutions(tmp_path: Path) -> None:
+    """Built with freezing in effect (export and AOT compile under no_grad): the quantized
+    convolutions are fused into oneDNN's, with prepacked weights. Without it the package
+    dequantized and ran aten's fp32 convolution, slower than fp32 eager (pytorch/ao#4566)."""
+    model = seeded(ConvClassifier)
+    config = OptimizationConfig.model_validate({
+        "device": "cpu", "quantization": {"mode": "static"},
+        "compile": {"mode": "default", "batch_sizes": [1, 2]},
+        "accuracy": {"metric": "max_abs", "max_abs_error": 1e9},
+    })
+    path = precompile(model, config, image_samples(), tmp_path / "int8.pt2", "cpu")
+    assert "int8_static" in json.loads(sidecar_path(path).read_text())["applied"]
+    code = _wrapper_code(path)
+    assert "qconv" in code
+    assert "aoti_torch_cpu_convolution(" not in code
+    loaded, reason = load_precompiled(path, "cpu", weights=weights_sha256(model))
+    assert loaded is not None, reason
+    x = image_samples(count=1, batch=2)[0][0][0]
+    assert loaded(x).argmax(dim=1).shape == (2,)
