@@ -21,7 +21,8 @@ from bench.archive import build_mar
 from serving.handlers.archive import ArchiveLimits, unpack
 from serving.types import InferenceRequest
 from serving.workers.listener import WorkerListener
-from serving.workers.process import Worker, WorkerSpec
+from serving.workers.process import Worker
+from serving.workers.spec import WorkerSpec
 
 EMPTY_HANDLER = '''
 def handle(data, context):

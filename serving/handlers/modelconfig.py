@@ -92,3 +92,23 @@ def frontend_config(data: dict[str, Any], source: str) -> FrontendConfig:
 
 def _is_alias(key: str) -> bool:
     return any(f.alias == key for f in FrontendConfig.model_fields.values())
+
+
+def check_sendable(model_yaml: dict[str, Any], source: str) -> None:
+    """The handler gets model-config.yaml as JSON data; a value YAML reads as something else
+    (an unquoted date, a timestamp, a set) is the archive's error, named by its key."""
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str | int | float | bool) and key is not None:
+                    raise ArchiveError(f"{source}: key {key!r} under {where or 'the top'} "
+                                       "is not a string or number")
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif not isinstance(value, str | int | float | bool) and value is not None:
+            raise ArchiveError(f"{source}: {where}: a {type(value).__name__} value "
+                               f"({value!s:.40}) cannot be passed to the handler; quote it "
+                               "to make it a string")
+    walk(model_yaml, "")

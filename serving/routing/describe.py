@@ -9,7 +9,8 @@ import psutil
 
 from serving.routing.registry import ModelVersion, Registry
 from serving.workers.pinning import format_cpulist
-from serving.workers.process import Worker, WorkerState
+from serving.workers.process import Worker
+from serving.workers.spec import WorkerState
 
 
 def describe_version(mv: ModelVersion) -> dict[str, Any]:

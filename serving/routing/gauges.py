@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from serving.metrics.catalog import ServerMetrics
 from serving.routing.registry import ModelVersion, Registry
-from serving.workers.process import Worker, WorkerState
+from serving.workers.process import Worker
+from serving.workers.spec import WorkerState
 
 
 def worker_name(worker: Worker, model: str, version: str) -> str:

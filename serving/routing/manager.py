@@ -4,16 +4,12 @@ serving/routing/dataplane.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from serving.errors import (
     ArchiveError,
@@ -24,7 +20,12 @@ from serving.errors import (
     ServingError,
 )
 from serving.handlers.archive import ArchiveLimits, UnpackedArchive, unpack
-from serving.handlers.modelconfig import FrontendConfig, frontend_config, read_model_yaml
+from serving.handlers.modelconfig import (
+    FrontendConfig,
+    check_sendable,
+    frontend_config,
+    read_model_yaml,
+)
 from serving.metrics.catalog import NO_METRICS, ServerMetrics
 from serving.oip.metadata import from_model_yaml as oip_metadata
 from serving.optimize.config import check_named_files, from_model_yaml
@@ -39,7 +40,8 @@ from serving.settings import Settings
 from serving.workers import pinning
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import PLACEMENT_ENV, WorkerPlacement
-from serving.workers.process import Worker, WorkerSpec, WorkerState
+from serving.workers.process import Worker
+from serving.workers.spec import WorkerSpec
 from serving.workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -263,7 +265,7 @@ class ModelManager:
     def _place(self, mv: ModelVersion, n: int, model_yaml: dict[str, Any]
                ) -> list[WorkerPlacement]:
         label = f"{mv.name}/{mv.version}"
-        self.resources.check_memory(label, n, worker_memory(mv.pool.workers.values()))
+        self.resources.check_memory(label, n, mv.pool.largest_rss())
         s = mv.settings
         policy = self.resources.policy_for(model_yaml, s.device_type, s.device_ids)
         return self.resources.place(label, n, policy)
@@ -486,18 +488,6 @@ class ModelManager:
         self._downloaded.pop(mv, None)  # kept in the store at shutdown, as TorchServe does
 
 
-def worker_memory(workers: Iterable[Worker]) -> int | None:
-    """The largest resident memory of a model's loaded workers (what one more would need),
-    None when none has loaded yet."""
-    sizes = []
-    for worker in workers:
-        if worker.pid is None or worker.state not in (WorkerState.READY, WorkerState.BUSY):
-            continue
-        with contextlib.suppress(psutil.Error):
-            sizes.append(psutil.Process(worker.pid).memory_info().rss)
-    return max(sizes, default=None)
-
-
 def remove_extracted(archive: UnpackedArchive) -> None:
     if archive.extracted_to is not None:
         shutil.rmtree(archive.extracted_to, ignore_errors=True)
@@ -506,23 +496,3 @@ def remove_extracted(archive: UnpackedArchive) -> None:
 async def _remove_extracted(archive: UnpackedArchive) -> None:
     """rmtree of a large model blocks for seconds: never on the event loop."""
     await asyncio.get_running_loop().run_in_executor(None, remove_extracted, archive)
-
-
-def check_sendable(model_yaml: dict[str, Any], source: str) -> None:
-    """The handler gets model-config.yaml as JSON data; a value YAML reads as something else
-    (an unquoted date, a timestamp, a set) is the archive's error, named by its key."""
-    def walk(value: Any, where: str) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str | int | float | bool) and key is not None:
-                    raise ArchiveError(f"{source}: key {key!r} under {where or 'the top'} "
-                                       "is not a string or number")
-                walk(item, f"{where}.{key}" if where else str(key))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                walk(item, f"{where}[{i}]")
-        elif not isinstance(value, str | int | float | bool) and value is not None:
-            raise ArchiveError(f"{source}: {where}: a {type(value).__name__} value "
-                               f"({value!s:.40}) cannot be passed to the handler; quote it "
-                               "to make it a string")
-    walk(model_yaml, "")

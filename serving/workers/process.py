@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
@@ -12,11 +11,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from serving.errors import InternalError, NotStarted, ResponseTimeout, ServingError, WorkerDied
-from serving.settings import DEFAULT_MAX_INFLIGHT_BATCHES
 from serving.types import InferenceRequest, InferenceResponse
 from serving.workers.batch import decode_result, decode_stream, encode_batch
 from serving.workers.channel import WorkerConnection
@@ -25,6 +23,7 @@ from serving.workers.lifeline import GATEWAY_PID_ENV
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import spawn_env
 from serving.workers.sendahead import SendAhead
+from serving.workers.spec import WorkerSpec, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -37,44 +36,6 @@ FRAME_META_ALLOWANCE = 64 * 1024
 ITEM_META_ALLOWANCE = 64 * 1024
 # Any other frame from a worker (LOADED, PONG) is small; a larger one is a broken worker.
 CONTROL_FRAME_LIMIT = 64 * 1024 * 1024
-
-
-class WorkerState(enum.Enum):
-    STARTING = "STARTING"
-    READY = "READY"
-    BUSY = "BUSY"
-    STOPPING = "STOPPING"
-    DEAD = "DEAD"
-
-
-class ResultObserver(Protocol):
-    """Who hears of every answered batch (its RESULT metadata, with the worker's own time,
-    and how long the round trip took, in seconds) and of the handler's metric updates."""
-
-    def worker_result(self, meta: dict[str, Any], seconds: float) -> None: ...
-
-    def handler_metrics(self, updates: Any) -> None: ...
-
-
-@dataclass
-class WorkerSpec:
-    """What a worker loads (the LOAD message) and how its process is started."""
-
-    load: dict[str, Any]
-    env: dict[str, str] = field(default_factory=dict)
-    log_level: str = "INFO"
-    log_file: str | None = None  # also write the worker's lines here (model_log.log)
-    log_max_bytes: int = 0  # rotate log_file past this size (0: never)
-    log_backup_count: int = 0  # rotated files of log_file kept
-    device: str = "cpu"  # what describe shows, e.g. "cuda:1"
-    max_inflight: int | None = None  # the model config's word on overlap; None: the handler's
-    # The most batches in flight to a worker whose handler and config say nothing
-    # (`default_max_inflight_batches`): how many of them are used follows its batch times
-    # (serving/workers/sendahead.py).
-    default_inflight: int = DEFAULT_MAX_INFLIGHT_BATCHES
-    max_response_size: int | None = None  # bytes of one answer's body; None: no limit
-    module: str = "serving.workers.main"  # the worker program (`python -m`)
-    observer: ResultObserver | None = None  # metrics of each answered batch
 
 
 class Worker:

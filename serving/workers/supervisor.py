@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from serving.errors import InternalError, ServingError
 from serving.workers.backoff import Backoff
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import WorkerPlacement
-from serving.workers.process import Worker, WorkerSpec, WorkerState
+from serving.workers.process import Worker
+from serving.workers.spec import WorkerSpec, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,17 @@ class WorkerPool:
     def ready_count(self) -> int:
         return sum(1 for w in self.workers.values()
                    if w.state in (WorkerState.READY, WorkerState.BUSY))
+
+    def largest_rss(self) -> int | None:
+        """The largest resident memory of the loaded workers (what one more would need),
+        None when none has loaded yet."""
+        sizes = []
+        for worker in self.workers.values():
+            if worker.pid is None or worker.state not in (WorkerState.READY, WorkerState.BUSY):
+                continue
+            with contextlib.suppress(psutil.Error):
+                sizes.append(psutil.Process(worker.pid).memory_info().rss)
+        return max(sizes, default=None)
 
     def _live(self) -> bool:
         return any(w.state not in (WorkerState.STOPPING, WorkerState.DEAD)

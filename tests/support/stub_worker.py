@@ -27,7 +27,8 @@ from serving.workers.channel import BlockingChannel, send_buffers
 from serving.workers.ipc import HEADER, PROTOCOL_VERSION, Kind, Message, encode
 from serving.workers.lifeline import die_with_parent, expected_parent_from_env
 from serving.workers.listener import WorkerListener
-from serving.workers.process import Worker, WorkerSpec
+from serving.workers.process import Worker
+from serving.workers.spec import WorkerSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 Result = list[InferenceResponse] | ServingError

@@ -20,7 +20,8 @@ from serving.errors import ServingError
 from serving.workers.backoff import Backoff
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import WorkerPlacement
-from serving.workers.process import Worker, WorkerSpec, WorkerState
+from serving.workers.process import Worker
+from serving.workers.spec import WorkerSpec, WorkerState
 from serving.workers.supervisor import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[3]

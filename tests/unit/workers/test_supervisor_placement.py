@@ -10,7 +10,7 @@ from serving.routing.resources import Accelerators, Resources
 from serving.settings import Settings
 from serving.workers.listener import WorkerListener
 from serving.workers.pinning import WorkerPlacement
-from serving.workers.process import WorkerSpec
+from serving.workers.spec import WorkerSpec
 from serving.workers.supervisor import WorkerPool
 from tests.unit.routing.test_topology import one_socket_ht
 

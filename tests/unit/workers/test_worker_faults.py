@@ -17,7 +17,7 @@ import uvloop
 from serving.errors import ServingError
 from serving.types import InferenceRequest, Input
 from serving.workers.ipc import PROTOCOL_VERSION
-from serving.workers.process import WorkerState
+from serving.workers.spec import WorkerState
 from tests.support.stub_worker import stub
 
 
