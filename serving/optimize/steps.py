@@ -7,6 +7,7 @@ never modifying the one it was given, so a refused step leaves the last good one
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -102,9 +103,29 @@ class Autocast(nn.Module):
             return self.inner(*args, **kwargs)
 
 
+def _autocast_for(inner: nn.Module) -> type[Autocast]:
+    """Autocast, its forward showing the wrapped forward's parameters: torch.export (2.13)
+    cannot match dynamic shapes to inputs that reach a forward through `**kwargs` (an
+    AssertionError about a tree_name), so a bf16 text model, called with input_ids and
+    attention_mask, could not be packaged."""
+    try:
+        signature = inspect.signature(inner.forward)
+    except (TypeError, ValueError):
+        return Autocast
+
+    def forward(self: Autocast, *args: Any, **kwargs: Any) -> Any:
+        return Autocast.forward(self, *args, **kwargs)
+
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[this, *signature.parameters.values()])
+    return type("Autocast", (Autocast,), {"forward": forward, "__doc__": Autocast.__doc__,
+                                          "__module__": __name__})
+
+
 def with_autocast(variant: Variant, device: torch.device, dtype_name: str) -> Variant:
     if dtype_name == "fp32":
         raise NotApplicable("dtype is fp32")
     dtype = LOW_PRECISION[dtype_name]
-    module = Autocast(variant.module, device.type, dtype)
+    module = _autocast_for(variant.module)(variant.module, device.type, dtype)
     return variant.then(dtype_name, module, autocast=dtype)

@@ -267,3 +267,24 @@ def test_a_static_int8_package_runs_onednn_int8_convolutions(tmp_path: Path) -> 
     assert loaded is not None, reason
     x = image_samples(count=1, batch=2)[0][0][0]
     assert loaded(x).argmax(dim=1).shape == (2,)
+
+
+def test_a_bf16_text_model_taking_keyword_inputs_can_be_packaged(tmp_path: Path) -> None:
+    """The autocast wrapper shows the wrapped forward's parameters, so torch.export can match
+    the symbolic batch and length to input_ids and attention_mask given by keyword (through
+    `**kwargs` it raised an AssertionError, and auto packaged a slower candidate)."""
+    model = seeded(TokenEncoder)
+    config = OptimizationConfig.model_validate({
+        "device": "cpu", "dtype": "bf16", "compile": {"mode": "default", "batch_sizes": [4]},
+        "accuracy": {"metric": "max_abs", "max_abs_error": 1e9},
+    })
+    path = precompile(model, config, token_samples(), tmp_path / "bf16.pt2", "cpu")
+    assert "bf16" in json.loads(sidecar_path(path).read_text())["applied"]
+    loaded, reason = load_precompiled(path, "cpu", weights=weights_sha256(model),
+                                      original=model)
+    assert loaded is not None, reason
+    for batch, length in ((1, 2), (3, 7), (4, TokenEncoder.MAX_LENGTH)):
+        args, kwargs = token_inputs(batch, length, seed=length)
+        got, want = loaded(*args, **kwargs).float(), model(*args, **kwargs)
+        assert got.shape == want.shape
+        assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
