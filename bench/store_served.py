@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from bench.sentences import SENTENCES
 from bench.tsconfig import ModelConfig
 from bench.workload import Plan, Target
 from model_store.build import build_all
+from model_store.optimized import photo_jpegs
 
 REPO = Path(__file__).resolve().parents[1]
 STORES = REPO / "model_store" / "build"
@@ -53,24 +53,10 @@ LEVELS = (("b1", 1, 100, 1), ("b8", 8, 10, 16))
 IMAGES = 100  # one top-1 disagreement is 1%
 
 
-def images(count: int = IMAGES, seed: int = 7) -> list[bytes]:
-    """JPEG photos stand-ins of 200-520 px a side: smooth colour fields with grain, so the
-    handler's decode, resize and crop do real work and the classes differ between images."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        width, height = int(rng.integers(200, 520)), int(rng.integers(200, 520))
-        coarse = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-        field = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
-        grain = rng.normal(0, 10, size=(height, width, 3))
-        pixels = np.clip(np.asarray(field, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
+def images(count: int = IMAGES) -> list[bytes]:
+    """JPEG stand-ins for photos, 200-520 px a side (not the store's warm-up images)."""
+    return photo_jpegs(count, seed=7, widths=(200, 520), heights=(200, 520), coarse=(5, 7),
+                       grain=10.0)
 
 
 def inputs(model: str) -> tuple[list[bytes], str]:

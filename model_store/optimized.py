@@ -46,22 +46,38 @@ PACKAGE_FILES = ("model.pt2", "model.pt2.json", "model.pt2.reference.pt")
 FAILED = "failed.txt"  # in a cache entry: the package could not be built for this key
 
 
-def resnet50_warmup(work: Path) -> list[Path]:
-    """JPEG images of varied sizes (smooth colour fields with texture), decoded, resized and
-    normalised by the handler as any client's image is."""
+def photo_jpegs(count: int, seed: int, widths: tuple[int, int] = (240, 480),
+                heights: tuple[int, int] = (220, 400), coarse: tuple[int, int] = (6, 8),
+                grain: float = 12.0) -> list[bytes]:
+    """JPEG stand-ins for photos, of varied sizes: smooth colour fields (a `coarse` grid of
+    random colours, upscaled) with grain, so a handler's decode, resize and crop do real work
+    and a model's answers differ between images."""
+    import io
+
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(15)
-    paths = []
-    for i in range(WARMUP):
-        width, height = int(rng.integers(240, 480)), int(rng.integers(220, 400))
-        coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
-        noise = rng.normal(0, 12, size=(height, width, 3))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        width, height = int(rng.integers(*widths)), int(rng.integers(*heights))
+        colours = rng.integers(0, 256, size=(*coarse, 3), dtype=np.uint8)
+        image = Image.fromarray(colours).resize((width, height), Image.Resampling.BICUBIC)
+        noise = rng.normal(0, grain, size=(height, width, 3))
         pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def resnet50_warmup(work: Path) -> list[Path]:
+    """JPEG images of varied sizes, decoded, resized and normalised by the handler as any
+    client's image is."""
+    paths = []
+    for i, body in enumerate(photo_jpegs(WARMUP, seed=15)):
         path = work / f"warmup-{i:02d}.jpg"
-        Image.fromarray(pixels).save(path, quality=90)
+        path.write_bytes(body)
         paths.append(path)
     return paths
 
