@@ -95,7 +95,8 @@ def _package_auto_choice(ctx: Context, report: PipelineReport, out_path: Path,
                          weights: str | None, dims: DynamicDims) -> Path:
     """`auto: true`: the candidates run (compiled, timed, guarded) as a worker would run
     them, and the package holds the fastest that exports (not every compiled variant does:
-    an autocast wrapper over keyword inputs, for one); the search goes into the sidecar."""
+    torch.export refuses some graphs that torch.compile takes); the search goes into the
+    sidecar."""
     search = PipelineReport(device=report.device, metric=report.metric, samples=report.samples)
     choose(ctx.config, ctx.base, ctx.device, ctx.guard, search,
            lambda cfg, sub: pipeline(with_config(ctx, cfg), sub))
