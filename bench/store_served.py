@@ -210,8 +210,11 @@ def report(out: Path) -> str:
         "`raw/store.jsonl`, `raw/accuracy.jsonl`, `raw/run.json`.", "",
         "The precompiled store is what `python -m model_store.build` (scripts/serve.sh) builds "
         "on this machine: `auto` chose the pipeline at build time and the archive carries its "
-        "AOTInductor package; every precompiled start below served that package "
-        "(describe's `precompiled` step `applied`). Inputs: "
+        "AOTInductor package; "
+        + ("every precompiled start below served that package"
+           if all(r["package_used"] for r in rows if r["variant"] == "precompiled")
+           else "**not every precompiled start below served that package**")
+        + " (describe's `precompiled` step `applied`). Inputs: "
         f"{IMAGES} JPEG images of 200-520 px for resnet50, the {len(SENTENCES)} sentences of "
         "`bench/sentences.py` (3 to about 120 words) for minilm, cycled through by the load.",
         "", "| model | served as | plain req/s | precompiled req/s | speed-up per rep | "
