@@ -124,21 +124,21 @@ def serve(store: Path, model: str, variant: str, rep: int, seconds: float,
     rows: list[dict[str, Any]] = []
     with ProjectServer(store, models, pin_cpus="0", ready_timeout_s=1800) as server, \
             pinned("1"):
-        report = _report(server.management_url, "b1")
-        steps = {s["name"]: s["status"] for s in report.get("steps", [])}
-        base = {"model": model, "variant": variant, "rep": rep, "ready_s": server.ready_s,
-                # A package's steps are what it was built with; "applied" only names it.
-                "applied": "+".join(report.get("package_steps") or report.get("applied") or [])
-                or "fp32 eager",
-                "why": report.get("why", ""),
-                "package_used": steps.get("precompiled") == "applied"}
+        base = {"model": model, "variant": variant, "rep": rep, "ready_s": server.ready_s}
         got = answers(server.base_url, model, bodies, ctype) if check else None
         for label, _, _, concurrency in LEVELS:
+            report = _report(server.management_url, label)  # each level's own worker
+            steps = {s["name"]: s["status"] for s in report.get("steps", [])}
+            # A package's steps are what it was built with; "applied" only names it.
+            applied = report.get("package_steps") or report.get("applied") or []
+            served_as = {"applied": "+".join(applied) or "fp32 eager",
+                         "why": report.get("why", ""),
+                         "package_used": steps.get("precompiled") == "applied"}
             target = Target(server.base_url, f"/predictions/{label}", bodies[0], ctype,
                             bodies=tuple(bodies))
             (result,) = asyncio.run(run_matrix(target, [concurrency], Plan(3.0, seconds),
                                                label=label))
-            rows.append({**base, "level": label, "concurrency": concurrency,
+            rows.append({**base, **served_as, "level": label, "concurrency": concurrency,
                          **{k: getattr(result, k) for k in
                             ("rps", "ok", "error_count", "errors", "p50_ms", "p99_ms",
                              "client_cpu", "load_1m", "started_at")}})
