@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,10 +24,37 @@ GATEWAY_BUG_MARKERS = ("Exception in ASGI application", "Task exception was neve
                        "Exception in callback")
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def ephemeral_low() -> int:
+    """The lowest port the kernel gives to bind(0) and to outgoing connections."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing uses, below the kernel's ephemeral range, never handed out
+    twice in this process. A port from bind(0) is ephemeral: between this choice and the
+    server's bind, any outgoing connection on the box may be given it as its local port (a
+    gRPC listener once failed to start with 'Address already in use' that way)."""
+    high = ephemeral_low() - 1
+    low = max(1024, high - 20000)
+    for _ in range(500):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port found in {low}-{high}")
 
 
 class ServerProcess:
