@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -139,7 +138,7 @@ def _ready_s(store: Path, archive: str, check_package: bool) -> tuple[float, boo
             extra_properties={"compile_cache_dir": cache}) as server:
         if not check_package:
             return server.ready_s, None
-        report = _optimization_report(server.management_url, "m")
+        report = server.optimization_report("m")
         step = next((s for s in report.get("steps", []) if s["name"] == "precompiled"), {})
         return server.ready_s, step.get("status") == "applied"
 
@@ -171,12 +170,6 @@ def startup(store: Path, mar: Path, quick: bool) -> dict[str, Any]:
     out["precompiled_ready_s"] = statistics.median(precompiled)
     out["precompiled_used"] = all(used)  # the figure counts only if every start used it
     return out
-
-
-def _optimization_report(management_url: str, model: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{management_url}/models/{model}", timeout=30) as r:
-        described = json.loads(r.read())
-    return dict(described[0].get("optimization", {}).get("report") or {})
 
 
 def main(argv: list[str] | None = None) -> int:

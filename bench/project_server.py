@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from bench.server import ServerProcess
 from bench.tsconfig import ModelConfig, Ports, registrations, render
@@ -50,3 +53,9 @@ class ProjectServer(ServerProcess):
                          env=env,
                          ready_timeout_s=ready_timeout_s,
                          registrations=registrations(models))
+
+    def optimization_report(self, model: str) -> dict[str, Any]:
+        """describe's optimization report of `model` (empty for a model served as loaded)."""
+        with urllib.request.urlopen(f"{self.management_url}/models/{model}", timeout=30) as r:
+            described = json.loads(r.read())
+        return dict((described[0].get("optimization") or {}).get("report") or {})

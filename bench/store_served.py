@@ -87,13 +87,6 @@ def build_stores(models: Sequence[str]) -> dict[str, Any]:
             "build_s": round(time.perf_counter() - started, 1), "build_lines": summary}
 
 
-def _report(management_url: str, name: str) -> dict[str, Any]:
-    """describe's optimization report (empty for a model served as loaded)."""
-    with urllib.request.urlopen(f"{management_url}/models/{name}", timeout=30) as r:
-        described = json.loads(r.read())
-    return dict((described[0].get("optimization") or {}).get("report") or {})
-
-
 def _post(url: str, body: bytes, ctype: str) -> Any:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": ctype},
                                      method="POST")
@@ -103,15 +96,14 @@ def _post(url: str, body: bytes, ctype: str) -> Any:
 
 def answers(base_url: str, model: str, bodies: Sequence[bytes], ctype: str) -> list[Any]:
     """One request per input to /predictions/b1: resnet50's top-1 class, minilm's embedding."""
+    if model == "minilm":
+        return accuracy.served(base_url, "b1", [body.decode() for body in bodies])
     out = []
     for body in bodies:
         answer = _post(f"{base_url}/predictions/b1", body, ctype)
-        if model == "resnet50":
-            if not isinstance(answer, dict) or not answer:
-                raise ValueError(f"expected a {{class: probability}} object, got {answer!r:.200}")
-            out.append(max(answer, key=answer.__getitem__))
-        else:
-            out.append([float(v) for v in answer])
+        if not isinstance(answer, dict) or not answer:
+            raise ValueError(f"expected a {{class: probability}} object, got {answer!r:.200}")
+        out.append(max(answer, key=answer.__getitem__))
     return out
 
 
@@ -127,7 +119,7 @@ def serve(store: Path, model: str, variant: str, rep: int, seconds: float,
         base = {"model": model, "variant": variant, "rep": rep, "ready_s": server.ready_s}
         got = answers(server.base_url, model, bodies, ctype) if check else None
         for label, _, _, concurrency in LEVELS:
-            report = _report(server.management_url, label)  # each level's own worker
+            report = server.optimization_report(label)  # each level's own worker
             steps = {s["name"]: s["status"] for s in report.get("steps", [])}
             # A package's steps are what it was built with; "applied" only names it.
             applied = report.get("package_steps") or report.get("applied") or []

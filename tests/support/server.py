@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -28,6 +29,7 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()
 
 
+@functools.cache
 def ephemeral_low() -> int:
     """The lowest port the kernel gives to bind(0) and to outgoing connections."""
     try:
