@@ -4,6 +4,7 @@ docs/security/fuzzing.md): a crash, or an exception a parser should not raise, f
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-
-
 @pytest.mark.parametrize("harness", ["ipc", "bodies", "archive", "oip"])
 def test_harness_short_run(harness: str, corpus: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FUZZ_KNOWN"}
@@ -35,4 +34,8 @@ def test_harness_short_run(harness: str, corpus: Path, tmp_path: Path) -> None:
         env={**env, "PYTHONPATH": str(ROOT)})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert f"Done {RUNS} runs" in out, out[-2000:]
+    # libFuzzer checks the run budget between mutation rounds, so it may finish a few runs
+    # past it ("Done 3003 runs"): what matters is that it ran the whole budget and ended.
+    done = re.search(r"^Done (\d+) runs", out, re.MULTILINE)
+    assert done is not None, out[-2000:]
+    assert int(done.group(1)) >= RUNS, out[-2000:]
