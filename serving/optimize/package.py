@@ -58,15 +58,22 @@ class Sidecar:
     # `auto: true` at build time: the winner, why, the CPU features and every candidate.
     auto: dict[str, Any] | None = None
     format: int = SIDECAR_FORMAT
+    # On an accelerator: the device it was built on (e.g. "NVIDIA H200") and the architecture
+    # its kernels were generated for ("sm_90"): another architecture cannot run them.
+    accelerator: str | None = None
+    accelerator_arch: str | None = None
 
     @classmethod
     def for_this_process(cls, device: torch.device, **extra: Any) -> Sidecar:
+        name, arch = accelerator_identity(device)
         return cls(
             torch_version=torch.__version__,
             device=device.type,
             arch=cpu_arch(),
             cpu_features=sorted(cpu_features()),
             threads=torch.get_num_threads(),
+            accelerator=name,
+            accelerator_arch=arch,
             **extra,
         )
 
@@ -79,7 +86,8 @@ class Sidecar:
         if self.device != device.type:
             return f"built for {self.device}, loading on {device.type}"
         if self.device != "cpu":
-            return None
+            name, arch = accelerator_identity(device)
+            return arch_mismatch(self.accelerator_arch, self.accelerator, arch, name)
         if self.arch != cpu_arch():
             return f"built for {self.arch}, this CPU is {cpu_arch()}"
         built, here = set(self.cpu_features), set(cpu_features())
@@ -91,6 +99,30 @@ class Sidecar:
             # Inductor's CPU kernels bake their thread count into the generated code.
             return f"built for {self.threads} threads, this worker runs {threads}"
         return None
+
+
+def accelerator_identity(device: torch.device) -> tuple[str | None, str | None]:
+    """(name, architecture) of the accelerator `device` names, (None, None) on the CPU.
+    CUDA's architecture is its compute capability as `sm_XY`, what its kernels are built
+    for; other backends give their device name, the finest identity torch offers for all."""
+    if device.type == "cpu":
+        return None, None
+    module = torch.get_device_module(device.type)
+    index = device.index if device.index is not None else module.current_device()
+    name = str(module.get_device_name(index))
+    if device.type == "cuda":
+        major, minor = module.get_device_capability(index)
+        return name, f"sm_{major}{minor}"
+    return name, name
+
+
+def arch_mismatch(built: str | None, built_name: str | None, here: str | None,
+                  here_name: str | None) -> str | None:
+    """Why a package built for accelerator architecture `built` cannot run on `here`; None
+    when they match, or when the sidecar predates the record (its load then says)."""
+    if built is None or built == here:
+        return None
+    return f"built for {built} ({built_name}), this device is {here} ({here_name})"
 
 
 def sidecar_path(package: Path) -> Path:
@@ -247,7 +279,9 @@ def _load(path: Path, sidecar: Sidecar, device: torch.device, original: nn.Modul
         max_batch=sidecar.max_batch,
         upcast=sidecar.upcast,
     )
-    built = f"torch {sidecar.torch_version}, {sidecar.device}, {sidecar.threads} threads"
+    target = (f"{sidecar.accelerator_arch} ({sidecar.accelerator})" if sidecar.accelerator
+              else f"{sidecar.threads} threads")
+    built = f"torch {sidecar.torch_version}, {sidecar.device}, {target}"
     return model, f"loaded {path.name} ({built})"
 
 

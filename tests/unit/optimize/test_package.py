@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from serving.optimize.config import OptimizationConfig
-from serving.optimize.package import load_precompiled, read_reference, sidecar_path
+from serving.optimize.package import (
+    arch_mismatch,
+    load_precompiled,
+    read_reference,
+    sidecar_path,
+)
 from serving.optimize.pipeline import build
 from serving.optimize.precompile import precompile
 from serving.optimize.provenance import weights_sha256
@@ -52,6 +57,7 @@ def test_round_trip(package: tuple[Encoder, Path]) -> None:
     sidecar = json.loads(sidecar_path(path).read_text())
     assert sidecar["torch_version"] == torch.__version__
     assert sidecar["threads"] == torch.get_num_threads() and sidecar["max_batch"] == 4
+    assert sidecar["accelerator"] is None and sidecar["accelerator_arch"] is None
     loaded, reason = load_precompiled(path, "cpu", weights=weights_sha256(model))
     assert loaded is not None, reason
     assert "loaded" in reason
@@ -77,6 +83,15 @@ def test_a_package_built_for_something_else_is_refused(
                                       weights=weights_sha256(model))
     assert loaded is None
     assert expected in reason
+
+
+def test_an_accelerator_package_is_refused_on_another_architecture() -> None:
+    # Kernels generated for sm_90 do not run on sm_80; an H100's package runs on an H200.
+    assert arch_mismatch("sm_90", "NVIDIA H200", "sm_80", "NVIDIA A100-SXM4-80GB") == (
+        "built for sm_90 (NVIDIA H200), this device is sm_80 (NVIDIA A100-SXM4-80GB)")
+    assert arch_mismatch("sm_90", "NVIDIA H100", "sm_90", "NVIDIA H200") is None
+    # A sidecar written before the architecture was recorded: the load itself decides.
+    assert arch_mismatch(None, None, "sm_80", "NVIDIA A100-SXM4-80GB") is None
 
 
 def test_missing_package_or_sidecar(package: tuple[Encoder, Path], tmp_path: Path) -> None:
