@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 
-from serving.workers.channel import IOV_MAX, BlockingChannel
+import pytest
+
+from serving.workers.channel import IOV_MAX, BlockingChannel, WorkerConnection
 from serving.workers.ipc import HEADER, FrameBuffer, Kind, Message, Oversize, encode
 
 
@@ -48,3 +51,45 @@ def test_a_declared_4_gib_frame_waits_for_nothing() -> None:
     assert event == Oversize(Kind.RESULT, 2**32 - 1, 1000)
     assert list(frames.feed(b"y" * 100_000)) == []
     assert len(frames._buf) == 0
+
+
+def _received(sock: socket.socket) -> list[Message | Oversize]:
+    frames = FrameBuffer()
+    got: list[Message | Oversize] = []
+    while True:
+        try:
+            data = sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return got
+        if not data:
+            got.append(Message(Kind.SHUTDOWN, {"eof": True}, []))  # a marker for the peer's close
+            return got
+        got.extend(frames.feed(data))
+
+
+def test_the_gateway_writes_the_frames_of_one_loop_turn_together_in_order() -> None:
+    async def run() -> None:
+        a, b = socket.socketpair()
+        conn = WorkerConnection(lambda c, m: None)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, a)
+        conn.send(Kind.PREDICT, {"batch": 1}, [b"x" * 10])
+        conn.send(Kind.PREDICT, {"batch": 2, "ahead": True}, [b"y" * (128 * 1024)])
+        conn.send(Kind.CANCEL, {"batch": 2, "i": 0})
+        assert _received(b) == []  # nothing written until this turn of the loop ends
+        await asyncio.sleep(0.05)
+        got = _received(b)
+        assert [(m.kind, m.meta.get("batch")) for m in got if isinstance(m, Message)] == [
+            (Kind.PREDICT, 1), (Kind.PREDICT, 2), (Kind.CANCEL, 2)]
+        assert isinstance(got[1], Message) and bytes(got[1].blobs[0]) == b"y" * (128 * 1024)
+        # Sent and closed in the same turn: the frame still goes out, then the end of stream.
+        conn.send(Kind.SHUTDOWN, {})
+        conn.close()
+        await asyncio.sleep(0.05)
+        got = _received(b)
+        assert [m.kind for m in got if isinstance(m, Message)] == [Kind.SHUTDOWN, Kind.SHUTDOWN]
+        assert isinstance(got[-1], Message) and got[-1].meta == {"eof": True}
+        with pytest.raises(ConnectionError):
+            conn.send(Kind.PING, {})
+        b.close()
+
+    asyncio.run(run())
