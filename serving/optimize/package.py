@@ -107,12 +107,15 @@ def accelerator_identity(device: torch.device) -> tuple[str | None, str | None]:
     for; other backends give their device name, the finest identity torch offers for all."""
     if device.type == "cpu":
         return None, None
-    module = torch.get_device_module(device.type)
-    index = device.index if device.index is not None else module.current_device()
-    name = str(module.get_device_name(index))
-    if device.type == "cuda":
-        major, minor = module.get_device_capability(index)
-        return name, f"sm_{major}{minor}"
+    try:
+        module = torch.get_device_module(device.type)
+        index = device.index if device.index is not None else module.current_device()
+        name = str(module.get_device_name(index))
+        if device.type == "cuda":
+            major, minor = module.get_device_capability(index)
+            return name, f"sm_{major}{minor}"
+    except (AttributeError, RuntimeError):  # a backend without these calls: nothing to record
+        return None, None
     return name, name
 
 
