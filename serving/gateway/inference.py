@@ -27,6 +27,7 @@ from serving.gateway.predictions import (
     Send,
     handler_headers,
     request_timeout_ms,
+    split_target,
 )
 from serving.gateway.requestids import request_id_of, scope_request_id
 from serving.gateway.responses import send_error
@@ -55,16 +56,12 @@ class InferenceApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         if scope["type"] == "http" and path.startswith(HOT_PREFIXES):
-            family, _, rest = path[1:].partition("/")
-            parts = rest.split("/", 2)
-            if scope["method"] not in PREDICTION_METHODS or not parts[0]:
-                await self._refuse(scope, send, family, parts[0])
+            family, model, version, url_path = split_target(path)
+            if scope["method"] not in PREDICTION_METHODS or not model:
+                await self._refuse(scope, send, family, model)
                 return
-            scope["path_params"] = {
-                "model_name": parts[0],
-                "model_version": parts[1] if len(parts) > 1 and parts[1] else None,
-                "url_path": parts[2] if len(parts) > 2 else None,
-            }
+            scope["path_params"] = {"model_name": model, "model_version": version,
+                                    "url_path": url_path}
             endpoint = self.predictions if family == "predictions" else self.explanations
             await endpoint(scope, receive, send)
             return

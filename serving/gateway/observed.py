@@ -40,6 +40,16 @@ STATUS_COUNTS = "serving.status_counts"
 StatusCounts = list[CounterChild | None]
 
 
+def status_counts(metrics: ServerMetrics | None) -> StatusCounts:
+    """Requests2XX/4XX/5XX, bound once: a status class to the child it counts in (1xx and
+    3xx count nowhere; all of them nowhere without metrics)."""
+    by_class: StatusCounts = [None] * 6
+    if metrics is not None:
+        for cls in (2, 4, 5):
+            by_class[cls] = metrics.http_status(cls * 100)
+    return by_class
+
+
 def _count(by_class: StatusCounts, code: int) -> None:
     """Count a response of status `code` (outside HTTP's range: it answers 500)."""
     child = by_class[(code if 100 <= code <= 599 else 500) // 100]
@@ -86,11 +96,7 @@ class Observed:
         self.access_json = access_json
         # Path prefixes whose responses the app counts itself (see count_status).
         self.counted_by_app = counted_by_app
-        # Bound once: a status class to the child it counts in (1xx/3xx count nowhere).
-        self._by_class: StatusCounts = [None] * 6
-        if metrics is not None:
-            for cls in (2, 4, 5):
-                self._by_class[cls] = metrics.http_status(cls * 100)
+        self._by_class = status_counts(metrics)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":

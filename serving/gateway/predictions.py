@@ -51,6 +51,25 @@ def request_timeout_ms(headers: Mapping[str, str]) -> int | None:
     return asked
 
 
+def split_target(path: str) -> tuple[str, str, str | None, str | None]:
+    """`/predictions/{model}[/{version}[/{url_path}]]` (or `/explanations/...`): the family,
+    the model name ("" when missing), the version and the rest of the path (None if absent)."""
+    family, _, rest = path[1:].partition("/")
+    parts = rest.split("/", 2)
+    return (family, parts[0], parts[1] if len(parts) > 1 and parts[1] else None,
+            parts[2] if len(parts) > 2 else None)
+
+
+def prediction_request(request_id: str, visible: dict[str, str], body: bytes,
+                       url_path: str | None) -> tuple[InferenceRequest, int | None]:
+    """The request the handler sees (inputs from the body by TorchServe's rules, headers,
+    `url_path` among them when the path has one) and the client's own queue bound in ms."""
+    inputs = body_inputs(body, visible.get("content-type"))
+    if url_path:
+        visible["url_path"] = url_path
+    return InferenceRequest(request_id, inputs, visible), request_timeout_ms(visible)
+
+
 class PredictionEndpoint:
     """ASGI app for one family of routes (`predictions` or `explanations`)."""
 
@@ -66,16 +85,13 @@ class PredictionEndpoint:
         request_id = plane.request_id(visible.get("x-request-id"))
         try:
             body = await read_body(receive, visible.get("content-length"), self._limit)
-            inputs = body_inputs(body, visible.get("content-type"))
-            if params.get("url_path"):
-                visible["url_path"] = params["url_path"]
-            timeout_ms = request_timeout_ms(visible)
+            request, timeout_ms = prediction_request(request_id, visible, body,
+                                                     params.get("url_path"))
             gone = client_gone(scope)
             # The body is read: uvicorn's receive() now returns only when the client goes;
             # our HTTP protocol says so more cheaply, through `gone`.
             answers = plane.stream(params["model_name"], params.get("model_version"),
-                                   InferenceRequest(request_id, inputs, visible),
-                                   explain=self._explain, timeout_ms=timeout_ms,
+                                   request, explain=self._explain, timeout_ms=timeout_ms,
                                    disconnected=receive() if gone is None else None)
             if gone is not None:
                 gone.on_fire(answers.client_gone)

@@ -29,17 +29,25 @@ def error_headers(error: ServingError, request_id: str) -> list[tuple[bytes, byt
     return headers
 
 
-async def send_error(send: Send, error: ServingError, request_id: str) -> None:
+def error_response(error: ServingError, request_id: str
+                   ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An error as an HTTP answer: status, headers, body."""
     body = error_body(error)
-    await send({"type": "http.response.start", "status": http_status(error.code),
-                "headers": [*error_headers(error, request_id),
-                            (b"content-length", str(len(body)).encode())]})
+    return (http_status(error.code),
+            [*error_headers(error, request_id), (b"content-length", str(len(body)).encode())],
+            body)
+
+
+async def send_error(send: Send, error: ServingError, request_id: str) -> None:
+    status, headers, body = error_response(error, request_id)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_answer(send: Send, answer: InferenceResponse, request_id: str,
-                      more: bool = False) -> None:
-    """The answer as a whole response; `more`: as the first chunk of a chunked one."""
+def answer_headers(answer: InferenceResponse, request_id: str, more: bool = False
+                   ) -> list[tuple[bytes, bytes]]:
+    """The headers of a handler's answer; `more`: of the first chunk of a chunked one (no
+    content-length)."""
     headers = [(b"x-request-id", request_id.encode("latin-1"))]
     if not more:
         headers.append((b"content-length", str(len(answer.body)).encode()))
@@ -50,6 +58,12 @@ async def send_answer(send: Send, answer: InferenceResponse, request_id: str,
         if lowered in ("content-length", "transfer-encoding", "x-request-id"):
             continue  # framing is ours to decide
         headers.append((lowered.encode("latin-1"), str(value).encode("latin-1")))
+    return headers
+
+
+async def send_answer(send: Send, answer: InferenceResponse, request_id: str,
+                      more: bool = False) -> None:
+    """The answer as a whole response; `more`: as the first chunk of a chunked one."""
     await send({"type": "http.response.start", "status": http_status(answer.status),
-                "headers": headers})
+                "headers": answer_headers(answer, request_id, more)})
     await send({"type": "http.response.body", "body": answer.body, "more_body": more})

@@ -62,6 +62,12 @@ class DataPlane:
             raise PayloadTooLarge(f"Request body of {n_bytes} bytes exceeds {setting} "
                                   f"({self.max_request_size} bytes)")
 
+    def check_answer_size(self, answer: InferenceResponse) -> None:
+        """500 for an answer larger than `max_response_size`, for a front end that takes
+        answers from `submit`'s job itself."""
+        if len(answer.body) > self.max_response_size:
+            raise _too_large(answer, self.max_response_size)
+
     def submit(self, model: str, version: str | None, request: InferenceRequest, *,
                explain: bool = False, timeout_ms: int | None = None) -> Job:
         """Queue a request and return its job at once; raises ServingError instead of
