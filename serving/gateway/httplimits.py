@@ -19,6 +19,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.errors import HeadersTooLarge, ServingError, UriTooLong, http_status
 from serving.gateway import clientgone, cork
+from serving.gateway.hotpath import HotCycle, HotRoute
 from serving.gateway.responses import error_body
 from serving.routing.requestids import new_request_id
 from serving.settings import Settings
@@ -45,6 +46,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_headers = 100
     # What a head within all three limits can take on the wire, with its separators.
     head_budget = 8192 + 65536 + 4 * 100 + 64
+    # The inference API's predictions, answered here without ASGI (serving/gateway/hotpath.py)
+    hot_route: HotRoute | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,6 +56,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes of reads that began and ended inside the current head
         self._read = 0  # size of the read being parsed
         self._refused = False
+        self._hot: HotCycle | None = None  # the prediction this protocol answers itself
         # Loop time the connection became idle (its last answer sent); None while a request
         # is on its way or being answered.
         self._idle_since: float | None = None
@@ -148,11 +152,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
+        hot = self._hot
+        if hot is not None and not hot.response_complete:
+            hot.client_gone()
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
         # The request being answered loses its client (uvicorn marks it disconnected).
-        if cycle is not None and cycle.disconnected:
+        if cycle is not None and cast(object, cycle) is not hot and cycle.disconnected:
             gone = clientgone.client_gone(cast(Any, cycle.scope))
             if gone is not None:
                 gone.fire()
@@ -170,7 +177,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             size = sum(len(name) + len(value) for name, value in self.headers)
             if size > self.max_header_size:
                 raise HeadTooLarge(self._headers_too_large())
+        hot = self.hot_route
+        if hot is not None:
+            cycle = hot.begin(self)
+            if cycle is not None:
+                self.cycle = self._hot = cycle  # type: ignore[assignment]
+                return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        hot = self._hot
+        if hot is not None and cast(object, self.cycle) is hot:
+            hot.body(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        hot = self._hot
+        if hot is not None and cast(object, self.cycle) is hot:
+            hot.complete()
+        else:
+            super().on_message_complete()
 
     def _too_large_so_far(self) -> ServingError:
         if len(self.url) > self.max_request_line:
@@ -230,9 +257,12 @@ def _client(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "an unknown client"
 
 
-def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
-    """The protocol class for uvicorn.Config(http=...), carrying the settings' limits."""
+def limited_protocol(settings: Settings, hot_route: HotRoute | None = None
+                     ) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...), carrying the settings' limits and,
+    for the inference API, the route that answers predictions without ASGI."""
     return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {
+        "hot_route": hot_route,
         "max_request_line": settings.max_request_line,
         "max_header_size": settings.max_header_size,
         "max_headers": settings.max_headers,

@@ -21,12 +21,13 @@ from serving.errors import ConfigError, ServingError
 from serving.gateway.auth import KEY_FILE_NAME, TokenAuthorization, TokenKind
 from serving.gateway.grpc.server import GrpcServers
 from serving.gateway.guard import Guarded
+from serving.gateway.hotpath import HotRoute
 from serving.gateway.httplimits import limited_protocol
 from serving.gateway.inference import HOT_PREFIXES, InferenceApp
 from serving.gateway.management import create_management_app
 from serving.gateway.memory import ConnectionTrimmer
 from serving.gateway.metricsapi import MetricsApp
-from serving.gateway.observed import Observed
+from serving.gateway.observed import Observed, status_counts
 from serving.logconfig import ACCESS_LOGGER
 from serving.metrics.service import MetricsService
 from serving.routing.dataplane import DataPlane
@@ -133,15 +134,19 @@ class Server:
             metrics.before_log = manager.flush_handler_metrics
         # No proxy-header rewriting (no proxy is assumed; it costs every request) and no
         # Server header (it only advertises the stack).
-        # httptools, with limits on the request line and headers (see httplimits.py).
-        http = limited_protocol(s)
+        # httptools, with limits on the request line and headers (see httplimits.py); the
+        # inference API's protocol answers predictions itself (hotpath.py), unless each
+        # answer is to be logged.
+        hot = None if access is not None else HotRoute(
+            plane, auth, status_counts(metrics.server) if metrics is not None else None)
+        protocols = [limited_protocol(s, hot)] + [limited_protocol(s)] * (len(apps) - 1)
         # interface: every app here speaks ASGI 3; Observed's __call__ is a plain function
         # returning an awaitable, which uvicorn's guess would take for ASGI 2.
         servers = [_Uvicorn(uvicorn.Config(app, http=http, lifespan="off", interface="asgi3",
                                            access_log=False, log_config=None,
                                            proxy_headers=False, server_header=False,
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
-                   for app in apps]
+                   for app, http in zip(apps, protocols, strict=True)]
         grpc_servers = GrpcServers(s, manager, plane, auth)
         try:
             await grpc_servers.start()
