@@ -98,15 +98,20 @@ def test_kill_9_under_load_every_request_answered_and_worker_back(server: Server
                                  if w["status"] == "READY" and w["pid"] != before["pid"]],
                         what="replacement worker")
     assert after["restarts"] == 1
-    # Every request ran exactly once: none lost with the worker, none run again after it.
     ran = [o["tag"] for o in ledger_lines(ledger)]
-    assert sorted(ran) == list(range(120))
+    assert len(ran) == len(set(ran)), "a request ran twice"
     assert len(ran_before_kill) < 120  # requests were still waiting when the worker died
     # Only the request the worker held when it died fails (none if it died between two);
     # every other one is answered 200 with its own result, by the replacement if it waited.
     died = {i for i, (status, _) in answers.items() if status != 200}
-    assert len(died) <= 1 and died <= {o["tag"] for o in ran_before_kill}
+    assert len(died) <= 1
+    # None lost with the worker: every request ran, except the one it held when it died,
+    # which it may not have begun (killed between answering one and logging the next);
+    # that one was never run again by the replacement.
+    assert set(ran) | died == set(range(120))
+    ran_after_kill = set(ran) - {o["tag"] for o in ran_before_kill}
     for i in died:
+        assert i not in ran_after_kill
         assert answers[i][0] == 502 and answers[i][1]["type"] == "WorkerDiedException"
     waited = set(range(120)) - {o["tag"] for o in ran_before_kill}
     for i, (status, body) in answers.items():
