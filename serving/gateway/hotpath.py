@@ -168,8 +168,10 @@ class HotCycle:
             self._fail(InternalError(f"Internal error: {type(e).__name__}"))
             return
         self._job = job
-        job.listener = self._partial
-        job.future.add_done_callback(self._done)
+        # The job calls its listener with each intermediate answer and with None once its
+        # final answer (or error) is set, as the data plane's ResponseStream relies on too:
+        # the answer is written then, without a callback scheduled on the loop.
+        job.listener = self._listen
 
     def client_gone(self) -> None:
         """The connection was lost before the answer: withdraw the work (or drop its answer
@@ -180,11 +182,25 @@ class HotCycle:
             self._drop_job()
 
     # -- the answers (the job's callbacks) ------------------------------------------------
-    def _partial(self, answer: InferenceResponse | None) -> None:
-        """A streaming handler's intermediate answer (None: the final one is set; `_done`
-        takes it)."""
-        if answer is None or self._over:
+    def _listen(self, answer: InferenceResponse | None) -> None:
+        """The job's listener. It runs inside the scheduler's handling of a worker's
+        message: nothing may escape from here to there."""
+        if self._over:
             return
+        try:
+            if answer is None:
+                assert self._job is not None  # listening to it
+                self._done(self._job.future)
+            else:
+                self._partial(answer)
+        except Exception as e:  # a bug: answer it as one rather than never
+            log.exception("request %s: writing its answer failed", self.request_id)
+            if not self._over:
+                self._drop_job()
+                self._fail(InternalError(f"Internal error: {type(e).__name__}"))
+
+    def _partial(self, answer: InferenceResponse) -> None:
+        """A streaming handler's intermediate answer."""
         try:
             self._route.plane.check_answer_size(answer)
         except ServingError as e:
@@ -194,15 +210,15 @@ class HotCycle:
         if self._streaming:
             self._write(_chunk(answer.body))
             return
+        headers = answer_headers(answer, self.request_id, more=True)
         self._streaming = True
         self._count(answer.status)
-        head = self._head(http_status(answer.status),
-                          answer_headers(answer, self.request_id, more=True), chunked=True)
+        head = self._head(http_status(answer.status), headers, chunked=True)
         if head is not None:
             self._write(head + _chunk(answer.body))
 
     def _done(self, future: Any) -> None:
-        if self._over or future.cancelled():
+        if future.cancelled():
             return  # the client went away: nothing to answer
         error = future.exception()
         if error is None:
@@ -223,8 +239,9 @@ class HotCycle:
         if self._streaming:
             self._write(_chunk(answer.body) + _LAST_CHUNK)
         else:
+            headers = answer_headers(answer, self.request_id)
             self._count(answer.status)
-            head = self._head(http_status(answer.status), answer_headers(answer, self.request_id))
+            head = self._head(http_status(answer.status), headers)
             if head is None:
                 return
             self._write(head + answer.body)
