@@ -172,6 +172,8 @@ class HotCycle:
         # final answer (or error) is set, as the data plane's ResponseStream relies on too:
         # the answer is written then, without a callback scheduled on the loop.
         job.listener = self._listen
+        if job.future.done():  # settled within submit (before anyone listened)
+            self._listen(None)
 
     def client_gone(self) -> None:
         """The connection was lost before the answer: withdraw the work (or drop its answer

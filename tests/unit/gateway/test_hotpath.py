@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 import uvicorn
 
+from serving.errors import WorkerDied
 from serving.gateway.auth import TokenAuthorization, TokenKind
 from serving.gateway.hotpath import HotRoute
 from serving.gateway.httplimits import limited_protocol
 from serving.gateway.observed import StatusCounts
 from serving.metrics.instruments import CounterChild
+from serving.routing.scheduler import Scheduler
 from serving.settings import Settings
 from tests.unit.routing.test_batcher import run
 from tests.unit.routing.test_dataplane import StreamingWorker, plane
@@ -30,10 +32,12 @@ from tests.unit.routing.test_dataplane import StreamingWorker, plane
 
 class Harness:
     def __init__(self, loop: asyncio.AbstractEventLoop, port: int, worker: StreamingWorker,
-                 reached_asgi: list[tuple[str, str, bytes]], counts: StatusCounts) -> None:
+                 scheduler: Scheduler, reached_asgi: list[tuple[str, str, bytes]],
+                 counts: StatusCounts) -> None:
         self.loop = loop
         self.port = port
         self.worker = worker
+        self.scheduler = scheduler
         self.reached_asgi = reached_asgi
         self.counts = counts
 
@@ -72,7 +76,7 @@ def post(path: str = "/predictions/m", body: bytes = b"{}", headers: str = "",
 @contextlib.asynccontextmanager
 async def serving(auth: TokenAuthorization | None = None) -> AsyncIterator[Harness]:
     loop = asyncio.get_running_loop()
-    data_plane, worker, _ = plane()
+    data_plane, worker, scheduler = plane()
     counts: StatusCounts = [None, None, CounterChild(), None, CounterChild(), CounterChild()]
     reached: list[tuple[str, str, bytes]] = []
 
@@ -91,12 +95,13 @@ async def serving(auth: TokenAuthorization | None = None) -> AsyncIterator[Harne
     listener = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(
         app, http=limited_protocol(Settings(), HotRoute(data_plane, auth, counts)),
-        lifespan="off", log_config=None, access_log=False, interface="asgi3"))
+        lifespan="off", log_config=None, access_log=False, interface="asgi3",
+        timeout_graceful_shutdown=1))  # a request never answered fails its test, not hangs
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
         while not server.started:
             await asyncio.sleep(0.01)
-        yield Harness(loop, listener.getsockname()[1], worker, reached, counts)
+        yield Harness(loop, listener.getsockname()[1], worker, scheduler, reached, counts)
     finally:
         server.should_exit = True
         await task
@@ -223,6 +228,29 @@ async def test_errors_are_answered_as_torchserve_json():
         assert answer.startswith(b"HTTP/1.1 500") and b"max_response_size" in answer
         assert h.counts[4].value == 1 and h.counts[5].value == 1  # type: ignore[union-attr]
         assert h.reached_asgi == []
+
+
+class DeadConnectionWorker(StreamingWorker):
+    """A worker whose connection closed: its batch fails within `run`, as the real worker's
+    does (`_fail_inflight`), so the job is settled before `submit` returns."""
+
+    def run(self, requests, done, timeout, partial=None, started=None) -> int:
+        token = super().run(requests, done, timeout, partial, started)
+        done(WorkerDied("worker 1 connection closed"))
+        return token
+
+
+@run
+async def test_a_request_failed_within_submit_is_answered():
+    async with serving() as h:
+        h.scheduler.remove_worker(h.worker)
+        h.scheduler.add_worker(DeadConnectionWorker())
+        sock = await h.connect()
+        await h.send(sock, post(headers="x-request-id: d1\r\n"))
+        answer = await h.read_until(sock, b"}\n")
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 502"), answer
+        assert b"WorkerDiedException" in answer and b"x-request-id: d1" in answer
 
 
 @run
