@@ -81,11 +81,11 @@ class HotRoute:
         authorization = None
         visible = {}
         for name, value in protocol.headers:
-            if name == b"authorization":
-                authorization = value
+            if name == b"authorization" and authorization is None:
+                authorization = value  # the first, as the token guard reads it
             visible[name.decode("latin-1")] = value.decode("latin-1")
         declared = visible.get("content-length")
-        if declared is None or not declared.isdigit() or \
+        if declared is None or not (declared.isascii() and declared.isdigit()) or \
                 int(declared) > self.plane.max_request_size or "transfer-encoding" in visible:
             return None
         if self.auth is not None:

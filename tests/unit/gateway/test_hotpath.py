@@ -273,11 +273,16 @@ def test_with_token_authorization_only_a_good_key_is_answered_here(tmp_path: Pat
             sock = await h.connect()
             await h.send(sock, post(headers="authorization: Bearer wrong\r\n"))
             assert (await h.read_until(sock, b"asgi")).endswith(b"asgi")
+            # Two keys: the first counts, as for the token guard (a good second one does
+            # not let a bad first one through here).
+            await h.send(sock, post(headers="authorization: Bearer wrong\r\n"
+                                            f"authorization: Bearer {key}\r\n"))
+            assert (await h.read_until(sock, b"asgi")).endswith(b"asgi")
             await h.send(sock, post(headers=f"authorization: Bearer {key}\r\n"))
             await h.batches(1)
             h.worker.answer(b"mine")
             assert (await h.read_until(sock, b"mine")).endswith(b"mine")
             sock.close()
-            assert len(h.reached_asgi) == 1
+            assert len(h.reached_asgi) == 2
 
     asyncio.run(scenario())
