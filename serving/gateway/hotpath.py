@@ -257,6 +257,7 @@ class HotCycle:
             log.warning("request %s: the stream failed after it started: %s",
                         self.request_id, error.message)
             self._over = True
+            self._release()
             self._write(_chunk(error_body(error)))
             self._protocol.transport.close()
             return
@@ -301,9 +302,7 @@ class HotCycle:
     def _finish(self) -> None:
         self._over = True
         self.response_complete = True
-        job = self._job
-        if job is not None:
-            job.listener = None
+        self._release()
         protocol = self._protocol
         if not self.keep_alive:
             protocol.transport.close()
@@ -311,10 +310,17 @@ class HotCycle:
 
     def _drop_job(self) -> None:
         job = self._job
+        self._release()
+        if job is not None and not job.future.done():
+            job.cancel()
+
+    def _release(self) -> None:
+        """Over: let go of the job (and with it the request's body and answer), which an
+        idle keep-alive connection would otherwise hold until its next request."""
+        job, self._job = self._job, None
         if job is not None:
             job.listener = None
-            if not job.future.done():
-                job.cancel()
+        self._visible = {}
 
     def _count(self, code: int) -> None:
         by_class = self._route.by_class

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from serving.gateway.observed import StatusCounts
 from serving.metrics.instruments import CounterChild
 from serving.routing.scheduler import Scheduler
 from serving.settings import Settings
+from serving.types import InferenceRequest
 from tests.unit.routing.test_batcher import run
 from tests.unit.routing.test_dataplane import StreamingWorker, plane
 
@@ -132,6 +134,27 @@ async def test_a_prediction_is_answered_without_reaching_the_asgi_app():
         sock.close()
         assert h.reached_asgi == []
         assert h.counts[2].value == 2  # type: ignore[union-attr]
+
+
+@run
+async def test_an_answered_request_is_not_held_by_its_idle_connection():
+    """The request (its body with it) goes once it is answered, though the connection stays
+    open for the next one."""
+    def alive() -> list[InferenceRequest]:
+        gc.collect()
+        return [o for o in gc.get_objects()
+                if isinstance(o, InferenceRequest) and o.request_id == "held-1"]
+
+    async with serving() as h:
+        sock = await h.connect()
+        await h.send(sock, post(body=b"[1]", headers="x-request-id: held-1\r\n"))
+        await h.batches(1)
+        assert len(alive()) == 1
+        h.worker.answer(b"done")
+        await h.read_until(sock, b"done")
+        h.worker.batches.clear()  # the stand-in worker's own record of it
+        assert alive() == []
+        sock.close()
 
 
 FALLBACKS = {
