@@ -72,7 +72,24 @@ def model_missing_from_counters(r: dict[str, Any]) -> None:
     del r["metrics"]["ts_inference_requests"]["resnet50-gpu"]
 
 
+def package_not_served(r: dict[str, Any]) -> None:
+    # What describe shows when the worker compiled at start instead (the package refused).
+    r["models"]["resnet50-pt2"]["optimization_applied"] = ["fold", "bf16", "compile"]
+    r["models"]["resnet50-pt2"]["package_steps"] = []
+
+
+def package_without_aot(r: dict[str, Any]) -> None:
+    r["models"]["resnet50-pt2"]["package_steps"] = ["fold", "bf16"]
+
+
+def package_answers_off(r: dict[str, Any]) -> None:
+    r["models"]["resnet50-pt2"]["vs_cpu_fp32"]["top1_agreement"] = 31 / 32
+
+
 @pytest.mark.parametrize(("breakage", "expected"), [
+    (package_not_served, "resnet50-pt2: applied"),
+    (package_without_aot, "resnet50-pt2: applied"),
+    (package_answers_off, "resnet50-pt2: top-1 agreement"),
     (drop_gpu_series, "no series"),
     (other_device_id, "DeviceId"),
     (memory_zero, "GPUMemoryUsed on 0 is"),
