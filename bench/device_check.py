@@ -350,7 +350,7 @@ def run_checks(port: int, mport: int, metrics_port: int, inputs: list[torch.Tens
             "workers": [{k: w.get(k) for k in ("device", "gpu", "pid", "status")}
                         for w in d["workers"]],
             "optimization_applied": report.get("applied"),
-            "optimization_steps": [(s["name"], s["status"], s.get("reason"))
+            "optimization_steps": [(s["name"], s["status"], s.get("reason"), s.get("seconds"))
                                    for s in report.get("steps", [])],
             "compile_seconds": report.get("compile_seconds"),
             # The pipeline's time in the worker (compile, or loading the package, and warm-up)

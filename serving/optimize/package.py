@@ -333,7 +333,11 @@ def serve_precompiled(
     if loaded is None:
         record.reason = f"{reason}; compiling instead"
         return None
+    log.info("precompiled package %s loaded in %.1f s", path.name, record.seconds)
+    checked_at = time.perf_counter()
     verdict = guard.check(loaded)
+    log.info("precompiled package checked against its reference outputs in %.1f s",
+             time.perf_counter() - checked_at)
     record.accuracy = verdict.metrics
     if not verdict.passed:
         record.status, record.reason = "refused", verdict.reason
