@@ -4,7 +4,7 @@ API (`/token?type=management|inference` on the management port), as in TorchServ
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -47,7 +47,7 @@ class Guarded:
             self.kind is TokenKind.INFERENCE and path == LIVENESS_PATH)
         if not open_route:
             try:
-                self.auth.check(self.kind, _header(scope, b"authorization"))
+                self.auth.check(self.kind, first_header(scope["headers"], b"authorization"))
             except ServingError as e:
                 await _send_error(scope, send, e)
                 return
@@ -57,7 +57,7 @@ class Guarded:
         """Needs the API key; regenerates one key, which the caller then reads from the file
         (the answer does not carry it: holding the API key is not holding the others)."""
         try:
-            self.auth.check(TokenKind.API, _header(scope, b"authorization"))
+            self.auth.check(TokenKind.API, first_header(scope["headers"], b"authorization"))
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             wanted = query.get("type", [""])[0]
             kind = _REGENERABLE.get(wanted)
@@ -83,8 +83,9 @@ def _is_api_description(path: str, method: str) -> bool:
     return path == "/api-description" or (path == "/" and method == "OPTIONS")
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:  # ASGI gives header names in lower case
+def first_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case) in a request's raw header list."""
+    for key, value in headers:  # ASGI (and uvicorn's parser) give names in lower case
         if key == name:
             return bytes(value)
     return None

@@ -50,7 +50,7 @@ def status_counts(metrics: ServerMetrics | None) -> StatusCounts:
     return by_class
 
 
-def _count(by_class: StatusCounts, code: int) -> None:
+def count_in(by_class: StatusCounts, code: int) -> None:
     """Count a response of status `code` (outside HTTP's range: it answers 500)."""
     child = by_class[(code if 100 <= code <= 599 else 500) // 100]
     if child is not None:
@@ -59,7 +59,7 @@ def _count(by_class: StatusCounts, code: int) -> None:
 
 def count_status(scope: Scope, code: int) -> None:
     """For an app on a route Observed leaves to it: count the response of status `code` it is
-    about to start. `_count` written out: this runs for every prediction."""
+    about to start. `count_in` written out: this runs for every prediction."""
     by_class = scope.get(STATUS_COUNTS)
     if by_class is not None:
         child = by_class[(code if 100 <= code <= 599 else 500) // 100]
@@ -72,7 +72,7 @@ def counting(by_class: StatusCounts, send: Send) -> Send:
 
     def count(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            _count(by_class, message["status"])
+            count_in(by_class, message["status"])
         return send(message)
 
     return count
@@ -116,7 +116,7 @@ class Observed:
         async def observe(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen.append(message)
-                _count(by_class, message["status"])
+                count_in(by_class, message["status"])
             await send(message)
 
         try:

@@ -8,7 +8,7 @@ only translates: HTTP request -> `DataPlane.infer` -> HTTP response (errors by `
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from serving.errors import BadRequest, ClientCancelled, InternalError, ServingError
@@ -33,7 +33,12 @@ REQUEST_TIMEOUT_HEADER = "x-request-timeout-ms"
 
 def handler_headers(scope: Scope) -> dict[str, str]:
     """Request headers as the handler sees them through `context.get_request_header`."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    return decoded_headers(scope["headers"])
+
+
+def decoded_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """A raw header list as the handler sees it (a later header of a name wins)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
 
 
 def request_timeout_ms(headers: Mapping[str, str]) -> int | None:
